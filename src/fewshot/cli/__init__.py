@@ -1,0 +1,40 @@
+"""The `fewshot` command line: one small module per subcommand, each with add_parser() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module (under fewshot.cli) exposing add_parser(subparsers) and run(args) -> int
+COMMANDS = {
+    "serve": "serve",
+    "generate": "generate",
+    "eval": "evaluate",
+    "classify": "classify",
+    "bench": "bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fewshot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"fewshot.cli.{module}")
+        except ModuleNotFoundError as exc:  # a subcommand whose module is not written yet
+            if exc.name != f"fewshot.cli.{module}":
+                raise
+            continue
+        p = mod.add_parser(sub, name)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Server and engine settings: the one place that reads environment variables (FEWSHOT_*).
+
+The CLI builds a `Settings` from its flags (flags win over the environment) and passes it down;
+no other module looks at `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+def available_cores() -> int:
+    """Cores this process may really run on (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_cache_dir() -> Path:
+    """Where fewshot keeps converted models (dequantised GGUF, built tokenizers)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "fewshot" if xdg else Path.home() / ".cache" / "fewshot"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with defaults. Environment: FEWSHOT_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="FEWSHOT_", extra="ignore")
+
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL], description="Models to serve (name, path, hub id or GGUF file); NAME=SOURCE gives an alias")
+    host: str = Field("127.0.0.1", description="Address to bind")
+    port: int = Field(8000, description="Port to bind")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer tokens accepted; empty means no auth")
+    api_key_file: Path | None = Field(None, description="File with one API key per line")
+    dtype: str = Field("auto", description="Weights: auto | fp32 | bf16 | int8")
+    threads: int = Field(default_factory=available_cores, description="Torch intra-op threads")
+    max_input_tokens: int = Field(2048, description="Largest prompt accepted, in tokens")
+    max_total_tokens: int = Field(4096, description="Prompt + new tokens limit")
+    max_new_tokens_default: int = Field(20, description="max_new_tokens when a request gives none")
+    max_concurrent_requests: int = Field(128, description="Beyond this, 429 overloaded")
+    max_batch_size: int = Field(32, description="Sequences decoded together in one step")
+    max_stop_sequences: int = Field(4, description="Most stop sequences per request")
+    max_top_n_tokens: int = Field(5, description="Most alternatives per token")
+    max_client_batch_size: int = Field(8, description="Most prompts in one request")
+    max_body_bytes: int = Field(2_000_000, description="Largest request body")
+    prefix_cache_mb: int = Field(512, description="Memory budget of the shared prefix cache")
+    response_cache_entries: int = Field(1024, description="Entries of the use_cache response cache")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted-model cache")
+    hf_token: str | None = Field(None, description="Token for the Hugging Face hub when reachable")
+    log_level: str = Field("info", description="Log level")
+
+    def all_api_keys(self) -> list[str]:
+        keys = list(self.api_keys)
+        if self.api_key_file:
+            keys += [ln.strip() for ln in Path(self.api_key_file).read_text().splitlines() if ln.strip()]
+        return keys

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted-model cache")
     hf_token: str | None = Field(None, description="Token for the Hugging Face hub when reachable")
     log_level: str = Field("info", description="Log level")
+    chat_max_tokens_default: int = Field(512, description="max_tokens of a chat completion that gives none (capped by max_total_tokens)")
+    model_wait_timeout_s: float = Field(600.0, description="Longest a wait_for_model request waits for a loading model")
+    model_load_estimate_s: float = Field(30.0, description="estimated_time reported while a model of unknown size loads")
+    sse_keepalive_s: float = Field(15.0, description="Seconds between keep-alive comments on an idle event stream")
 
     def all_api_keys(self) -> list[str]:
         keys = list(self.api_keys)

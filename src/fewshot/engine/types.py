@@ -12,6 +12,10 @@ from typing import Literal
 FinishReason = Literal["length", "eos_token", "stop_sequence", "time", "aborted"]
 
 
+class GenerationError(RuntimeError):
+    """A request failed inside the engine (the engine itself keeps running)."""
+
+
 class ParameterError(ValueError):
     """A generation parameter is invalid. `param` names it, so every layer can report it."""
 
@@ -40,7 +44,9 @@ class SamplingParams:
     max_time: float | None = None  # seconds, soft limit
     n: int = 1  # independent return sequences (num_return_sequences / OpenAI n)
     top_n_tokens: int = 0  # alternatives reported per generated token
-    prompt_logprobs: bool = False  # report logprobs of the prompt tokens (decoder_input_details / echo)
+    prompt_logprobs: bool = (
+        False  # report logprobs of the prompt tokens (decoder_input_details / echo)
+    )
     ignore_eos: bool = False
 
     @property
@@ -124,3 +130,4 @@ class StreamEvent:
     index: int  # which return sequence (0..n-1)
     token: TokenInfo | None
     result: GenerationResult | None = None  # set on the last event of this sequence
+    error: str | None = None  # set (alone) when the whole request failed; no event follows

@@ -1,0 +1,263 @@
+"""OpenAI wire format: /v1/completions, /v1/chat/completions, /v1/models.
+
+Ranges and defaults follow OpenAI's API reference (max_tokens 16 for completions, temperature
+0-2 with 0 greedy, stop up to the server's max_stop_sequences and trimmed from the text,
+logprobs 0-5). Unknown fields are rejected as OpenAI does ("Unrecognized request argument").
+Fields OpenAI has but this engine does not implement (suffix, logit_bias, tools,
+presence/frequency penalties, best_of > n) are accepted only at their neutral value;
+`top_k` and `repetition_penalty` are accepted as extensions, as vLLM does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _neutral(value: Any, neutral: Any, what: str) -> Any:
+    if value not in (None, neutral):
+        raise ValueError(f"{what} is not supported")
+    return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
+class _SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="Served model name or alias")
+    temperature: float | None = Field(1.0, ge=0, le=2, description="0 means greedy")
+    top_p: float | None = Field(
+        1.0, ge=0, le=1, description="Nucleus sampling mass (0 means greedy)"
+    )
+    n: int = Field(1, ge=1, le=16, description="Choices per prompt")
+    stop: str | list[str] | None = Field(None, description="Stop sequences, trimmed from the text")
+    seed: int | None = Field(None, ge=0, lt=2**64, description="Random seed for sampling")
+    stream: bool = Field(
+        False, description="Answer with server-sent events ending in `data: [DONE]`"
+    )
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(0, description="Unsupported: only 0")
+    frequency_penalty: float | None = Field(0, description="Unsupported: only 0")
+    logit_bias: dict[str, float] | None = Field(None, description="Unsupported: only empty")
+    user: str | None = Field(None, description="Accepted and ignored")
+    top_k: int | None = Field(None, ge=1, description="Extension: keep the k most likely tokens")
+    repetition_penalty: float | None = Field(None, gt=0, description="Extension: 1.0 means none")
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _zero_penalty(cls, value: float | None) -> float | None:
+        return _neutral(value, 0, "this penalty")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("logit_bias is not supported")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class CompletionRequest(_SamplingFields):
+    """`POST /v1/completions`."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="Prompt(s): text or token ids"
+    )
+    max_tokens: int | None = Field(16, ge=0, description="Tokens to generate (default 16)")
+    logprobs: int | None = Field(
+        None, ge=0, le=5, description="Logprobs of the chosen and this many top tokens"
+    )
+    echo: bool = Field(False, description="Prepend the prompt (with its logprobs when asked)")
+    best_of: int | None = Field(None, ge=1, description="Only equal to n (no best-of sampling)")
+    suffix: str | None = Field(None, description="Unsupported: must be null")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        return _neutral(value, None, "suffix")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"] = "text"
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1, description="The conversation")
+    max_tokens: int | None = Field(
+        None, ge=0, description="Tokens to generate (default: the server's chat default)"
+    )
+    max_completion_tokens: int | None = Field(None, ge=0, description="Alias of max_tokens")
+    logprobs: bool = Field(False, description="Return logprobs of the generated tokens")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="Alternatives per token (needs logprobs)"
+    )
+    response_format: ResponseFormat | None = Field(None, description="Only {'type': 'text'}")
+    tools: list[dict[str, Any]] | None = Field(None, description="Unsupported: only empty")
+    tool_choice: Any = Field(None, description="Unsupported: only null or 'none'")
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("tools are not supported")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        if value not in (None, "none", "auto"):
+            raise ValueError("tool_choice is not supported")
+        return value
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = Field(
+        None, description="cached_tokens: prompt tokens from the prefix cache"
+    )
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` event of a streamed chat completion (the stream ends with `data: [DONE]`)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "fewshot"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIErrorDetail

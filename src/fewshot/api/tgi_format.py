@@ -1,0 +1,63 @@
+"""Engine results in TGI's shapes (tokens, details, finish reasons); used by the TGI and the
+Hugging Face routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fewshot.engine.types import GenerationResult, TokenInfo
+
+# TGI knows three finish reasons; a time limit or an abort ends like a length limit
+_FINISH = {"length": "length", "eos_token": "eos_token", "stop_sequence": "stop_sequence"}
+
+
+def finish_reason(result: GenerationResult) -> str:
+    return _FINISH.get(result.finish_reason, "length")
+
+
+def token(info: TokenInfo) -> dict[str, Any]:
+    return {"id": info.id, "text": info.text, "logprob": info.logprob, "special": info.special}
+
+
+def top_tokens(info: TokenInfo, special_ids: set[int]) -> list[dict[str, Any]]:
+    return [
+        {"id": t.id, "text": t.text, "logprob": t.logprob, "special": t.id in special_ids}
+        for t in info.top
+    ]
+
+
+def empty_token() -> dict[str, Any]:
+    """Stands in for the token of a final event that has none (an aborted sequence)."""
+    return {"id": 0, "text": "", "logprob": None, "special": True}
+
+
+def details(result: GenerationResult, *, top_n: int, special_ids: set[int]) -> dict[str, Any]:
+    """`details` of a GenerateResponse."""
+    out: dict[str, Any] = {
+        "finish_reason": finish_reason(result),
+        "generated_tokens": result.generated_tokens,
+        "seed": result.seed,
+        "prefill": [
+            {"id": p.id, "text": p.text, "logprob": p.logprob} for p in (result.prefill or [])
+        ],
+        "tokens": [token(t) for t in result.tokens],
+    }
+    if top_n:
+        out["top_tokens"] = [top_tokens(t, special_ids) for t in result.tokens]
+    return out
+
+
+def stream_details(result: GenerationResult) -> dict[str, Any]:
+    return {
+        "finish_reason": finish_reason(result),
+        "generated_tokens": result.generated_tokens,
+        "seed": result.seed,
+        "input_length": result.prompt_tokens,
+    }
+
+
+def special_ids(llm: Any) -> set[int]:
+    ids = getattr(llm.tokenizer, "special_ids", None)
+    if callable(ids):
+        ids = ids()
+    return set(ids) if ids else set()

@@ -1,0 +1,388 @@
+"""BENCHMARKS.md and docs/bench.png from one run's results (medians over rounds, ratios)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fewshot.bench.stats import ratio
+from fewshot.bench.targets import TargetResult, headline, judge
+
+PLOT_NAME = "docs/bench.png"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1e3 * seconds:.1f} ms"
+
+
+def _mb(nbytes: float | None) -> str:
+    return "-" if not nbytes else f"{nbytes / 1e6:,.0f} MB"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _oneline(text: object, limit: int = 200) -> str:
+    """Text fit for a table cell or a list item: one line, no pipes, at most `limit` chars."""
+    flat = " ".join(str(text).split()).replace("|", "/")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _engines(model: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return list(model.get("engines", {}).items())
+
+
+def _single_table(model: dict[str, Any]) -> list[str]:
+    base = model["engines"].get("baseline", {})
+    b_ttft = (base.get("single") or {}).get("ttft_s")
+    b_step = (base.get("single") or {}).get("decode_s_per_token")
+    rows = []
+    for key, eng in _engines(model):
+        s = eng.get("single") if eng.get("kind") != "peer" else eng
+        if not s or "error" in eng:
+            rows.append(
+                [
+                    eng.get("label", key),
+                    "failed: " + _oneline(eng.get("error", "not run"), 80),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+            continue
+        peak = eng.get("peak_rss_single") or eng.get("peak_rss")
+        rows.append([
+            eng.get("label", key),
+            _ms(s.get("ttft_s")),
+            _ms(s.get("decode_s_per_token")),
+            _ms(s.get("ttft_cached_prefix_s")),
+            _mb(peak),
+            _x(ratio(b_ttft, s.get("ttft_s"))),
+            _x(ratio(b_step, s.get("decode_s_per_token"))),
+        ])  # fmt: skip
+    header = [
+        "engine",
+        "time to first token",
+        "decode / token",
+        "TTFT, cached prefix",
+        "peak RSS",
+        "TTFT speedup",
+        "decode speedup",
+    ]
+    return _table(header, rows)
+
+
+def _serving_table(model: dict[str, Any]) -> list[str]:
+    base_rps = ((model["engines"].get("baseline") or {}).get("serving") or {}).get("requests_per_s")
+    rows = []
+    for key, eng in _engines(model):
+        s = eng.get("serving")
+        if not s:
+            continue
+        peer = eng.get("kind") == "peer"
+        rows.append([
+            eng.get("label", key) + (" (in-process, batches)" if peer else ""),
+            _num(s.get("requests_per_s"), 2),
+            "-" if peer else _ms(s.get("p50_s")),
+            "-" if peer else _ms(s.get("p99_s")),
+            _x(ratio(s.get("requests_per_s"), base_rps)),
+            str(s.get("requests", "-")),
+            "-" if peer else f"{s.get('replies_with_stop', 0)}/{s.get('requests', 0)}",
+        ])  # fmt: skip
+    if not rows:
+        return []
+    header = [
+        "engine",
+        "requests/s",
+        "p50 latency",
+        "p99 latency",
+        "x baseline",
+        "requests",
+        "stopped at stop string",
+    ]
+    return _table(header, rows)
+
+
+def _throughput_table(model: dict[str, Any]) -> list[str]:
+    base_levels = ((model["engines"].get("baseline") or {}).get("throughput") or {}).get(
+        "levels", {}
+    )
+    rows = []
+    for key, eng in _engines(model):
+        for level, v in ((eng.get("throughput") or {}).get("levels") or {}).items():
+            base = (base_levels.get(level) or {}).get("tokens_per_s")
+            rows.append(
+                [
+                    eng.get("label", key),
+                    level,
+                    _num(v.get("tokens_per_s")),
+                    _x(ratio(v.get("tokens_per_s"), base)),
+                ]
+            )
+    if not rows:
+        return []
+    return _table(
+        ["engine", "concurrent prompts", "generated tokens/s", "x baseline (same concurrency)"],
+        rows,
+    )
+
+
+def _targets_section(results: dict[str, Any], judged: list[TargetResult]) -> list[str]:
+    name, ours_key = headline(results)
+    lines = [
+        "## Targets",
+        "",
+        f"Judged on **{name}** with **{ours_key}**, all numbers from this run.",
+        "",
+    ]
+    status = {True: "met", False: "**missed**", None: "not measured"}
+    rows = [[t.name, t.measured, t.goal, status[t.met], t.detail] for t in judged]
+    return lines + _table(["target", "measured", "goal", "status", "margin"], rows) + [""]
+
+
+def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> list[str]:
+    lines: list[str] = []
+    missed = [t for t in judged if t.met is False]
+    for name, model in results.get("models", {}).items():
+        probe = model.get("probe") or {}
+        prof = probe.get("profile")
+        if not probe:
+            continue
+        lines += [f"### {name}, our engine in-process ({probe.get('dtype')})", ""]
+        if "error" in probe:
+            lines += [f"Probe failed: `{_oneline(probe['error'])}`", ""]
+            continue
+        lines.append(
+            f"No HTTP: time to first token {_ms(probe.get('ttft_s'))}, decode {_ms(probe.get('decode_s_per_token'))}"
+            f"/token, time to first token with a cached prefix {_ms(probe.get('ttft_cached_prefix_s'))} "
+            f"(cached tokens: {probe.get('cached_tokens')}); load {_num(probe.get('load_s'))} s."
+        )
+        lines.append("")
+        if prof and prof.get("top_ops"):
+            step = prof.get("forward_s_per_step")
+            engine_step = probe.get("decode_s_per_token")
+            overhead = ""
+            if step and engine_step:
+                overhead = f"; the engine's decode/token above is {_x(engine_step / step)} of that"
+            lines.append(
+                f"Model forward alone, batch-1 greedy decode at {prof['context_tokens']} tokens of context: "
+                f"{_ms(step)} per step ({prof['torch_threads']} threads){overhead}. "
+                f"torch.profiler over {prof['steps']} steps ({_num(prof['profiled_self_cpu_s'], 2)} s of op "
+                "self time), top ops by self CPU time:"
+            )
+            lines.append("")
+            rows = [
+                [
+                    f"`{op['op']}`",
+                    str(op["calls"]),
+                    _num(op["self_cpu_ms"]),
+                    f"{100 * op['share']:.0f}%",
+                ]
+                for op in prof["top_ops"]
+            ]
+            lines += _table(["op", "calls", "self CPU ms", "share"], rows)
+            lines.append("")
+    if not lines:
+        return []
+    head = ["## Where the time goes", ""]
+    if missed:
+        head += ["Missed: " + "; ".join(f"{t.name} ({t.detail})" for t in missed) + ".", ""]
+    return head + lines
+
+
+def _machine_section(results: dict[str, Any]) -> list[str]:
+    m = results.get("machine", {})
+    meta = results.get("meta", {})
+    bw = results.get("bandwidth_gbps")
+    bw_end = meta.get("bandwidth_gbps_end")
+    load = m.get("load_avg_1m")
+    return [
+        "## Machine and settings",
+        "",
+        f"- CPU: {m.get('cpu_model')}; {m.get('logical_cores')} logical / {m.get('physical_cores')} physical cores, "
+        f"{m.get('available_cores')} available to this process; {m.get('memory_gib')} GiB RAM; "
+        f"flags: {', '.join(m.get('flags') or []) or 'none of note'}",
+        f"- Threads: **{meta.get('threads')}** for every engine (torch intra-op threads / ORT / OpenVINO / llama.cpp)",
+        f"- Memory read bandwidth (torch sum, {meta.get('threads')} threads): {_num(bw)} GB/s at the start, {_num(bw_end)} GB/s at the end",
+        f"- Load average at the start: {_num(load, 2) if load is not None else '-'} "
+        "(other work on the machine skews absolute numbers; the ratios come from the same run)",
+        f"- Python runtime alone (torch + server stack, no model): {_mb(results.get('runtime_rss'))} RSS",
+        f"- Rounds: {meta.get('rounds')} per workload (medians reported); ours in {', '.join(meta.get('dtypes') or [])}; "
+        f"run took {_num((meta.get('wall_s') or 0) / 60)} min; started {meta.get('started')}",
+        f"- Python {m.get('python')}, torch {m.get('torch')}",
+        "",
+    ]
+
+
+def _workload_notes(results: dict[str, Any]) -> list[str]:
+    s = results.get("meta", {}).get("sizes", {})
+    return [
+        "## Workloads",
+        "",
+        f"1. **Single request**: a ~{s.get('single_prompt_tokens')}-token few-shot prompt, greedy, "
+        f"{s.get('single_new_tokens')} new tokens, over HTTP (TGI `/generate` with `details`, so generated tokens are counted). "
+        "Time to first token = latency of a 1-token request on a fresh prompt; decode/token = (latency of the "
+        f"{s.get('single_new_tokens')}-token request - time to first token) / (tokens - 1), on another fresh prompt. "
+        f"TTFT with a cached prefix: `prefix + query` right after another query on the same ~{s.get('prefix_tokens')}-token prefix. "
+        "Peak RSS: the serving process's high-water mark (VmHWM, and psutil samples) after this workload, model load included.",
+        f"2. **Few-shot serving**: requests sharing a ~{s.get('prefix_tokens')}-token few-shot prefix with distinct final "
+        f"queries, HF route `POST /models/{{id}}`, {s.get('concurrency')} client threads, greedy, max_new_tokens "
+        f"{s.get('serving_new_tokens')}, stop at `{s.get('stop')}` requested (both servers get identical requests; the "
+        "baseline the first N of the same list). Response cache off (`use_cache: false`).",
+        f"3. **Throughput**: C concurrent unrelated prompts (~{s.get('unrelated_prompt_tokens')} tokens, no shared prefix), "
+        f"{s.get('throughput_new_tokens')} new tokens each; generated tokens/s over the wall time.",
+        "",
+        "Random-weight GPT-Neo models never produce the stop string on purpose, so their generation length is fixed by "
+        "max_new_tokens (EOS may still end a sequence early: token counts come from the server's details). "
+        "Gemma 3 270M has real weights and does stop at the separator. The baseline is a FastAPI server calling "
+        '`pipeline("text-generation")` fp32 per request with transformers\' own `stop_strings`, one call at a time '
+        "(concurrent pipeline calls on the same cores only slow each other down).",
+        "",
+    ]
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole BENCHMARKS.md."""
+    judged = judge(results)
+    meta = results.get("meta", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `fewshot bench`; do not edit by hand. Reproduce with:",
+        "",
+        "```",
+        meta.get("command") or "fewshot bench",
+        "```",
+        "",
+    ]
+    if meta.get("quick"):
+        lines += [
+            "**Quick smoke run (tiny sizes): these numbers say nothing about performance.**",
+            "",
+        ]
+    lines += _machine_section(results)
+    lines += _targets_section(results, judged)
+    lines += [f"![benchmark plot]({PLOT_NAME})", ""]
+    for name, model in results.get("models", {}).items():
+        spec = model.get("model", {})
+        lines += [f"## {name}", ""]
+        if "error" in model:
+            lines += [f"Failed: `{_oneline(model['error'])}`", ""]
+            continue
+        kind = "random weights (seeded)" if spec.get("random_weights") else "real weights"
+        toks = model.get("prompt_tokens", {})
+        lines += [
+            f"{spec.get('n_params', 0) / 1e6:,.0f}M parameters, {kind}; prompts: single {toks.get('single_prompt')} tokens, "
+            f"shared prefix {toks.get('prefix')} + query ~{toks.get('query')} tokens, unrelated ~{toks.get('unrelated_prompt')} tokens.",
+            "",
+            "### Single request (batch 1)",
+            "",
+            *_single_table(model),
+            "",
+        ]
+        serving_rows = _serving_table(model)
+        if serving_rows:
+            lines += ["### Few-shot serving over HTTP", "", *serving_rows, ""]
+        tp = _throughput_table(model)
+        if tp:
+            lines += ["### Throughput, unrelated prompts", "", *tp, ""]
+        failed = [(k, e) for k, e in _engines(model) if "error" in e]
+        for key, eng in failed:
+            lines += [f"- {eng.get('label', key)} failed: `{_oneline(eng['error'])}`"]
+        if failed:
+            lines.append("")
+    lines += _profile_section(results, judged)
+    lines += _workload_notes(results)
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if meta.get("raw_results"):
+        lines += [f"Raw results of this run: `{meta['raw_results']}`.", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Three panels (serving requests/s, decode ms/token, throughput tokens/s) per model/engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [n for n, m in results.get("models", {}).items() if "error" not in m]
+    keys: list[str] = []
+    labels: dict[str, str] = {}
+    for n in models:
+        for k, e in results["models"][n]["engines"].items():
+            if k not in keys:
+                keys.append(k)
+                labels[k] = e.get("label", k)
+
+    def value(m: dict[str, Any], k: str, metric: str) -> float | None:
+        e = m["engines"].get(k) or {}
+        if metric == "serving":
+            return (e.get("serving") or {}).get("requests_per_s")
+        if metric == "decode":
+            s = e if e.get("kind") == "peer" else (e.get("single") or {})
+            v = s.get("decode_s_per_token")
+            return None if v is None else 1e3 * v
+        levels = (e.get("throughput") or {}).get("levels") or {}
+        best = [v.get("tokens_per_s") for v in levels.values() if v.get("tokens_per_s")]
+        return max(best) if best else None
+
+    panels = [
+        ("serving", "few-shot serving, requests/s (higher is better)"),
+        ("decode", "batch-1 decode, ms/token (lower is better)"),
+        ("throughput", "throughput, best tokens/s (higher is better)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    width = 0.8 / max(1, len(keys))
+    for ax, (metric, title) in zip(axes, panels, strict=True):
+        for i, k in enumerate(keys):
+            xs, ys = [], []
+            for j, n in enumerate(models):
+                v = value(results["models"][n], k, metric)
+                if v:
+                    xs.append(j + i * width)
+                    ys.append(v)
+            if ys:
+                ax.bar(xs, ys, width, label=labels[k])
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models)
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+    handles, names = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, nm in zip(*ax.get_legend_handles_labels(), strict=True):
+            if nm not in names:
+                handles.append(h)
+                names.append(nm)
+    fig.legend(handles, names, loc="lower center", ncol=min(4, max(1, len(names))), fontsize=8)
+    threads = results.get("meta", {}).get("threads")
+    cpu = results.get("machine", {}).get("cpu_model")
+    fig.suptitle(f"fewshot bench: {cpu}, {threads} threads (medians; log scale)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write BENCHMARKS.md and docs/bench.png under `out`; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "BENCHMARKS.md"
+    md.write_text(render(results))
+    png = plot(results, out / PLOT_NAME)
+    return [md, png]

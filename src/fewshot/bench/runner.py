@@ -1,0 +1,267 @@
+"""Run the whole benchmark: per model, the baseline server, our server in each dtype, the
+optional peers and an in-process probe of our engine; then write the report.
+
+Servers run one at a time (so they never compete for the cores), each as a subprocess on its
+own port. Raw results are saved as JSON under the work directory after every step.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fewshot.bench import models as bench_models
+from fewshot.bench import peers as bench_peers
+from fewshot.bench import report
+from fewshot.bench.config import BenchConfig, SidePlan
+from fewshot.bench.http_client import round_trip
+from fewshot.bench.machine import machine_info, measure_bandwidth
+from fewshot.bench.prompts import PromptSet, build_prompt_set, token_counter
+from fewshot.bench.servers import ServerProcess, baseline_argv, free_port, ours_argv
+from fewshot.bench.workloads import Target, prompts_needed, serving, single_request, throughput
+
+OURS_ALIAS = "bench"
+Log = Callable[[str], None]
+
+_RUNTIME_PROBE = """
+import json, resource
+import torch, fastapi, uvicorn, tokenizers
+print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def runtime_rss() -> int | None:
+    """Peak RSS of a Python that imports torch, FastAPI, uvicorn and tokenizers, with no model:
+    the memory any Python server of a torch model pays before its weights."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RUNTIME_PROBE], capture_output=True, text=True, timeout=300
+    )
+    try:
+        return int(json.loads(out.stdout.strip().splitlines()[-1])["rss"])
+    except (ValueError, IndexError, KeyError):
+        return None
+
+
+def _run_side(
+    server: ServerProcess,
+    model_id: str,
+    side: SidePlan,
+    prompts: PromptSet,
+    cfg: BenchConfig,
+    log: Log,
+) -> dict[str, Any]:
+    """Start `server`, run the side's workloads, stop it; everything measured, or an error."""
+    res: dict[str, Any] = {}
+    try:
+        server.start()
+        res["startup_s"] = server.startup_seconds
+        res["rss_loaded"] = server.rss()
+        res["http_overhead_s"] = round_trip(server.base_url, "/health")
+        target = Target(server.base_url, model_id)
+        if "single" in side.workloads:
+            log(f"  {server.label}: single request")
+            res["single"] = single_request(
+                target,
+                prompts.cold,
+                prompts.prefix,
+                prompts.single_queries,
+                cfg.single_new_tokens,
+                cfg.rounds,
+            )
+            res["peak_rss_single"] = server.peak_rss()
+        if "serving" in side.workloads and side.serving_requests > 0:
+            log(
+                f"  {server.label}: few-shot serving, {side.serving_requests} requests x {cfg.rounds}"
+            )
+            res["serving"] = serving(
+                target, prompts.prefix, prompts.serving_queries, side.serving_requests, cfg.rounds,
+                cfg.concurrency, cfg.serving_new_tokens, cfg.stop,
+            )  # fmt: skip
+        if "throughput" in side.workloads and side.throughput_levels:
+            log(f"  {server.label}: throughput at {list(side.throughput_levels)} concurrent")
+            res["throughput"] = throughput(
+                target,
+                prompts.unrelated,
+                side.throughput_levels,
+                cfg.rounds,
+                cfg.throughput_new_tokens,
+            )
+        res["peak_rss"] = server.peak_rss()
+    except Exception as exc:  # one engine failing must not lose the others' results
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        res["log_tail"] = server.log_tail()
+        log(f"  {server.label} FAILED: {res['error']}")
+    finally:
+        server.stop()
+    return res
+
+
+def _prompt_file(path: Path, prompts: PromptSet) -> Path:
+    data = {
+        "cold": prompts.cold,
+        "prefix": prompts.prefix,
+        "single_queries": prompts.single_queries,
+        "serving_queries": prompts.serving_queries,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _probe(
+    model: bench_models.BenchModel, dtype: str, prompt_file: Path, cfg: BenchConfig, log_path: Path
+) -> dict:
+    argv = [
+        sys.executable, "-m", "fewshot.bench.engine_probe", "--model", model.ours_source,
+        "--dtype", dtype, "--threads", str(cfg.threads), "--prompts", str(prompt_file),
+        "--rounds", str(cfg.rounds), "--new-tokens", str(cfg.single_new_tokens),
+        "--profile-tokens", str(cfg.single_new_tokens if cfg.profile else 0),
+    ]  # fmt: skip
+    with log_path.open("w") as log:
+        out = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=log, text=True, timeout=cfg.server_timeout_s
+        )
+    for line in reversed(out.stdout.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return {"error": f"engine probe gave no result (exit {out.returncode}); see {log_path}"}
+
+
+def run_model(
+    name: str, cfg: BenchConfig, discovery: bench_peers.PeerDiscovery, log: Log
+) -> dict[str, Any]:
+    """Everything measured on one model."""
+    plan = cfg.plan(name)
+    root = cfg.work / "models"
+    log(f"{name}: preparing model")
+    model = bench_models.prepare(name, root, seed=cfg.seed)
+    count = token_counter(str(model.hf_dir / "tokenizer.json"))
+    levels = sorted(set(plan.baseline.throughput_levels) | set(plan.ours.throughput_levels))
+    serving_max = max(plan.baseline.serving_requests, plan.ours.serving_requests)
+    needed = prompts_needed(cfg.rounds, serving_max, levels or [1])
+    prompts = build_prompt_set(
+        count, needed, cfg.single_tokens, cfg.prefix_tokens, cfg.unrelated_tokens
+    )
+    logs = cfg.work / "logs" / name
+    prompt_file = _prompt_file(cfg.work / "prompts" / f"{name}.json", prompts)
+    out: dict[str, Any] = {
+        "model": bench_models.describe(model),
+        "prompt_tokens": prompts.tokens,
+        "engines": {},
+    }
+
+    log(f"{name}: baseline (transformers pipeline, fp32)")
+    port = free_port()
+    server = ServerProcess(
+        "baseline", baseline_argv(model.hf_dir, port, cfg.threads), port, logs / "baseline.log",
+        startup_timeout=cfg.server_timeout_s,
+    )  # fmt: skip
+    base = _run_side(server, "bench", plan.baseline, prompts, cfg, log)
+    out["engines"]["baseline"] = {
+        "label": "transformers pipeline fp32 (baseline)",
+        "kind": "baseline",
+        "dtype": "fp32",
+        **base,
+    }
+
+    for dtype in cfg.dtypes:
+        log(f"{name}: ours ({dtype})")
+        port = free_port()
+        server = ServerProcess(
+            f"ours-{dtype}", ours_argv(model.ours_source, OURS_ALIAS, port, cfg.threads, dtype), port,
+            logs / f"ours-{dtype}.log", startup_timeout=cfg.server_timeout_s,
+        )  # fmt: skip
+        res = _run_side(server, OURS_ALIAS, plan.ours, prompts, cfg, log)
+        out["engines"][f"ours-{dtype}"] = {
+            "label": f"fewshot serve {dtype}",
+            "kind": "ours",
+            "dtype": dtype,
+            **res,
+        }
+
+    if plan.peers:
+        for peer in discovery.peers:
+            if not bench_peers.applies(peer, model):
+                continue
+            log(f"{name}: peer {peer.backend}")
+            res = bench_peers.run_peer(
+                peer, model, prompt_file, cfg.work / "peers", cfg.threads, cfg.rounds,
+                cfg.single_new_tokens, plan.ours.serving_requests, cfg.serving_new_tokens,
+                cfg.concurrency, cfg.stop, cfg.peer_timeout_s, logs / f"peer-{peer.backend}.log",
+            )  # fmt: skip
+            if "error" in res:
+                log(f"  peer {peer.backend} FAILED: {res['error']}")
+            out["engines"][f"peer-{peer.backend}"] = {"label": peer.label, "kind": "peer", **res}
+
+    if cfg.dtypes:
+        log(f"{name}: in-process probe of our engine ({cfg.dtypes[0]}), with a profile")
+        out["probe"] = _probe(model, cfg.dtypes[0], prompt_file, cfg, logs / "probe.log")
+        out["probe"]["dtype"] = cfg.dtypes[0]
+    return out
+
+
+def run(cfg: BenchConfig, log: Log = _log) -> dict[str, Any]:
+    """Run everything in `cfg`, save raw JSON, write BENCHMARKS.md and the plot."""
+    t0 = time.perf_counter()
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "meta": {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": cfg.command,
+            "threads": cfg.threads,
+            "rounds": cfg.rounds,
+            "dtypes": cfg.dtypes,
+            "quick": cfg.quick,
+            "sizes": {
+                "single_prompt_tokens": cfg.single_tokens,
+                "prefix_tokens": cfg.prefix_tokens,
+                "single_new_tokens": cfg.single_new_tokens,
+                "serving_new_tokens": cfg.serving_new_tokens,
+                "concurrency": cfg.concurrency,
+                "throughput_new_tokens": cfg.throughput_new_tokens,
+                "unrelated_prompt_tokens": cfg.unrelated_tokens,
+                "stop": cfg.stop,
+            },
+        },
+        "notes": [],
+        "models": {},
+    }
+    log("machine and memory bandwidth")
+    results["machine"] = machine_info().to_dict()
+    results["bandwidth_gbps"] = measure_bandwidth(cfg.threads, cfg.bandwidth_mb)
+    results["runtime_rss"] = runtime_rss()
+    discovery = bench_peers.discover(
+        cfg.peer_pythons, cfg.peer_backends, cfg.work / "peers" / "home", cfg.threads
+    )
+    results["notes"].extend(discovery.notes)
+    results["peers"] = [{"backend": p.backend, "python": str(p.python)} for p in discovery.peers]
+    raw = cfg.work / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    for name in cfg.models:
+        try:
+            results["models"][name] = run_model(name, cfg, discovery, log)
+        except Exception as exc:
+            results["models"][name] = {"error": f"{type(exc).__name__}: {exc}", "engines": {}}
+            log(f"{name} FAILED: {exc}")
+        raw.write_text(json.dumps(results, indent=2, default=str))
+    results["meta"]["bandwidth_gbps_end"] = measure_bandwidth(cfg.threads, cfg.bandwidth_mb)
+    results["meta"]["wall_s"] = time.perf_counter() - t0
+    results["meta"]["raw_results"] = str(raw)
+    raw.write_text(json.dumps(results, indent=2, default=str))
+    written = report.write(results, cfg.out)
+    for path in written:
+        log(f"wrote {path}")
+    log(f"raw results: {raw}")
+    return results

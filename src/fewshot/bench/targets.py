@@ -1,0 +1,181 @@
+"""The issue's targets, judged from one run's results (all ratios from the same run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fewshot.bench.stats import ratio
+
+HEADLINE_MODELS = ("gpt-neo-125m", "gpt-neo-tiny")
+SERVING_GOAL = 50.0  # x the baseline's requests/s
+FLOOR_GOAL = 2.0  # x the int8 memory-bandwidth floor
+CACHED_TTFT_GOAL = 2.0  # decode steps
+MEMORY_GOAL = 1.5  # x (weights + KV cache)
+
+
+@dataclass
+class TargetResult:
+    name: str
+    measured: str
+    goal: str
+    met: bool | None  # None: not measured
+    detail: str
+
+
+def headline(results: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The model the targets are judged on (GPT-Neo-125M, else the first) and our engine key."""
+    models = results.get("models", {})
+    name = next((m for m in HEADLINE_MODELS if m in models), next(iter(models), None))
+    dtypes = results.get("meta", {}).get("dtypes") or []
+    return name, (f"ours-{dtypes[0]}" if dtypes else None)
+
+
+def _get(d: dict[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _margin(value: float | None, goal: float, higher_is_better: bool) -> str:
+    if value is None:
+        return "not measured"
+    if higher_is_better:
+        return (
+            f"{value / goal:.2f}x the goal"
+            if value >= goal
+            else f"missed by {100 * (1 - value / goal):.0f}%"
+        )
+    return (
+        f"{goal / value:.2f}x under the limit"
+        if value <= goal
+        else f"missed by {100 * (value / goal - 1):.0f}%"
+    )
+
+
+def judge(results: dict[str, Any]) -> list[TargetResult]:
+    """Every target with its measured value and whether it is met."""
+    name, ours_key = headline(results)
+    if name is None or ours_key is None:
+        return []
+    model = results["models"][name]
+    engines = model.get("engines", {})
+    ours = engines.get(ours_key, {})
+    base = engines.get("baseline", {})
+    peers = {k: v for k, v in engines.items() if v.get("kind") == "peer" and "error" not in v}
+    spec = model.get("model", {})
+    bandwidth = results.get("bandwidth_gbps")
+    out: list[TargetResult] = []
+
+    # 1. serving vs the baseline
+    r = ratio(_get(ours, "serving", "requests_per_s"), _get(base, "serving", "requests_per_s"))
+    out.append(
+        TargetResult(
+            f"few-shot serving on {name}: {ours_key} vs baseline requests/s",
+            "-" if r is None else f"{r:.1f}x",
+            f">= {SERVING_GOAL:.0f}x",
+            None if r is None else r >= SERVING_GOAL,
+            _margin(r, SERVING_GOAL, True),
+        )
+    )
+    # 2. serving vs the best peer
+    peer_rps = {k: _get(v, "serving", "requests_per_s") for k, v in peers.items()}
+    peer_rps = {k: v for k, v in peer_rps.items() if v}
+    ours_rps = _get(ours, "serving", "requests_per_s")
+    if peer_rps and ours_rps:
+        best = max(peer_rps, key=lambda k: peer_rps[k])
+        r = ours_rps / peer_rps[best]
+        out.append(
+            TargetResult(
+                f"few-shot serving: ahead of the best peer ({best})",
+                f"{r:.2f}x",
+                "> 1x",
+                r > 1,
+                _margin(r, 1.0, True),
+            )
+        )
+    else:
+        out.append(
+            TargetResult(
+                "few-shot serving: ahead of the best peer", "-", "> 1x", None, "no peer measured"
+            )
+        )
+    # 3. batch-1 decode vs OpenVINO int8
+    ours_step = _get(ours, "single", "decode_s_per_token")
+    ov_step = _get(peers.get("peer-ov-int8"), "decode_s_per_token")
+    r = ratio(ov_step, ours_step)
+    out.append(
+        TargetResult(
+            "batch-1 decode faster than OpenVINO int8",
+            "-"
+            if r is None
+            else f"{1e3 * ours_step:.1f} vs {1e3 * ov_step:.1f} ms/token ({r:.2f}x)",
+            "> 1x",
+            None if r is None else r > 1,
+            "OpenVINO int8 not measured" if r is None else _margin(r, 1.0, True),
+        )
+    )
+    # 4. batch-1 decode vs the int8 memory-bandwidth floor
+    floor = None
+    if bandwidth and spec.get("n_params"):
+        floor = spec["n_params"] / (bandwidth * 1e9)  # int8: one byte per weight per token
+    r = ratio(ours_step, floor)
+    out.append(
+        TargetResult(
+            "batch-1 decode within 2x of the int8 bandwidth floor",
+            "-"
+            if r is None
+            else f"{1e3 * ours_step:.1f} ms/token = {r:.2f}x the {1e3 * floor:.1f} ms floor",
+            f"<= {FLOOR_GOAL:.0f}x",
+            None if r is None else r <= FLOOR_GOAL,
+            _margin(r, FLOOR_GOAL, False),
+        )
+    )
+    # 5. time to first token with a cached prefix, in decode steps
+    cached = _get(ours, "single", "ttft_cached_prefix_s")
+    steps = ratio(cached, ours_step)
+    probe = model.get("probe", {})
+    p_steps = ratio(probe.get("ttft_cached_prefix_s"), probe.get("decode_s_per_token"))
+    extra = "" if p_steps is None else f"; in-process (no HTTP): {p_steps:.2f} steps"
+    out.append(
+        TargetResult(
+            "time to first token with a cached ~300-token prefix",
+            "-"
+            if steps is None
+            else f"{1e3 * cached:.1f} ms = {steps:.2f} decode steps over HTTP{extra}",
+            f"<= {CACHED_TTFT_GOAL:.0f} steps",
+            None if steps is None else steps <= CACHED_TTFT_GOAL,
+            _margin(steps, CACHED_TTFT_GOAL, False),
+        )
+    )
+    # 6. peak memory vs weights + KV cache
+    peak = ours.get("peak_rss_single")
+    dtype = ours.get("dtype", "int8")
+    tokens = (model.get("prompt_tokens", {}).get("single_prompt") or 0) + results.get(
+        "meta", {}
+    ).get("sizes", {}).get("single_new_tokens", 0)
+    need = None
+    if spec.get("n_params"):
+        per_weight = {"fp32": 4, "bf16": 2, "int8": 1}.get(dtype, 4)
+        kv_per = 2 if dtype == "bf16" else 4
+        need = (
+            spec["n_params"] * per_weight
+            + 2 * spec["n_layers"] * spec["kv_width"] * tokens * kv_per
+        )
+    r = ratio(peak, need)
+    runtime = results.get("runtime_rss")
+    extra = ""
+    if r is not None and runtime and peak > runtime:
+        extra = f"; without the {runtime / 1e6:.0f} MB Python+torch runtime: {(peak - runtime) / need:.2f}x"
+    out.append(
+        TargetResult(
+            "peak memory (RSS) of the single request vs weights + KV cache",
+            "-" if r is None else f"{peak / 1e6:.0f} MB = {r:.2f}x of {need / 1e6:.0f} MB{extra}",
+            f"<= {MEMORY_GOAL}x",
+            None if r is None else r <= MEMORY_GOAL,
+            _margin(r, MEMORY_GOAL, False),
+        )
+    )
+    return out

@@ -1,0 +1,115 @@
+"""`fewshot bench`: our server against a plain transformers server (and optional peers), same
+run, several rounds; writes BENCHMARKS.md and docs/bench.png."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from fewshot.bench.config import DEFAULT_MODELS, QUICK_MODELS, BenchConfig
+from fewshot.bench.models import KNOWN_MODELS
+from fewshot.bench.peers import DEFAULT_BACKENDS, parse_peer_python
+from fewshot.settings import Settings, available_cores
+
+DTYPES = ("int8", "fp32", "bf16")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help="benchmark against a transformers baseline and peers", description=__doc__
+    )
+    p.add_argument(
+        "--models",
+        type=_csv,
+        default=None,
+        help=f"comma-separated, from {', '.join(KNOWN_MODELS)} (default: {','.join(DEFAULT_MODELS)}; "
+        f"--quick: {','.join(QUICK_MODELS)})",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=None, help="rounds per workload (default 3; --quick 1)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for every engine (default: available cores)",
+    )
+    p.add_argument(
+        "--dtype",
+        type=_csv,
+        default=["int8", "fp32"],
+        help="our engine's weights, comma-separated; the first is judged against the targets (default int8,fp32)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny model, short prompts, one round"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="where BENCHMARKS.md and docs/bench.png go (default .)",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="models, logs, exports, raw results (default: <cache dir>/bench)",
+    )
+    p.add_argument(
+        "--peer-python",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="a peer venv's python, e.g. ov=/path/to/venv/bin/python (repeatable); missing ones are skipped",
+    )
+    p.add_argument(
+        "--peers",
+        type=_csv,
+        default=DEFAULT_BACKENDS,
+        help=f"peer backends to try (default {','.join(DEFAULT_BACKENDS)}; also: ov)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random GPT-Neo weights")
+    p.add_argument(
+        "--no-profile", action="store_true", help="skip the torch.profiler table of our decode"
+    )
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from fewshot.bench.runner import run as run_bench
+
+    models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)
+    unknown = [m for m in models if m not in KNOWN_MODELS]
+    bad_dtypes = [d for d in args.dtype if d not in DTYPES]
+    if unknown or bad_dtypes:
+        print(f"unknown model(s) {unknown} or dtype(s) {bad_dtypes}", file=sys.stderr)
+        return 2
+    try:
+        pythons = parse_peer_python(args.peer_python)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    common = {
+        "models": models,
+        "rounds": args.rounds or (1 if args.quick else 3),
+        "threads": args.threads or available_cores(),
+        "dtypes": args.dtype,
+        "out": args.out.resolve(),
+        "work": (args.work or Settings().cache_dir / "bench").resolve(),
+        "peer_pythons": pythons,
+        "peer_backends": args.peers,
+        "seed": args.seed,
+        "profile": not args.no_profile,
+        "command": "fewshot bench "
+        + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+    }
+    cfg = BenchConfig.quick_sizes(**common) if args.quick else BenchConfig(**common)
+    results = run_bench(cfg)
+    failed = [n for n, m in results["models"].items() if "error" in m]
+    return 1 if failed else 0

@@ -1,0 +1,63 @@
+"""Scoring of few-shot answers: normalisation, exact match, rank classification, accuracy.
+
+Normalisation (applied to both the prediction and every accepted answer):
+Unicode NFKC, case folding, surrounding quotes and a final period removed, internal whitespace
+collapsed. Accents are kept ("été" != "ete"): they are part of a French answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+_WS = re.compile(r"\s+")
+_QUOTES = "\"'`“”‘’«»"
+
+
+def normalize(text: str) -> str:
+    """The comparable form of an answer (see the module docstring)."""
+    s = unicodedata.normalize("NFKC", text).casefold().strip()
+    s = s.strip(_QUOTES).strip()
+    s = s.rstrip(".!").strip()
+    return _WS.sub(" ", s)
+
+
+def exact_match(prediction: str, answers: str | Iterable[str]) -> bool:
+    """True when the normalised prediction equals one normalised accepted answer."""
+    accepted = [answers] if isinstance(answers, str) else list(answers)
+    pred = normalize(prediction)
+    return any(pred == normalize(a) for a in accepted)
+
+
+def rank_choice(scores: Sequence[float], labels: Sequence[str]) -> str:
+    """The label with the highest score (first one on ties); scores are log-likelihoods."""
+    if not labels or len(scores) != len(labels):
+        raise ValueError("need one score per label")
+    best = max(range(len(labels)), key=lambda i: (scores[i], -i))
+    return labels[best]
+
+
+def softmax(scores: Sequence[float]) -> list[float]:
+    """Probabilities from log-scores (numerically stable)."""
+    m = max(scores)
+    exps = [math.exp(s - m) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def accuracy(correct: Iterable[bool]) -> float:
+    """Fraction of true values (0.0 for an empty iterable)."""
+    values = list(correct)
+    return sum(values) / len(values) if values else 0.0
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (0 for fewer than two values)."""
+    if not values:
+        return 0.0, 0.0
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))

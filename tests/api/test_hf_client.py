@@ -43,7 +43,9 @@ def test_chat_completion(api_server) -> None:
     assert isinstance(content, str) and out.usage.completion_tokens <= 5
     assert out.choices[0].finish_reason in ("stop", "length")
 
-    chunks = list(client.chat_completion(messages, model="chat", max_tokens=5, temperature=0, stream=True))
+    chunks = list(
+        client.chat_completion(messages, model="chat", max_tokens=5, temperature=0, stream=True)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
 
 

@@ -22,19 +22,40 @@ def test_shapes(api_server) -> None:
     assert len(many) == 2 and many[0] == one
     seqs = post(
         api_server,
-        {"inputs": "Hello", "parameters": {"num_return_sequences": 3, "seed": 1, "max_new_tokens": 4}},
+        {
+            "inputs": "Hello",
+            "parameters": {"num_return_sequences": 3, "seed": 1, "max_new_tokens": 4},
+        },
     ).json()
     assert len(seqs) == 3 and all(s["generated_text"].startswith("Hello") for s in seqs)
     full = post(api_server, {"inputs": "Hello", "parameters": {**GREEDY, "return_full_text": True}})
     assert full.json()[0]["generated_text"] == "Hello" + one[0]["generated_text"]
     # the model may be named by alias or by its source path
-    by_path = post(api_server, {"inputs": "Hello", "parameters": GREEDY}, model=str(api_server.state.resolve("tiny").source))
+    by_path = post(
+        api_server,
+        {"inputs": "Hello", "parameters": GREEDY},
+        model=str(api_server.state.resolve("tiny").source),
+    )
     assert by_path.json() == one
 
 
 def test_temperature_zero_is_greedy(api_server) -> None:
-    a = post(api_server, {"inputs": "Hi", "parameters": {"temperature": 0, "max_new_tokens": 6}, "options": {"use_cache": False}})
-    b = post(api_server, {"inputs": "Hi", "parameters": {"do_sample": False, "max_new_tokens": 6}, "options": {"use_cache": False}})
+    a = post(
+        api_server,
+        {
+            "inputs": "Hi",
+            "parameters": {"temperature": 0, "max_new_tokens": 6},
+            "options": {"use_cache": False},
+        },
+    )
+    b = post(
+        api_server,
+        {
+            "inputs": "Hi",
+            "parameters": {"do_sample": False, "max_new_tokens": 6},
+            "options": {"use_cache": False},
+        },
+    )
     assert a.json() == b.json()
 
 
@@ -44,7 +65,9 @@ def test_stop_kept_end_sequence_trimmed(api_server) -> None:
     cut = text.index(marker)
     kept = post(api_server, {"inputs": "Hello", "parameters": {**GREEDY, "stop": [marker]}}).json()
     assert kept[0]["generated_text"] == text[: cut + len(marker)]
-    trimmed = post(api_server, {"inputs": "Hello", "parameters": {**GREEDY, "end_sequence": marker}}).json()
+    trimmed = post(
+        api_server, {"inputs": "Hello", "parameters": {**GREEDY, "end_sequence": marker}}
+    ).json()
     assert trimmed[0]["generated_text"] == text[:cut]
 
 
@@ -85,3 +108,13 @@ def test_stream_option_and_details(api_server) -> None:
 
     last = json.loads(events[-1][len("data:") :])
     assert last["generated_text"] == plain["generated_text"]
+
+
+def test_body_parsed_as_json_whatever_the_content_type(api_server) -> None:
+    body = '{"inputs": "Hello", "parameters": {"max_new_tokens": 2}}'
+    for content_type in (None, "application/x-www-form-urlencoded", "text/plain"):
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = requests.post(f"{api_server.url}/models/tiny", data=body, headers=headers)
+        if content_type is None:
+            assert "content-type" not in r.request.headers
+        assert r.status_code == 200, (content_type, r.text)

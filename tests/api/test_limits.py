@@ -8,8 +8,7 @@ import time
 import httpx
 import pytest
 import requests
-
-from conftest import default_loader, make_settings, serve
+from api_support import make_settings, serve
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def limited_server(tiny_gpt_neo_dir):
         max_input_tokens=16,
         max_total_tokens=64,
     )
-    with serve(settings, loader=default_loader()) as server:
+    with serve(settings) as server:
         yield server
 
 
@@ -44,7 +43,10 @@ def test_body_too_large(limited_server) -> None:
 def test_token_limits(limited_server) -> None:
     r = requests.post(limited_server.url + "/generate", json={"inputs": "word " * 40})
     assert r.status_code == 422 and "16" in r.json()["error"]
-    r = requests.post(limited_server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 100}})
+    r = requests.post(
+        limited_server.url + "/generate",
+        json={"inputs": "Hi", "parameters": {"max_new_tokens": 100}},
+    )
     assert r.status_code == 422 and "64" in r.json()["error"]
     info = requests.get(limited_server.url + "/info").json()
     assert info["max_input_tokens"] == 16 and info["max_total_tokens"] == 64
@@ -52,7 +54,9 @@ def test_token_limits(limited_server) -> None:
 
 def test_overloaded_at_once(limited_server) -> None:
     url = limited_server.url
-    slot = limited_server.state.admission.acquire()  # the one slot, as an in-flight request holds it
+    slot = (
+        limited_server.state.admission.acquire()
+    )  # the one slot, as an in-flight request holds it
     try:
         t0 = time.monotonic()
         for path, body in (

@@ -7,8 +7,7 @@ import threading
 import time
 
 import requests
-
-from conftest import from_model_loader, make_settings, serve
+from api_support import from_model_loader, make_settings, serve
 
 
 def test_503_while_loading_then_wait_for_model(tiny_gpt_neo_dir) -> None:
@@ -41,7 +40,9 @@ def test_503_while_loading_then_wait_for_model(tiny_gpt_neo_dir) -> None:
         answers: list[requests.Response] = []
         waiting = threading.Thread(
             target=lambda: answers.append(
-                requests.post(url + "/models/tiny", json={**body, "options": {"wait_for_model": True}})
+                requests.post(
+                    url + "/models/tiny", json={**body, "options": {"wait_for_model": True}}
+                )
             )
         )
         waiting.start()

@@ -13,7 +13,9 @@ def client(api_server) -> OpenAI:
 
 
 def test_completions_plain_and_stream(client: OpenAI) -> None:
-    out = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0)
+    out = client.completions.create(
+        model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0
+    )
     text = out.choices[0].text
     assert out.object == "text_completion" and out.usage.completion_tokens <= 6
     stream = client.completions.create(
@@ -31,7 +33,9 @@ def test_completions_n_list_logprobs_echo(client: OpenAI) -> None:
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) <= 3
     assert all(len(t) >= 2 for t in lp.top_logprobs)
 
-    echo = client.completions.create(model="tiny", prompt="Hello world", max_tokens=0, echo=True, logprobs=1)
+    echo = client.completions.create(
+        model="tiny", prompt="Hello world", max_tokens=0, echo=True, logprobs=1
+    )
     choice = echo.choices[0]
     assert choice.text == "Hello world"
     assert choice.logprobs.token_logprobs[0] is None
@@ -44,14 +48,18 @@ def test_completions_stop_is_trimmed(client: OpenAI) -> None:
     stop = text[len(text) // 2 :][:3]
     if not stop.strip():
         pytest.skip("no usable stop string in this generation")
-    out = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, temperature=0, stop=[stop])
+    out = client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=8, temperature=0, stop=[stop]
+    )
     assert out.choices[0].text == text[: text.index(stop)]
     assert out.choices[0].finish_reason == "stop"
 
 
 def test_chat_plain_and_stream_with_usage(client: OpenAI) -> None:
     messages = [{"role": "user", "content": "Say something."}]
-    out = client.chat.completions.create(model="chat", messages=messages, max_tokens=5, temperature=0)
+    out = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=5, temperature=0
+    )
     content = out.choices[0].message.content
     assert out.choices[0].message.role == "assistant"
     chunks = list(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import requests
 
-SNIPPET = '''
+SNIPPET = """
 import json
 import requests
 
@@ -32,7 +32,7 @@ parameters = {
 prompt="...."             # few-shot prompt
 
 data = query(prompt,parameters,options)
-'''
+"""
 
 
 def run_snippet(url: str) -> dict:

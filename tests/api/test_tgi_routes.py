@@ -11,7 +11,14 @@ import requests
 def test_generate_details_prefill_top_tokens(api_server) -> None:
     body = {
         "inputs": "Hello world",
-        "parameters": {"max_new_tokens": 4, "details": True, "decoder_input_details": True, "top_n_tokens": 2, "seed": 5, "do_sample": True},
+        "parameters": {
+            "max_new_tokens": 4,
+            "details": True,
+            "decoder_input_details": True,
+            "top_n_tokens": 2,
+            "seed": 5,
+            "do_sample": True,
+        },
     }
     r = requests.post(api_server.url + "/generate", json=body)
     assert r.status_code == 200
@@ -46,13 +53,18 @@ def test_stream_format(api_server) -> None:
 
 def test_tokenize_info_health_metrics(api_server) -> None:
     toks = requests.post(api_server.url + "/tokenize", json={"inputs": "Hello world"}).json()
-    assert [(t["text"], t["start"], t["stop"]) for t in toks] == [("Hello", 0, 5), (" world", 5, 11)]
+    assert [(t["text"], t["start"], t["stop"]) for t in toks] == [
+        ("Hello", 0, 5),
+        (" world", 5, 11),
+    ]
     info = requests.get(api_server.url + "/info").json()
-    assert info["model_id"] == "tiny" and info["max_total_tokens"] == 512
+    assert info["model_id"] == "tiny" and info["max_total_tokens"] == 256
     assert {m["name"] for m in info["models"]} == {"tiny", "chat"}
     health = requests.get(api_server.url + "/health")
     assert health.status_code == 200 and health.text == ""
-    requests.post(api_server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
+    requests.post(
+        api_server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}}
+    )
     m = requests.get(api_server.url + "/metrics")
     assert m.headers["content-type"].startswith("text/plain")
     for name in (
@@ -71,13 +83,32 @@ def test_openapi_document(api_server) -> None:
     doc = requests.get(api_server.url + "/openapi.json").json()
     paths = set(doc["paths"])
     assert {
-        "/models/{model_id}", "/generate", "/generate_stream", "/", "/tokenize", "/info",
-        "/health", "/metrics", "/v1/completions", "/v1/chat/completions", "/v1/models",
+        "/models/{model_id}",
+        "/generate",
+        "/generate_stream",
+        "/",
+        "/tokenize",
+        "/info",
+        "/health",
+        "/metrics",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/models",
     } <= paths
     schemas = set(doc["components"]["schemas"])
     assert {
-        "HFRequest", "HFParameters", "GenerateRequest", "GenerateParameters", "GenerateResponse",
-        "CompletionRequest", "CompletionResponse", "ChatCompletionRequest", "ChatCompletionResponse",
-        "OpenAIErrorResponse", "ErrorResponse", "HFErrorResponse", "Info",
+        "HFRequest",
+        "HFParameters",
+        "GenerateRequest",
+        "GenerateParameters",
+        "GenerateResponse",
+        "CompletionRequest",
+        "CompletionResponse",
+        "ChatCompletionRequest",
+        "ChatCompletionResponse",
+        "OpenAIErrorResponse",
+        "ErrorResponse",
+        "HFErrorResponse",
+        "Info",
     } <= schemas
     assert "HTTPBearer" in doc["components"]["securitySchemes"]

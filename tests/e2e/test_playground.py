@@ -1,5 +1,6 @@
 """End to end: the playground page in headless Chromium against the real app (create_app)
-serving a tiny random GPT-Neo on 127.0.0.1 through uvicorn.
+serving the session's tiny random GPT-Neo (`tiny_gpt_neo_dir`, tests/conftest.py) on
+127.0.0.1 through uvicorn.
 
 Loads the page, picks a preset, generates with the output streaming in, checks the streamed
 text against the server's own non-streamed answer, stops a long generation, shows the server's
@@ -11,16 +12,18 @@ FEWSHOT_UPDATE_SCREENSHOT=1 the desktop one is also written to docs/playground.p
 from __future__ import annotations
 
 import ast
-import importlib.util
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from e2e_support import serve_in_thread
 
 pytestmark = pytest.mark.browser
 
@@ -41,52 +44,60 @@ COUNT_CHUNKS = """() => {
 }"""
 
 
-def _api_fixtures():
-    """The API tests' helpers (tiny GPT-Neo writer, server runner), imported from their conftest."""
-    for path in (ROOT / "tests" / "conftest.py", ROOT / "tests" / "api" / "conftest.py"):
-        if not path.is_file():
-            continue
-        spec = importlib.util.spec_from_file_location(f"_fewshot_fixtures_{path.parent.name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        if all(hasattr(module, n) for n in ("write_tiny_gpt_neo", "serve", "make_settings")):
-            return module
-    pytest.skip("no tiny-model server helpers in tests/conftest.py or tests/api/conftest.py")
+ESCAPE_ON_FIRST_TOKEN = """() => {
+  const gen = () => document.querySelector('#output .gen');
+  const obs = new MutationObserver(() => {
+    if (gen() && gen().textContent) {
+      obs.disconnect();
+      document.activeElement.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true}));
+    }
+  });
+  obs.observe(document.querySelector('#output'), {childList: true, subtree: true});
+}"""
+
+
+@contextlib.contextmanager
+def real_server(model_dir: Path, cache_dir: Path, **fields):
+    """create_app(settings) under uvicorn on 127.0.0.1, serving the tiny model as MODEL;
+    yields once the model is loaded."""
+    from fewshot.api.app import create_app
+    from fewshot.settings import Settings
+
+    settings = Settings(
+        models=[f"{MODEL}={model_dir}"],
+        threads=1,
+        prefix_cache_mb=16,
+        max_batch_size=8,
+        cache_dir=cache_dir,
+        **fields,
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        deadline = time.monotonic() + 120
+        while True:
+            with urllib.request.urlopen(url + "/info", timeout=30) as r:
+                models = json.loads(r.read()).get("models") or []
+            if all(m.get("status", "ready") != "loading" for m in models):
+                break
+            assert time.monotonic() < deadline, "the model did not load"
+            time.sleep(0.05)
+        assert not [m for m in models if m.get("error")], models
+        yield url
 
 
 @pytest.fixture(scope="module")
-def fx():
-    return _api_fixtures()
+def server(tiny_gpt_neo_dir, tmp_path_factory):
+    with real_server(tiny_gpt_neo_dir, tmp_path_factory.mktemp("e2e-cache")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(fx, tmp_path_factory):
-    return fx.write_tiny_gpt_neo(tmp_path_factory.mktemp("e2e-tiny-gpt-neo"))
+def keyed_server(tiny_gpt_neo_dir, tmp_path_factory):
+    with real_server(tiny_gpt_neo_dir, tmp_path_factory.mktemp("e2e-cache"), api_keys=[KEY]) as url:
+        yield url
 
 
-def _loader(fx):
-    return fx.default_loader() if hasattr(fx, "default_loader") else None
-
-
-@pytest.fixture(scope="module")
-def server(fx, tiny_dir):
-    settings = fx.make_settings(f"{MODEL}={tiny_dir}")
-    with fx.serve(settings, loader=_loader(fx)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def keyed_server(fx, tiny_dir):
-    settings = fx.make_settings(f"{MODEL}={tiny_dir}", api_keys=[KEY])
-    with fx.serve(settings, loader=_loader(fx)) as srv:
-        yield srv
-
-
-def post_json(url, body, key=None):
+def post_json(url, body):
     headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
@@ -119,7 +130,7 @@ def snippet(page, tab):
 
 
 def test_playground_end_to_end(page_factory, server, artifacts):
-    page = open_page(page_factory, server.url)
+    page = open_page(page_factory, server)
     assert MODEL in page.locator("#model option").all_inner_texts()
     assert page.input_value("#model") == MODEL
 
@@ -147,7 +158,7 @@ def test_playground_end_to_end(page_factory, server, artifacts):
     prompt = page.evaluate("document.querySelector('#prompt-preview').textContent")
     assert "sentiment" in prompt.lower() and prompt.endswith(":")
     status, body = post_json(
-        server.url + "/generate",
+        server + "/generate",
         {
             "inputs": prompt,
             "model": MODEL,
@@ -192,7 +203,7 @@ def test_playground_end_to_end(page_factory, server, artifacts):
     alert = page.locator("[role=alert]")
     alert.wait_for(state="visible")
     status, err = post_json(
-        server.url + "/generate_stream", {"inputs": prompt, "parameters": {"top_p": 5}}
+        server + "/generate_stream", {"inputs": prompt, "parameters": {"top_p": 5}}
     )
     assert status == 422 and err["error_type"] == "validation"
     assert err["error"] in alert.inner_text()
@@ -200,24 +211,22 @@ def test_playground_end_to_end(page_factory, server, artifacts):
     assert page.inner_text("#run-state") == "Error"
     page.screenshot(path=str(artifacts / "playground-error.png"))
 
-    # Stop a long generation from the keyboard.
+    # Stop a long generation from the keyboard: Escape as soon as the first token shows.
     page.fill("#top-p", "")
-    page.fill("#max-new-tokens", "400")
+    page.fill("#max-new-tokens", "100")
+    page.evaluate(ESCAPE_ON_FIRST_TOKEN)
     page.focus("#query")
     page.keyboard.press("Control+Enter")
-    page.wait_for_selector("#output .gen:not(:empty)", timeout=60_000)
-    page.keyboard.press("Escape")
-    page.wait_for_selector("#run-state[data-state=stopped]")
+    page.wait_for_selector("#run-state[data-state=stopped]", timeout=60_000)
     assert page.is_hidden("[role=alert]")
-    assert 0 < int(page.inner_text("#stat-tokens")) < 400
+    assert page.inner_text("#output .gen")
+    assert 0 < int(page.inner_text("#stat-tokens")) < 100
 
     assert not [e for e in page.console_errors if "404" not in e and "422" not in e]
 
 
 def test_playground_on_a_phone(page_factory, server, artifacts):
-    page = open_page(
-        page_factory, server.url, width=360, height=760, is_mobile=True, has_touch=True
-    )
+    page = open_page(page_factory, server, width=360, height=760, is_mobile=True, has_touch=True)
     choose_preset(page, "french")
     page.click("#generate")
     page.wait_for_selector("#run-state[data-state=done]", timeout=120_000)
@@ -227,7 +236,7 @@ def test_playground_on_a_phone(page_factory, server, artifacts):
 
 
 def test_playground_asks_for_the_api_key(page_factory, keyed_server):
-    page = open_page(page_factory, keyed_server.url)
+    page = open_page(page_factory, keyed_server)
     page.click("#generate")
     alert = page.locator("[role=alert]")
     alert.wait_for(state="visible")

@@ -101,3 +101,8 @@ def test_served_by_uvicorn_through_the_client(app: FastAPI, serve_app: Any) -> N
         with pytest.raises(FewShotAPIError) as err:
             client.predict_task("unknown", "x")
         assert err.value.status == 404 and "does not exist" in err.value.message
+
+
+def test_presets_route(app: FastAPI) -> None:
+    presets = TestClient(app).get("/presets").json()["presets"]
+    assert "translation_en_fr" in {p["name"] for p in presets}

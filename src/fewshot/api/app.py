@@ -23,6 +23,7 @@ from fewshot import __version__
 from fewshot.api import routes_hf, routes_openai, routes_tgi
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, install_error_handlers
+from fewshot.api.json_body import JsonBodies
 from fewshot.api.limits import BodySizeLimit
 from fewshot.api.state import AppState, Loader
 from fewshot.settings import Settings
@@ -85,11 +86,11 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        strict_content_type=False,  # the seed's requests.request(data=json.dumps(...)) sends none
     )
     app.state.fewshot = state
     app.state.metrics = state.metrics
     install_error_handlers(app)
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     app.include_router(routes_hf.router)

@@ -35,7 +35,7 @@ from fewshot.api.schemas_openai import (
     CompletionResponse,
     ModelList,
     OpenAIErrorResponse,
-    _SamplingFields,
+    SamplingFields,
 )
 from fewshot.api.sse import DONE, KEEPALIVE, EventStream, event
 from fewshot.api.state import AppState, ServedModel, get_state
@@ -64,9 +64,7 @@ def _chat_name(param: str) -> str:
     )
 
 
-def sampling(
-    body: _SamplingFields, state: AppState, stops: list[str], top_n: int
-) -> SamplingParams:
+def sampling(body: SamplingFields, state: AppState, stops: list[str], top_n: int) -> SamplingParams:
     """OpenAI fields -> SamplingParams (temperature or top_p 0 means greedy)."""
     s = state.settings
     check_count(body.stop_list(), s.max_stop_sequences, "stop", "stop sequences")

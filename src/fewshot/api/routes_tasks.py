@@ -5,6 +5,7 @@
     GET    /tasks/{name}           summary (labels, counts, accuracies, timings)
     POST   /tasks/{name}/predict   {"inputs": str | [str]} -> {"task", "predictions": [...]}
     DELETE /tasks/{name}
+    GET    /presets                {"presets": [...]}: the shipped few-shot prompts (playground)
 
 Tasks are stored as JSON under `app.state.tasks_dir` if set, else `<settings.cache_dir>/tasks`.
 The embedding model loads on the first request that needs it (not at import), once per app.
@@ -33,6 +34,7 @@ from fewshot.toolkit.classifier import (
     summary,
     train_task,
 )
+from fewshot.toolkit.presets import list_presets
 
 router = APIRouter(tags=["tasks"])
 
@@ -88,7 +90,10 @@ class TaskService:
             hit = self._cache.get(name)
             if hit and hit[0] == mtime:
                 return hit[1]
-        clf = self.store.load(name)
+        try:
+            clf = self.store.load(name)
+        except TaskError:  # deleted in between
+            raise TaskNotFound(f"Task {name} does not exist") from None
         with self._lock:
             self._cache[name] = (mtime, clf)
         return clf
@@ -183,3 +188,9 @@ def predict_task(name: str, body: PredictRequest, request: Request) -> dict[str,
         ],
         "time_ms": elapsed,
     }
+
+
+@router.get("/presets")
+def presets() -> dict[str, Any]:
+    """The shipped few-shot prompt presets as JSON (name, title, description, format, ...)."""
+    return {"presets": list_presets()}

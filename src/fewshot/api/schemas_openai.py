@@ -27,7 +27,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingFields(BaseModel):
+class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Served model name or alias")
@@ -67,7 +67,7 @@ class _SamplingFields(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(SamplingFields):
     """`POST /v1/completions`."""
 
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
@@ -115,7 +115,7 @@ class ResponseFormat(BaseModel):
     type: Literal["text"] = "text"
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     """`POST /v1/chat/completions`."""
 
     messages: list[ChatMessage] = Field(..., min_length=1, description="The conversation")

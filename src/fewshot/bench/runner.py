@@ -212,6 +212,34 @@ def run_model(
     return out
 
 
+def prepare(cfg: BenchConfig, log: Log = _log) -> None:
+    """Build every model directory and export every peer model once, measuring nothing, so
+    that the timed run starts with everything cached."""
+    discovery = bench_peers.discover(
+        cfg.peer_pythons, cfg.peer_backends, cfg.work / "peers" / "home", cfg.threads
+    )
+    for note in discovery.notes:
+        log(note)
+    for name in cfg.models:
+        log(f"{name}: preparing model")
+        model = bench_models.prepare(name, cfg.work / "models", seed=cfg.seed)
+        if not cfg.plan(name).peers:
+            continue
+        count = token_counter(str(model.hf_dir / "tokenizer.json"))
+        needed = {"cold": 1, "single_queries": 1, "serving_queries": 1, "unrelated": 1}
+        prompts = build_prompt_set(count, needed, cfg.single_tokens, cfg.prefix_tokens, 8)
+        prompt_file = _prompt_file(cfg.work / "prompts" / f"{name}-prepare.json", prompts)
+        for peer in discovery.peers:
+            if bench_peers.applies(peer, model):
+                log(f"{name}: exporting for peer {peer.backend}")
+                res = bench_peers.run_peer(
+                    peer, model, prompt_file, cfg.work / "peers", cfg.threads, 0, 1, 0, 1, 1,
+                    cfg.stop, cfg.peer_timeout_s, cfg.work / "logs" / name / f"prepare-{peer.backend}.log",
+                )  # fmt: skip
+                if "error" in res:
+                    log(f"  peer {peer.backend} FAILED: {res['error']}")
+
+
 def run(cfg: BenchConfig, log: Log = _log) -> dict[str, Any]:
     """Run everything in `cfg`, save raw JSON, write BENCHMARKS.md and the plot."""
     t0 = time.perf_counter()

@@ -74,6 +74,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
         default=DEFAULT_BACKENDS,
         help=f"peer backends to try (default {','.join(DEFAULT_BACKENDS)}; also: ov)",
     )
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only build the model directories and peer exports (run once before timing)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random GPT-Neo weights")
     p.add_argument(
         "--no-profile", action="store_true", help="skip the torch.profiler table of our decode"
@@ -82,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
 
 
 def run(args: argparse.Namespace) -> int:
+    from fewshot.bench.runner import prepare
     from fewshot.bench.runner import run as run_bench
 
     models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)
@@ -110,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
     }
     cfg = BenchConfig.quick_sizes(**common) if args.quick else BenchConfig(**common)
+    if args.prepare:
+        prepare(cfg)
+        return 0
     results = run_bench(cfg)
     failed = [n for n, m in results["models"].items() if "error" in m]
     return 1 if failed else 0

@@ -60,6 +60,7 @@ class _Auto:
 AUTO = _Auto()
 
 DEFAULT_PREFILL_CHUNK = 512  # prompt tokens per step while other sequences decode
+IDLE_PREFILL_TOKENS = 4096  # prompt tokens per step when nothing decodes (bounds activations)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +75,11 @@ class RequestHandle:
     `await handle.results()`. Unbound, they go to a thread-safe queue: use `for ev in handle`
     and `handle.wait()`. Iteration ends after every return sequence's last event (the one with
     `result`); an event carrying an error raises GenerationError.
+
+    Streamed token texts add up to `result.text`, with two details: the last event's token may
+    be a special one (EOS) carrying the text held back until then (a possible stop-string
+    start), and a sequence ended by cancellation or max_time has a last event without token
+    (its held-back text is only in `result.text`).
     """
 
     def __init__(
@@ -321,7 +327,7 @@ class Engine:
         with self._lock:
             waiting = len(self._inbox) + len(self._waiting)
             running = len(self._active)
-            seqs = sum(max(1, len(r.live_seqs())) for r in self._active)
+            seqs = self._running_sequences()
         return {
             "waiting_requests": waiting,
             "running_requests": running,
@@ -354,7 +360,8 @@ class Engine:
                 if self._closed:
                     return
             try:
-                self.step()
+                if not self.step():
+                    time.sleep(0.001)  # work exists but none could be planned: do not spin
             except Exception as exc:  # last resort: never let the loop die
                 log.exception("engine step failed")
                 for request in list(self._active):
@@ -459,7 +466,7 @@ class Engine:
             for seq in request.live_seqs():
                 if seq.pending is not None and seq.cache is not None:
                     last.append(_Entry(request, seq.cache, [seq.pending], seq))
-        budget = self.prefill_chunk if last else self.spec.max_positions * self.max_batch_size
+        budget = self.prefill_chunk if last else max(self.prefill_chunk, IDLE_PREFILL_TOKENS)
         full: list[_Entry] = []
         for request in self._active:
             if request.decoding or budget <= 0:

@@ -8,7 +8,8 @@ from a stream; `include_stop` keeps the matched stop string in the final text (T
 
 `StoppingCriteria` adds the token-level reasons, checked after each new token in this order:
 EOS token (unless `ignore_eos`), stop string, `max_new_tokens`. `max_time` is checked by the
-scheduler before each step and finishes with "time" (the HTTP layers may report it as "length",
+scheduler before each step, counted from the request's admission (queueing does not count), and
+finishes with "time" (the HTTP layers may report it as "length",
 as transformers' `max_time` does). The engine ends a sequence that fills the model's positions
 with "length" too.
 """

@@ -8,6 +8,7 @@ this is correct but much slower than the native families. A warning names the mo
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Literal
 
@@ -67,11 +68,11 @@ class HFKVCache(KVCache):
             return
         if length == 0:
             self.hf_past = None
-        elif self.hf_past is not None and hasattr(self.hf_past, "crop"):
-            self.hf_past.crop(length)
-        else:
-            raise NotImplementedError("this transformers cache cannot be truncated")
-        self.length = length
+            self.length = 0
+            return
+        # Rebuilt from copies rather than `crop`, whose meaning changed across transformers versions.
+        ks, vs = self.slice(0, length)
+        self.load_prefix(ks, vs)
 
     def _layers_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         layers = getattr(self.hf_past, "layers", None)
@@ -133,6 +134,10 @@ class HFFallbackLM(CausalLM):
             bos_token_id=getattr(cfg, "bos_token_id", None),
         )
 
+        # transformers >= 5.2x calls the cache argument `cache`; earlier ones `past_key_values`.
+        params = inspect.signature(hf_model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
     @property
     def model_type(self) -> str:
         return str(self.hf.config.model_type)
@@ -162,10 +167,11 @@ class HFFallbackLM(CausalLM):
             res = self.hf(
                 input_ids=ids,
                 attention_mask=mask,
-                past_key_values=cache.hf_past,
                 use_cache=True,
+                **{self._cache_arg: cache.hf_past},
             )
-            cache.hf_past = res.past_key_values
+            past = getattr(res, "cache", None)
+            cache.hf_past = past if past is not None else res.past_key_values
             cache.advance(n)
             step = res.logits[0].float()
             outs.append(step[-1:] if logits == "last" else step)

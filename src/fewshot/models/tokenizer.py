@@ -193,6 +193,9 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._finish_ids(text, ids, add_special_tokens)
+
+    def _finish_ids(self, text: str, ids: list[int], add_special_tokens: bool) -> list[int]:
         if add_special_tokens and self._prepend_bos:
             ids = [self.bos_token_id, *ids]  # type: ignore[list-item]
         if (
@@ -207,9 +210,11 @@ class Tokenizer:
         return self.bos_token is not None and text.startswith(self.bos_token)
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """`encode` of several texts (the backend tokenizes them in parallel)."""
         encs = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
-        pre = [self.bos_token_id] if add_special_tokens and self._prepend_bos else []
-        return [pre + e.ids for e in encs]  # type: ignore[operator]
+        return [
+            self._finish_ids(t, e.ids, add_special_tokens) for t, e in zip(texts, encs, strict=True)
+        ]
 
     def encode_with_offsets(
         self, text: str, add_special_tokens: bool = False

@@ -225,6 +225,7 @@ async function loadModels() {
 // ---------------------------------------------------------------- prompt editor
 
 function autoSize(textarea) {
+  if (!textarea.offsetParent) return; // hidden (raw mode): sized when shown again
   textarea.style.height = "auto";
   textarea.style.height = `${Math.min(textarea.scrollHeight + 2, 320)}px`;
 }
@@ -347,6 +348,7 @@ function setMode(next) {
   el.modeExamples.checked = next !== "raw";
   el.rawEditor.hidden = next !== "raw";
   el.examplesEditor.hidden = next === "raw";
+  if (next !== "raw") for (const ta of el.examplesEditor.querySelectorAll("textarea")) autoSize(ta);
   promptChanged();
 }
 
@@ -620,7 +622,8 @@ async function generate() {
       el.stat.finish.textContent = "stopped";
     } else {
       setRunState("error", "Error");
-      showError(err);
+      // fetch() rejects with a TypeError when the server cannot be reached at all.
+      showError(response === null && err instanceof TypeError ? new Error(`Could not reach the server (${err.message}).`) : err);
       if (!text) el.output.querySelector(".gen")?.classList.add("empty");
     }
   } finally {

@@ -52,8 +52,8 @@ def create_fake_app(
     if presets is not None:
 
         @app.get("/presets")
-        def get_presets() -> list:
-            return presets
+        def get_presets() -> dict:
+            return {"presets": presets}
 
     @app.get("/v1/models")
     def models() -> dict:

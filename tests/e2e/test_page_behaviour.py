@@ -259,3 +259,47 @@ def test_uses_the_server_presets(page_factory):
         preview = page.evaluate("document.querySelector('#prompt-preview').textContent")
         assert preview == toolkit.load_preset("question_answering").render()
         assert not page_errors(page)
+
+
+SSE_CASES = """async () => {
+  const { createSSEParser } = await import('./static/sse.js');
+  const text = 'data:{"a":1}\\r\\n\\r\\n: keep-alive\\n\\nevent: x\\ndata: {"b":2}\\n\\ndata:l1\\ndata:l2\\r\\rdata:{"c":3}';
+  const results = [];
+  for (const size of [1, 2, 3, 7, text.length]) {
+    const got = [];
+    const p = createSSEParser((d) => got.push(d));
+    for (let i = 0; i < text.length; i += size) p.push(text.slice(i, i + size));
+    p.end();
+    results.push(got);
+  }
+  return results;
+}"""
+
+SNIPPET_OF = """async (prompt) => {
+  const { pythonSnippet } = await import('./static/snippets.js');
+  return pythonSnippet({ base: location.href, model: 'org/model', prompt, params: { stop: ['###'] }, auth: false });
+}"""
+
+
+def test_sse_parser_and_python_strings(page_factory, fake):
+    url, _ = fake
+    page = open_page(page_factory, url)
+    for events in page.evaluate(SSE_CASES):  # the same events however the bytes are split
+        assert events == ['{"a":1}', '{"b":2}', "l1\nl2", '{"c":3}']
+
+    tricky = [
+        "one line",
+        'ends with a quote "\nx: "',
+        'triple """ quotes\\ and \\n backslashes\n\ttab',
+        "trailing space \nnext  \n",
+        "control \x01 char\r\nCRLF\n",
+        "unicode: é ✓ 😀\n###\n",
+    ]
+    for prompt in tricky:
+        code = page.evaluate(SNIPPET_OF, prompt)
+        tree = ast.parse(code)
+        node = next(
+            n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "prompt"
+        )
+        assert ast.literal_eval(node.value) == prompt, code
+        assert not any(line.endswith(" ") for line in code.splitlines())

@@ -5,8 +5,8 @@ serving the session's tiny random GPT-Neo (`tiny_gpt_neo_dir`, tests/conftest.py
 Loads the page, picks a preset, generates with the output streaming in, checks the streamed
 text against the server's own non-streamed answer, stops a long generation, shows the server's
 422 message for top_p = 5, runs the "copy as code" Python and curl snippets against the server,
-and goes through the API-key flow. Screenshots go to tests/e2e/artifacts/; with
-FEWSHOT_UPDATE_SCREENSHOT=1 the desktop one is also written to docs/playground.png.
+and goes through the API-key flow. Screenshots go to tests/e2e/artifacts/ (docs/playground.png
+comes from screenshot_docs.py, with the demo model).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.browser
 
 pytest.importorskip("fewshot.api.app", reason="the API app is not there yet")
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny-gpt-neo"
 KEY = "e2e-secret-key"
 
@@ -133,6 +131,9 @@ def test_playground_end_to_end(page_factory, server, artifacts):
     page = open_page(page_factory, server)
     assert MODEL in page.locator("#model option").all_inner_texts()
     assert page.input_value("#model") == MODEL
+    with urllib.request.urlopen(server + "/presets", timeout=30) as r:
+        served = [p["title"] for p in json.loads(r.read())["presets"]]
+    assert page.locator("#preset option").all_inner_texts()[: len(served)] == served
 
     choose_preset(page, "sentiment")
     page.fill("#max-new-tokens", "24")
@@ -169,8 +170,6 @@ def test_playground_end_to_end(page_factory, server, artifacts):
     assert streamed == body["generated_text"]
 
     page.screenshot(path=str(artifacts / "playground.png"), full_page=True)
-    if os.environ.get("FEWSHOT_UPDATE_SCREENSHOT") == "1":
-        page.screenshot(path=str(ROOT / "docs" / "playground.png"), full_page=True)
 
     # "Copy as code": the seed-style Python snippet and the curl command both work as copied.
     python = snippet(page, "python")
@@ -254,6 +253,8 @@ def test_playground_asks_for_the_api_key(page_factory, keyed_server):
     page.wait_for_selector("#run-state[data-state=done]", timeout=120_000)
     assert page.is_hidden("[role=alert]")
     assert "Bearer $API_TOKEN" in snippet(page, "curl")
+    # /presets needs the key too: with it, the server's presets replace the built-in ones.
+    assert "Translation: English to French" in page.locator("#preset option").all_inner_texts()
 
     # The key survives a reload (localStorage) and is sent again.
     page.reload()

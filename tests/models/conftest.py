@@ -122,3 +122,9 @@ def make_pair(arch: str) -> tuple[torch.nn.Module, CausalLM]:
 @pytest.fixture(scope="module", params=["gpt_neo", "llama", "gemma3", "gemma3_softcap"])
 def pair(request) -> tuple[torch.nn.Module, CausalLM]:
     return make_pair(request.param)
+
+
+@pytest.fixture(scope="session")
+def model_pair_factory():
+    """make_pair, for tests that build their own pairs (e.g. to quantize one side)."""
+    return make_pair

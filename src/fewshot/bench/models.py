@@ -159,14 +159,23 @@ def build_gemma(root: Path) -> BenchModel:
     meta = _read_meta(directory)
     if meta is None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf.name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(root), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
-        )
+        # transformers' own GGUF conversion (from_pretrained(gguf_file=...) would also want
+        # `accelerate`, which the project does not depend on)
+        config = AutoConfig.from_pretrained(str(root), gguf_file=gguf.name, local_files_only=True)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)[
+            "tensors"
+        ]
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        model.tie_weights()
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise RuntimeError(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         cfg = model.config.get_text_config()

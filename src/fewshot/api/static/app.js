@@ -69,6 +69,8 @@ const el = {
 
 const state = {
   presets: BUILTIN_PRESETS,
+  presetSource: "built-in",
+  edited: false, // the prompt or settings changed since the last preset was applied
   info: null,
   authRequired: false,
   controller: null,
@@ -152,6 +154,7 @@ function setupAuth() {
     clearError();
     el.authStatus.textContent = "API key saved.";
     loadModels();
+    if (state.presetSource !== "server") refreshPresets();
   });
   el.apiKeyForget.addEventListener("click", () => {
     auth.set("");
@@ -353,6 +356,7 @@ function setMode(next) {
 }
 
 function applyPreset(p) {
+  state.edited = false;
   setStructured(p);
   if (p.format) {
     // Not a "Label: {input}\nLabel: {output}" format: edit the rendered text as raw text.
@@ -396,6 +400,11 @@ function choosePreset(presets) {
 }
 
 function setupEditor() {
+  for (const part of [el.examplesEditor, el.rawEditor, document.getElementById("settings")]) {
+    part.addEventListener("input", () => {
+      state.edited = true;
+    });
+  }
   el.modeExamples.addEventListener("change", () => setMode("examples"));
   el.modeRaw.addEventListener("change", () => setMode("raw"));
   el.raw.addEventListener("input", () => {
@@ -488,11 +497,10 @@ function setRunState(name, label) {
 
 function setRunning(running) {
   // Keep keyboard focus on a live button when the other one gets disabled.
-  const active = document.activeElement;
-  if (running && active === el.generate) el.stop.disabled = false, el.stop.focus();
-  if (!running && active === el.stop) el.generate.disabled = false, el.generate.focus();
+  const refocus = document.activeElement === (running ? el.generate : el.stop);
   el.generate.disabled = running;
   el.stop.disabled = !running;
+  if (refocus) (running ? el.stop : el.generate).focus();
   el.output.setAttribute("aria-busy", String(running));
   el.output.classList.toggle("streaming", running);
   document.body.classList.toggle("is-running", running);
@@ -624,7 +632,6 @@ async function generate() {
       setRunState("error", "Error");
       // fetch() rejects with a TypeError when the server cannot be reached at all.
       showError(response === null && err instanceof TypeError ? new Error(`Could not reach the server (${err.message}).`) : err);
-      if (!text) el.output.querySelector(".gen")?.classList.add("empty");
     }
   } finally {
     state.controller = null;
@@ -743,13 +750,19 @@ async function main() {
   el.alertClose.addEventListener("click", clearError);
 
   await loadInfo();
-  const [{ presets, source }] = await Promise.all([loadPresets(fetchJSON), loadModels()]);
-  if (source === "server") {
-    const blank = BUILTIN_PRESETS.find((p) => p.id === "custom");
-    fillPresets([...presets, blank]);
-    choosePreset(state.presets);
-  }
+  await Promise.all([refreshPresets(), loadModels()]);
   document.body.dataset.ready = "true";
+}
+
+// Use the server's presets (GET /presets) when it has them, plus a blank one.
+async function refreshPresets() {
+  const { presets, source } = await loadPresets(fetchJSON);
+  if (source !== "server") return;
+  state.presetSource = source;
+  const blank = BUILTIN_PRESETS.find((p) => p.id === "custom");
+  fillPresets([...presets, blank]);
+  if (state.edited) el.preset.selectedIndex = -1; // keep the user's prompt
+  else choosePreset(state.presets);
 }
 
 main().catch((err) => showError(err, "The playground failed to start"));

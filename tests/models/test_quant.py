@@ -13,7 +13,7 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm())
 
 
-@pytest.mark.parametrize("in_features", [64, 40])  # 40: not a kernel multiple (fallback path)
+@pytest.mark.parametrize("in_features", [64, 40])  # 40: not a kernel multiple (padded)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.no_grad()
 def test_int8_linear_close_to_float(in_features: int, dtype: torch.dtype) -> None:
@@ -22,7 +22,7 @@ def test_int8_linear_close_to_float(in_features: int, dtype: torch.dtype) -> Non
     x = torch.randn(5, 3, in_features)
     want = linear(x)
     q = Int8Linear.from_linear(linear)
-    assert q.weight.dtype == torch.int8 and q.weight.shape == (96, in_features)
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (96, q.padded_in)
     cast_model(q, dtype)
     assert q.weight.dtype == torch.int8
     got = q(x.to(dtype))
@@ -69,19 +69,24 @@ def test_quantized_gpt_neo_mostly_agrees(gpt_neo_float_and_int8) -> None:
     got = quantized(ids, [quantized.new_cache()], [len(ids)], logits="all")
     top1 = (want.argmax(-1) == got.argmax(-1)).float().mean().item()
     assert top1 > 0.85, f"teacher-forced top-1 agreement {top1:.3f}"
-    # greedy continuation: the first tokens agree before any near-tie can make them diverge
-    steps = 20
-    outs = []
-    for model in (native, quantized):
-        cache = model.new_cache()
-        logits = model(ids, [cache], [len(ids)])
-        toks = []
-        for _ in range(steps):
-            toks.append(int(logits[0].argmax()))
-            logits = model(torch.tensor(toks[-1:]), [cache], [1])
-        outs.append(toks)
-    agree = sum(a == b for a, b in zip(*outs, strict=True)) / steps
-    assert outs[0][:3] == outs[1][:3] and agree >= 0.5, outs
+    # greedy continuations of 8 prompts, decoded as one flattened batch
+    prompts = [torch.randint(0, native.spec.vocab_size - 1, (40,), generator=gen) for _ in range(8)]
+    runs = [_greedy_batch(model, prompts, steps=5) for model in (native, quantized)]
+    first = sum(a[0] == b[0] for a, b in zip(*runs, strict=True)) / len(prompts)
+    tokens = torch.tensor(runs[0]) == torch.tensor(runs[1])  # [8, 5]
+    assert first >= 0.75 and tokens.float().mean() >= 0.5, runs
+
+
+def _greedy_batch(model, prompts: list[torch.Tensor], steps: int) -> list[list[int]]:
+    caches = [model.new_cache() for _ in prompts]
+    logits = model(torch.cat(prompts), caches, [len(p) for p in prompts])  # [B, vocab]
+    out: list[list[int]] = [[] for _ in prompts]
+    for _ in range(steps):
+        toks = logits.argmax(-1)  # [B]
+        for row, tok in zip(out, toks.tolist(), strict=True):
+            row.append(tok)
+        logits = model(toks, caches, [1] * len(prompts))
+    return out
 
 
 @torch.no_grad()

@@ -170,6 +170,15 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
             f"/token, time to first token with a cached prefix {_ms(probe.get('ttft_cached_prefix_s'))} "
             f"(cached tokens: {probe.get('cached_tokens')}); load {_num(probe.get('load_s'))} s."
         )
+        served = (model.get("engines", {}).get(f"ours-{probe.get('dtype')}") or {}).get(
+            "single"
+        ) or {}
+        http_step, engine_step = served.get("decode_s_per_token"), probe.get("decode_s_per_token")
+        if http_step and engine_step:
+            lines.append(
+                f"Over HTTP the server's decode/token was {_ms(http_step)}: {_x(http_step / engine_step)} "
+                "the in-process engine's (the difference is the server's own per-token cost)."
+            )
         lines.append("")
         if prof and prof.get("top_ops"):
             step = prof.get("forward_s_per_step")
@@ -249,7 +258,8 @@ def _workload_notes(results: dict[str, Any]) -> list[str]:
         "max_new_tokens (EOS may still end a sequence early: token counts come from the server's details). "
         "Gemma 3 270M has real weights and does stop at the separator. The baseline is a FastAPI server calling "
         '`pipeline("text-generation")` fp32 per request with transformers\' own `stop_strings`, one call at a time '
-        "(concurrent pipeline calls on the same cores only slow each other down).",
+        "(concurrent pipeline calls on the same cores only slow each other down); transformers builds "
+        "its stop-string tables over the whole vocabulary on every call, part of its per-request cost.",
         "",
     ]
 
@@ -347,6 +357,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         ("decode", "batch-1 decode, ms/token (lower is better)"),
         ("throughput", "throughput, best tokens/s (higher is better)"),
     ]
+    palette = plt.get_cmap("tab10")
+    colors = {k: palette(i % 10) for i, k in enumerate(keys)}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     width = 0.8 / max(1, len(keys))
     for ax, (metric, title) in zip(axes, panels, strict=True):
@@ -358,7 +370,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
                     xs.append(j + i * width)
                     ys.append(v)
             if ys:
-                ax.bar(xs, ys, width, label=labels[k])
+                ax.bar(xs, ys, width, label=labels[k], color=colors[k])
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models)
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)

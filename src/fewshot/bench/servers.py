@@ -50,7 +50,7 @@ class MemorySampler:
     """Polls the RSS of a process tree in a background thread and keeps the peak."""
 
     pid: int
-    interval: float = 0.02
+    interval: float = 0.1  # VmHWM catches what the samples miss
     peak: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None

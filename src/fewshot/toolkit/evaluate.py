@@ -248,6 +248,7 @@ class Evaluator:
         if "classifier" not in self.config.methods:
             return []
         self.embedder = self.embedder or Embedder()
+        self.embedder.encode(["warm-up"])  # load the model before anything is timed
         out = []
         for task in (t for t in self.tasks if t.is_classification):
             test, _ = self.splits[task.name]

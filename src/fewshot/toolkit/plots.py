@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 _STYLES = {"generate": "o-", "rank": "s--", "classifier": "^:"}
+_COLORS = {"generate": "C0", "rank": "C2", "classifier": "C3"}
 
 
 def plot_accuracy(
@@ -30,6 +31,7 @@ def plot_accuracy(
     rows = math.ceil(len(tasks) / cols) if tasks else 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
     xpos = {k: i for i, k in enumerate(sorted(ks))}
+    one_model = len({r["model"] for r in summary if r["method"] != "classifier"}) <= 1
     for ax, task in zip(axes.flat, tasks, strict=False):
         lines: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for r in summary:
@@ -43,6 +45,7 @@ def plot_accuracy(
                 yerr=[p["std"] for p in pts],
                 fmt=_STYLES.get(method, "o-"),
                 capsize=3,
+                color=_COLORS.get(method) if one_model else None,
                 label=f"{method} ({model})" if method != "classifier" else "embedding classifier",
             )
         ax.set_title(task)

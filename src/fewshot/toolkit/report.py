@@ -24,7 +24,8 @@ def accuracy_table(summary: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
     head = "| model | task | method | n | " + " | ".join(f"k={k}" for k in ks) + " |"
     sep = "|---|---|---|---|" + "---|" * len(ks)
     lines = [head, sep]
-    for key in sorted(cells, key=lambda x: (x[1], x[0], x[2])):
+    order = {"generate": 0, "rank": 1, "classifier": 2}
+    for key in sorted(cells, key=lambda x: (x[1], order.get(x[2], 9), x[0])):
         model, task, method = key
         values = " | ".join(cells[key].get(k, "–") for k in ks)
         lines.append(f"| {model} | {task} | {method} | {n_items[key]} | {values} |")

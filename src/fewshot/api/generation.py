@@ -202,10 +202,14 @@ def timing_headers(scope: RequestScope, results: list[list[GenerationResult]]) -
 # --- running ----------------------------------------------------------------------------------
 
 
-def submit(llm: LLM, job: Job, rename: Rename = same_name) -> Any:
-    """Queue `job` on the engine (bound to the running loop); ParameterError -> validation."""
+def submit(llm: LLM, job: Job, rename: Rename = same_name, *, stream: bool = True) -> Any:
+    """Queue `job` on the engine (bound to the running loop); ParameterError -> validation.
+
+    `stream=False`: the handle gets only the final events (see RequestHandle): a non-streaming
+    request then wakes the event loop once, not once per token.
+    """
     try:
-        return llm.submit(job.ids, job.params)
+        return llm.submit(job.ids, job.params, stream=stream)
     except ParameterError as exc:
         raise parameter_issue(exc, rename) from exc
 
@@ -221,7 +225,7 @@ async def generate(
     handles = []
     try:
         for job in jobs:
-            handles.append(submit(llm, job, rename))
+            handles.append(submit(llm, job, rename, stream=False))
         outputs = await asyncio.gather(*(h.results() for h in handles))
     except GenerationError as exc:
         raise GenerationFailed(f"generation failed: {exc}") from exc

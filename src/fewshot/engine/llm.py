@@ -207,7 +207,9 @@ class LLM:
         self, prompt: str | list[int], params: SamplingParams | None = None, **fields: Any
     ) -> list[GenerationResult]:
         """All `n` return sequences of one prompt (they share its prefill)."""
-        handle = self.engine.submit(self.encode(prompt), make_params(params, **fields), loop=None)
+        handle = self.engine.submit(
+            self.encode(prompt), make_params(params, **fields), loop=None, stream=False
+        )
         return handle.wait()
 
     def stream(
@@ -234,7 +236,7 @@ class LLM:
         params = SamplingParams(max_new_tokens=0, prompt_logprobs=True, top_n_tokens=1)
         jobs = [self._score_job(context, continuation) for context, continuation in requests]
         handles = [
-            self.engine.submit(ids, params, logprobs_from=start, loop=None)
+            self.engine.submit(ids, params, logprobs_from=start, loop=None, stream=False)
             if start < len(ids)
             else None
             for ids, start in jobs

@@ -80,13 +80,24 @@ class RequestHandle:
     be a special one (EOS) carrying the text held back until then (a possible stop-string
     start), and a sequence ended by cancellation or max_time has a last event without token
     (its held-back text is only in `result.text`).
+
+    With `stream=False` only each sequence's last event (the one with `result`) and errors are
+    delivered: a caller that only wants `results()` then costs its event loop (or thread) one
+    wake-up per sequence instead of one per token. The loop thread competes with the engine's
+    torch threads for the CPU and the GIL, so per-token wake-ups it does not need are expensive.
     """
 
     def __init__(
-        self, request_id: int, n: int, engine: Engine, loop: asyncio.AbstractEventLoop | None
+        self,
+        request_id: int,
+        n: int,
+        engine: Engine,
+        loop: asyncio.AbstractEventLoop | None,
+        stream: bool = True,
     ) -> None:
         self.request_id = request_id
         self.n = n
+        self.stream = stream
         self._engine = engine
         self._loop = loop
         self._aqueue: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if loop else None
@@ -97,6 +108,8 @@ class RequestHandle:
 
     # engine side
     def _push(self, event: StreamEvent) -> None:
+        if not self.stream and event.result is None and event.error is None:
+            return  # an intermediate token event nobody reads
         if self._loop is None:
             self._queue.put(event)
             return
@@ -277,6 +290,7 @@ class Engine:
         *,
         logprobs_from: int | None = None,
         loop: asyncio.AbstractEventLoop | None | _Auto = AUTO,
+        stream: bool = True,
     ) -> RequestHandle:
         """Queue a request (thread-safe); events go to the returned handle.
 
@@ -284,6 +298,8 @@ class Engine:
         `params.prompt_logprobs`, none otherwise); the prefix cache is only used before it.
         `loop`: the event loop to deliver events to; by default the running loop if submit is
         called from one, else none (sync iteration). Pass None to force a sync handle.
+        `stream`: False delivers only the final event of each sequence (and errors): for callers
+        that only want the results.
         """
         params.validate()
         prompt_ids = [int(t) for t in prompt_ids]
@@ -293,7 +309,7 @@ class Engine:
         if logprobs_from is None and params.prompt_logprobs:
             logprobs_from = 1
         rid = next(self._ids)
-        handle = RequestHandle(rid, params.n, self, loop)
+        handle = RequestHandle(rid, params.n, self, loop, stream)
         seed = params.seed if params.seed is not None else draw_seed()
         request = _Request(rid, prompt_ids, params, handle, seed, logprobs_from, time.monotonic())
         with self._lock:

@@ -23,6 +23,21 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def configure_openmp(environ: dict[str, str] | None = None) -> None:
+    """Make OpenMP threads sleep, not spin, between parallel regions (unless the user chose).
+
+    Must run before torch is imported (libgomp reads its environment when it loads). With the
+    default (active) policy, torch's OpenMP workers busy-wait after every operator; when all
+    cores run torch threads and anything else wants a core -- the server's event loop thread,
+    another process -- a spinning worker holds the core while the thread with real work waits,
+    and the master then waits at the next barrier for a descheduled worker. Measured with
+    `fewshot serve` on 2 cores (2 torch threads, other load present): 33 greedy tokens over HTTP
+    took 1.1-3.0 s with the active policy and 0.10-0.13 s with the passive one.
+    """
+    env = os.environ if environ is None else environ
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def default_cache_dir() -> Path:
     """Where fewshot keeps converted models (dequantised GGUF, built tokenizers)."""
     xdg = os.environ.get("XDG_CACHE_HOME")

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fewshot.settings import configure_openmp
+
+    configure_openmp()  # before any subcommand imports torch
     args = build_parser().parse_args(argv)
     return int(args._run(args) or 0)
 

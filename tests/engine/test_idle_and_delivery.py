@@ -1,0 +1,106 @@
+"""Serving overheads that are not timings: the step loop parks on its condition when idle, a
+non-streaming request wakes its consumer once per sequence (not once per token), and the CLI
+makes OpenMP workers sleep instead of spinning (busy workers starve the server's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+from engine_helpers import random_ids
+
+from fewshot.engine.types import SamplingParams
+from fewshot.settings import configure_openmp
+
+GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
+
+
+def _frame_names(thread: threading.Thread) -> list[str]:
+    frame = sys._current_frames().get(thread.ident)  # type: ignore[arg-type]
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return names
+
+
+def test_idle_step_loop_blocks_on_its_condition(llm) -> None:
+    llm.generate(random_ids(10, seed=1), GREEDY)
+    engine = llm.engine
+    thread = engine._thread
+    assert thread is not None and thread.is_alive()
+    deadline = time.monotonic() + 10
+    names = _frame_names(thread)
+    while "wait" not in names[:3] and time.monotonic() < deadline:  # finishing the last step
+        time.sleep(0.01)
+        names = _frame_names(thread)
+    # innermost frames: threading.Condition.wait called from Engine._loop (not a sleep/poll)
+    assert names[0] == "wait" and names[1] == "_loop", names
+    steps = engine.counters["steps"]
+    assert _frame_names(thread)[:2] == ["wait", "_loop"]
+    assert engine.counters["steps"] == steps
+
+
+def test_non_streaming_handle_gets_only_final_events(llm) -> None:
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True, n=2, do_sample=True, seed=3)
+    handle = llm.engine.submit(random_ids(10, seed=2), params, loop=None, stream=False)
+    events = list(handle)
+    assert len(events) == 2 and all(ev.result is not None for ev in events)
+    assert all(len(ev.result.token_ids) == 6 for ev in events)
+    streamed = list(llm.engine.submit(random_ids(10, seed=2), params, loop=None))
+    assert len(streamed) == 12
+    finals = sorted((ev for ev in streamed if ev.result), key=lambda ev: ev.index)
+    assert [ev.result.token_ids for ev in finals] == [
+        ev.result.token_ids for ev in sorted(events, key=lambda ev: ev.index)
+    ]
+
+
+def test_non_streaming_async_handle_wakes_the_loop_once_per_sequence(llm) -> None:
+    async def run() -> tuple[int, list]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            handle = llm.engine.submit(random_ids(10, seed=4), GREEDY, stream=False)
+            results = await handle.results()
+        finally:
+            del loop.call_soon_threadsafe
+        return calls, results
+
+    calls, results = asyncio.run(run())
+    assert len(results[0].token_ids) == 6
+    assert calls <= 2  # the final event (+ at most one wake-up of the engine by cancel)
+
+
+def test_openmp_workers_sleep_unless_the_user_chose() -> None:
+    env: dict[str, str] = {}
+    configure_openmp(env)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    configure_openmp(env)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_cli_sets_the_wait_policy_before_torch_loads() -> None:
+    import subprocess
+
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('OMP_WAIT_POLICY', None)\n"
+        "import fewshot.cli as cli\n"
+        "cli.build_parser = lambda: (_ for _ in ()).throw(SystemExit("
+        "'torch' in sys.modules or os.environ.get('OMP_WAIT_POLICY') != 'PASSIVE'))\n"
+        "cli.main([])\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=60)
+    assert proc.returncode == 0

@@ -9,8 +9,10 @@ import pytest
 from e2e_support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope: Playwright's sync API keeps an asyncio loop running in the main thread while
+    # it is open, which would break asyncio.run() in every test collected after this folder.
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -49,10 +49,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FEWSHOT_", extra="ignore")
 
-    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL], description="Models to serve (name, path, hub id or GGUF file); NAME=SOURCE gives an alias")
+    models: list[str] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="Models to serve (name, path, hub id or GGUF file); NAME=SOURCE gives an alias",
+    )
     host: str = Field("127.0.0.1", description="Address to bind")
     port: int = Field(8000, description="Port to bind")
-    api_keys: list[str] = Field(default_factory=list, description="Bearer tokens accepted; empty means no auth")
+    api_keys: list[str] = Field(
+        default_factory=list, description="Bearer tokens accepted; empty means no auth"
+    )
     api_key_file: Path | None = Field(None, description="File with one API key per line")
     dtype: str = Field("auto", description="Weights: auto | fp32 | bf16 | int8")
     threads: int = Field(default_factory=available_cores, description="Torch intra-op threads")
@@ -70,13 +75,24 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted-model cache")
     hf_token: str | None = Field(None, description="Token for the Hugging Face hub when reachable")
     log_level: str = Field("info", description="Log level")
-    chat_max_tokens_default: int = Field(512, description="max_tokens of a chat completion that gives none (capped by max_total_tokens)")
-    model_wait_timeout_s: float = Field(600.0, description="Longest a wait_for_model request waits for a loading model")
-    model_load_estimate_s: float = Field(30.0, description="estimated_time reported while a model of unknown size loads")
-    sse_keepalive_s: float = Field(15.0, description="Seconds between keep-alive comments on an idle event stream")
+    chat_max_tokens_default: int = Field(
+        512,
+        description="max_tokens of a chat completion that gives none (capped by max_total_tokens)",
+    )
+    model_wait_timeout_s: float = Field(
+        600.0, description="Longest a wait_for_model request waits for a loading model"
+    )
+    model_load_estimate_s: float = Field(
+        30.0, description="estimated_time reported while a model of unknown size loads"
+    )
+    sse_keepalive_s: float = Field(
+        15.0, description="Seconds between keep-alive comments on an idle event stream"
+    )
 
     def all_api_keys(self) -> list[str]:
         keys = list(self.api_keys)
         if self.api_key_file:
-            keys += [ln.strip() for ln in Path(self.api_key_file).read_text().splitlines() if ln.strip()]
+            keys += [
+                ln.strip() for ln in Path(self.api_key_file).read_text().splitlines() if ln.strip()
+            ]
         return keys

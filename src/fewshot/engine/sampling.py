@@ -108,6 +108,11 @@ class Sampler:
             seed if seed is not None else (params.seed if params.seed is not None else draw_seed())
         )
         self.generator: torch.Generator | None = None
+        penalty = params.repetition_penalty
+        #: the choice needs the context ids (prompt + generated): only the repetition penalty
+        self.needs_context = penalty is not None and penalty != 1.0
+        #: argmax of the raw logits and no alternatives: the engine may batch the choice
+        self.plain_greedy = params.greedy and not self.needs_context and params.top_n_tokens <= 0
         if not params.greedy:
             self.generator = torch.Generator().manual_seed(self.seed % SEED_LIMIT)
 

@@ -261,6 +261,7 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.special_ids = self.eos_ids | set(getattr(tokenizer, "special_ids", None) or ())
         self._piece_cache: dict[int, str] = {}
+        self._batched: torch.Tensor | None = None  # the last "last"-logits forward's output
 
         self._lock = threading.Condition()
         self._inbox: deque[_Request] = deque()
@@ -511,13 +512,45 @@ class Engine:
 
     def _run(self, entries: list[_Entry], which: Literal["last", "all"]) -> None:
         logits = self._forward_isolating(entries, which)
-        for entry, out in zip(entries, logits, strict=True):
+        choices = self._greedy_choices(entries, logits) if which == "last" else {}
+        for i, (entry, out) in enumerate(zip(entries, logits, strict=True)):
             if out is None or entry.request.closed:  # failed (maybe via another entry)
                 continue
             try:
-                self._consume(entry, out, which)
+                self._consume(entry, out, which, choices.get(i))
             except Exception as exc:
                 self._fail(entry.request, exc)
+
+    def _greedy_choices(
+        self, entries: list[_Entry], logits: list[torch.Tensor | None]
+    ) -> dict[int, Choice]:
+        """The choices of the plain greedy decode entries (no penalty, no top-n), all at once.
+
+        One argmax and one log_softmax over the stacked rows instead of a few small operators
+        and tensor-to-Python conversions per sequence. Row-wise kernels: each row's result is
+        the one `Sampler.choose` computes for it alone.
+        """
+        rows = [
+            i
+            for i, (entry, out) in enumerate(zip(entries, logits, strict=True))
+            if out is not None
+            and entry.seq is not None
+            and not entry.request.closed
+            and entry.seq.sampler.plain_greedy
+        ]
+        if len(rows) < 2:
+            return {}
+        batched = self._batched
+        if batched is not None and len(rows) == batched.shape[0]:
+            stacked = batched  # every row: the forward's own [B, V] tensor
+        else:
+            stacked = torch.stack([logits[i] for i in rows])  # type: ignore[misc]  # [R, V]
+        tokens = torch.argmax(stacked, dim=-1)  # [R]
+        chosen = batch_logprobs(stacked).gather(1, tokens[:, None])[:, 0]  # [R]
+        return {
+            i: Choice(t, lp)
+            for i, t, lp in zip(rows, tokens.tolist(), chosen.tolist(), strict=True)
+        }
 
     def _forward_isolating(
         self, entries: list[_Entry], which: Literal["last", "all"]
@@ -528,8 +561,11 @@ class Engine:
         is retried alone, so only the requests that fail by themselves are failed.
         """
         lengths = [e.cache.length for e in entries]
+        self._batched = None
         try:
-            return self._split(self._forward(entries, which), entries, which)
+            batched = self._forward(entries, which)
+            self._batched = batched  # [B, V] for _greedy_choices (no re-stacking of the rows)
+            return self._split(batched, entries, which)
         except Exception as exc:
             if len(entries) == 1:
                 self._fail(entries[0].request, exc)
@@ -564,10 +600,12 @@ class Engine:
             return list(logits.unbind(0))  # B x [V]
         return list(logits.split([len(e.tokens) for e in entries], dim=0))  # B x [t, V]
 
-    def _consume(self, entry: _Entry, logits: torch.Tensor, which: str) -> None:
+    def _consume(
+        self, entry: _Entry, logits: torch.Tensor, which: str, choice: Choice | None = None
+    ) -> None:
         request = entry.request
         if entry.seq is not None:
-            self._decode_token(request, entry.seq, logits)
+            self._decode_token(request, entry.seq, logits, choice)
             return
         if which == "all":
             self._record_prompt_logprobs(request, entry.start, logits)
@@ -604,10 +642,14 @@ class Engine:
 
     # -- tokens ------------------------------------------------------------------------------------
 
-    def _decode_token(self, request: _Request, seq: _Seq, logits: torch.Tensor) -> None:
-        """Choose the next token of `seq` from its logits [V]; stream it; maybe finish."""
-        context = request.prompt_ids + seq.token_ids
-        choice = seq.sampler.choose(logits, context)
+    def _decode_token(
+        self, request: _Request, seq: _Seq, logits: torch.Tensor, choice: Choice | None = None
+    ) -> None:
+        """Choose the next token of `seq` from its logits [V] (unless `choice` was made for the
+        whole batch already); stream it; maybe finish."""
+        if choice is None:
+            context = request.prompt_ids + seq.token_ids if seq.sampler.needs_context else ()
+            choice = seq.sampler.choose(logits, context)
         if request.first_token_at is None:
             request.first_token_at = time.monotonic()
         self._append(request, seq, choice)

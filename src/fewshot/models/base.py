@@ -126,7 +126,11 @@ class CausalLM(nn.Module):
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype if next(self.parameters()).is_floating_point() else torch.float32
+        return (
+            next(self.parameters()).dtype
+            if next(self.parameters()).is_floating_point()
+            else torch.float32
+        )
 
     def forward(
         self,

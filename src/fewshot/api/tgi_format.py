@@ -53,6 +53,7 @@ def stream_details(result: GenerationResult) -> dict[str, Any]:
         "generated_tokens": result.generated_tokens,
         "seed": result.seed,
         "input_length": result.prompt_tokens,
+        "prefix_cache_tokens": result.cached_tokens,  # ours: prompt tokens served from cache
     }
 
 

@@ -1,49 +1,39 @@
-"""Weight-only int8 quantization for CPU decoding.
+"""int8 weights for CPU inference, with results that do not depend on the batch.
 
 `Int8Linear` keeps a Linear's weight as int8 [out, in] with one symmetric scale per output
-channel (w ~= q * scale, |q| <= 127). The matmul runs in `torch.ops.aten._weight_int8pack_mm`,
-which reads the int8 weights directly (a quarter of the fp32 memory traffic, which is what bounds
-decoding) and computes every output row on its own, so a row's result does not depend on which
-other rows share the batch.
+channel (w ~= q * scale, |q| <= 127) and runs the matmul in fbgemm's int8 GEMM
+(`torch.ops.quantized.linear_dynamic`): int8 weights are a quarter of the fp32 memory traffic,
+and the kernel is several times faster than the fp32 GEMM at the small row counts of decoding
+(measured in `BENCHMARKS.md`; `torch.ops.aten._weight_int8pack_mm` was slower and, for some
+shapes, returned NaN on this CPU).
 
-Measured on this torch build (2.13 CPU, 1 thread): that kernel is fast for bf16 inputs but runs
-a slow path for fp32 inputs (5-20x slower than an fp32 Linear), and it crashes or returns garbage
-for half-precision inputs whose in_features is not a multiple of 16. So:
-- bf16 / fp16 inputs go straight to the kernel;
-- fp32 inputs are rounded to bf16 for the kernel and the result is returned as fp32 (the int8
-  rounding of the weights, ~0.5% relative, dominates the added bf16 rounding);
-- the int8 weight is stored zero-padded to a multiple of `_KERNEL_K_MULTIPLE` input columns
-  (inputs are zero-padded to match), so every size can use the kernel;
-- where the kernel is missing, the weights are dequantized to the input dtype and F.linear is
-  used (correct and slower, and then rows are not guaranteed batch-independent).
+fbgemm quantizes its input activations to 8 bits with ONE range for the whole batch, which would
+make a row's result depend on the other rows (the classic problem of dynamic quantization with
+prefix caching and continuous batching). We make that range constant instead:
+- each row x is divided by its own absmax a (so every value lies in [-1, 1]);
+- two extra input columns holding +1 and -1 are appended (their weights are zero), so every row
+  spans exactly [-1, 1] and the batch-wide range is always [-1, 1];
+- the int32 accumulation is exact, so each output row is bitwise the same whatever shares the
+  batch; the output is multiplied back by a, then the bias is added.
+The activations are thus quantized per row (7-bit, fbgemm's reduce_range avoids int16
+saturation), which is what weight-plus-activation int8 engines do; the top-1 agreement with fp32
+is measured by the tests and reported by the benchmark.
 
 `quantize_model(model)` swaps every nn.Linear for an Int8Linear. The LM head is quantized as a
 separate int8 copy by default (the input embedding stays float): it is the largest matrix of
-small models (38.6M of GPT-Neo-125M's 125M weights), so this is much of the speed-up for them.
-`cast_model` casts the float weights (int8 weights stay int8).
+small models (38.6M of GPT-Neo-125M's 125M weights).
 """
 
 from __future__ import annotations
 
+import warnings
+
+# fbgemm sums pairs of u8*s8 products in int16: full-range activations saturate (measured: 12%
+# error on Gaussian inputs), so activations use 7 bits as fbgemm recommends on x86.
+_REDUCE_RANGE = True
+
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-# in_features must be a multiple of this for the int8 kernel (it breaks on 63 and 65 with bf16)
-_KERNEL_K_MULTIPLE = 32
-
-
-def _has_int8_kernel() -> bool:
-    try:
-        x = torch.ones(1, _KERNEL_K_MULTIPLE, dtype=torch.bfloat16)
-        w = torch.ones(2, _KERNEL_K_MULTIPLE, dtype=torch.int8)
-        y = torch.ops.aten._weight_int8pack_mm(x, w, torch.ones(2, dtype=torch.bfloat16))
-        return bool(torch.equal(y.float(), torch.full((1, 2), float(_KERNEL_K_MULTIPLE))))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-_INT8_KERNEL = _has_int8_kernel()
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,59 +44,56 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scales
 
 
-class Int8Linear(nn.Module):
-    """y = x @ (q * scale)^T + bias, with q int8 [out, in] and scale [out]."""
+def _prepack(q: torch.Tensor, scales: torch.Tensor) -> object:
+    """fbgemm packed weight of [q | 0 0] (two zero columns for the range-pinning inputs)."""
+    padded = torch.cat([q, torch.zeros(q.shape[0], 2, dtype=torch.int8)], dim=1)  # [out, in+2]
+    with warnings.catch_warnings():  # quantized tensor creation is deprecated, still supported
+        warnings.simplefilter("ignore", UserWarning)
+        qw = torch._make_per_channel_quantized_tensor(
+            padded, scales.double(), torch.zeros(q.shape[0], dtype=torch.long), 0
+        )
+    return torch.ops.quantized.linear_prepack(qw, None)
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale)^T + bias, q int8 [out, in], scale [out]; batch-independent rows."""
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.padded_in = -(-in_features // _KERNEL_K_MULTIPLE) * _KERNEL_K_MULTIPLE
-        # [out, padded_in]; columns in_features.. are zero
-        self.register_buffer("weight", torch.zeros(out_features, self.padded_in, dtype=torch.int8))
-        self.register_buffer("scales", torch.ones(out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("weight", q)  # int8 [out, in]
+        self.register_buffer("scales", scales.float())  # [out]
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self._packed = _prepack(q, self.scales)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        """An Int8Linear approximating `linear`; scales and bias keep the Linear's float dtype."""
-        out = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        """An Int8Linear approximating `linear`."""
         q, scales = quantize_weight(linear.weight)
-        dtype = linear.weight.dtype
-        out.weight[:, : linear.in_features] = q
-        out.scales = scales.to(dtype)
-        if linear.bias is not None:
-            out.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        return out
-
-    def _use_kernel(self, x: torch.Tensor) -> bool:
-        return (
-            _INT8_KERNEL
-            and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        )
+        return cls(q, scales, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., in] -> [..., out] in x's dtype."""
+        """x [..., in] -> [..., out] in x's dtype (computed in fp32 around the int8 GEMM)."""
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)  # [M, in]
-        if self.padded_in != self.in_features:
-            x2 = F.pad(x2, (0, self.padded_in - self.in_features))  # [M, padded_in]
-        if self._use_kernel(x2):
-            kdtype = torch.bfloat16 if x.dtype == torch.float32 else x.dtype
-            xk = x2.to(kdtype).contiguous()
-            y = torch.ops.aten._weight_int8pack_mm(xk, self.weight, self.scales.to(kdtype))
-            y = y.to(x.dtype)
-        else:
-            y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        x2 = x.reshape(-1, self.in_features).float()  # [M, in]
+        a = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)  # [M, 1]
+        pins = torch.tensor([[1.0, -1.0]]).expand(x2.shape[0], 2)  # [M, 2]
+        xp = torch.cat([x2 / a, pins], dim=1)  # [M, in + 2], every row spans [-1, 1]
+        y = torch.ops.quantized.linear_dynamic(xp, self._packed, _REDUCE_RANGE) * a  # [M, out]
         if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*lead, self.out_features)
+            y = y + self.bias.float()
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def _apply(self, fn, recurse: bool = True):  # keep int8/scales as they are under .to(dtype)
+        q, scales = self.weight, self.scales
+        out = super()._apply(fn, recurse)
+        self.weight, self.scales = q, scales
+        return out
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, kernel={_INT8_KERNEL}"
+            f"bias={self.bias is not None}"
         )
 
 
@@ -130,8 +117,5 @@ def quantize_model(model: nn.Module, *, quantize_head: bool = True) -> nn.Module
 
 
 def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast float parameters and buffers to `dtype` (int8 weights stay int8); returns the model.
-
-    Int8Linear scales follow the cast (as bf16 their rounding is below bf16 activation noise).
-    """
+    """Cast float parameters and buffers to `dtype` (int8 weights and scales stay); returns it."""
     return model.to(dtype)

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+from torch import nn
+
 # fbgemm sums pairs of u8*s8 products in int16: full-range activations saturate (measured: 12%
 # error on Gaussian inputs), so activations use 7 bits as fbgemm recommends on x86.
 _REDUCE_RANGE = True
-
-import torch
-from torch import nn
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

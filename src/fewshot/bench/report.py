@@ -264,6 +264,17 @@ def _workload_notes(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _agreement_line(agree: dict[str, Any]) -> str:
+    if "error" in agree:
+        return f"Agreement not measured: `{_oneline(agree['error'])}`"
+    return (
+        f"Top-1 agreement of int8 with fp32: {agree['teacher_forced_top1']:.1%} of "
+        f"{agree['positions']} teacher-forced positions over {agree['prompts']} prompts; "
+        f"{agree['greedy_top1']:.1%} of {agree['greedy_tokens']} greedy tokens (same position, "
+        "same token; a greedy run that diverges once keeps differing after)."
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole BENCHMARKS.md."""
     judged = judge(results)
@@ -306,6 +317,9 @@ def render(results: dict[str, Any]) -> str:
         serving_rows = _serving_table(model)
         if serving_rows:
             lines += ["### Few-shot serving over HTTP", "", *serving_rows, ""]
+        agree = model.get("int8_agreement")
+        if agree:
+            lines += ["### int8 against fp32", "", _agreement_line(agree), ""]
         tp = _throughput_table(model)
         if tp:
             lines += ["### Throughput, unrelated prompts", "", *tp, ""]

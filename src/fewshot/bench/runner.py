@@ -139,10 +139,32 @@ def _probe(
     return {"error": f"engine probe gave no result (exit {out.returncode}); see {log_path}"}
 
 
+def _agreement(
+    model: bench_models.BenchModel, prompt_file: Path, cfg: BenchConfig, log_path: Path
+) -> dict:
+    argv = [
+        sys.executable, "-m", "fewshot.bench.agreement", "--model", model.ours_source,
+        "--prompts", str(prompt_file), "--threads", str(cfg.threads),
+    ]  # fmt: skip
+    with log_path.open("w") as log:
+        out = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=log, text=True, timeout=cfg.server_timeout_s
+        )
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"agreement gave no result (exit {out.returncode}); see {log_path}"}
+
+
 def run_model(
-    name: str, cfg: BenchConfig, discovery: bench_peers.PeerDiscovery, log: Log
+    name: str,
+    cfg: BenchConfig,
+    discovery: bench_peers.PeerDiscovery,
+    log: Log,
+    save: Callable[[dict[str, Any]], None] = lambda partial: None,
 ) -> dict[str, Any]:
-    """Everything measured on one model."""
+    """Everything measured on one model; `save(partial)` is called after every engine, so a run
+    cut short keeps what it measured."""
     plan = cfg.plan(name)
     root = cfg.work / "models"
     log(f"{name}: preparing model")
@@ -175,6 +197,7 @@ def run_model(
         "dtype": "fp32",
         **base,
     }
+    save(out)
 
     for dtype in cfg.dtypes:
         log(f"{name}: ours ({dtype})")
@@ -190,6 +213,7 @@ def run_model(
             "dtype": dtype,
             **res,
         }
+        save(out)
 
     if plan.peers:
         for peer in discovery.peers:
@@ -204,6 +228,11 @@ def run_model(
             if "error" in res:
                 log(f"  peer {peer.backend} FAILED: {res['error']}")
             out["engines"][f"peer-{peer.backend}"] = {"label": peer.label, "kind": "peer", **res}
+            save(out)
+
+    if "int8" in cfg.dtypes:
+        log(f"{name}: int8 top-1 agreement with fp32")
+        out["int8_agreement"] = _agreement(model, prompt_file, cfg, logs / "agreement.log")
 
     if cfg.dtypes:
         log(f"{name}: in-process probe of our engine ({cfg.dtypes[0]}), with a profile")
@@ -277,9 +306,16 @@ def run(cfg: BenchConfig, log: Log = _log) -> dict[str, Any]:
     results["peers"] = [{"backend": p.backend, "python": str(p.python)} for p in discovery.peers]
     raw = cfg.work / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     raw.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(partial: dict[str, Any], name: str) -> None:
+        results["models"][name] = partial
+        raw.write_text(json.dumps(results, indent=2, default=str))
+
     for name in cfg.models:
         try:
-            results["models"][name] = run_model(name, cfg, discovery, log)
+            results["models"][name] = run_model(
+                name, cfg, discovery, log, lambda partial, n=name: save(partial, n)
+            )
         except Exception as exc:
             results["models"][name] = {"error": f"{type(exc).__name__}: {exc}", "engines": {}}
             log(f"{name} FAILED: {exc}")

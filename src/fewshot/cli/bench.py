@@ -4,6 +4,7 @@ run, several rounds; writes BENCHMARKS.md and docs/bench.png."""
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -83,12 +84,25 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
     p.add_argument(
         "--no-profile", action="store_true", help="skip the torch.profiler table of our decode"
     )
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RAW_JSON",
+        help="only rewrite BENCHMARKS.md and the plot in --out from a run's raw results",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from fewshot.bench.runner import prepare
     from fewshot.bench.runner import run as run_bench
+
+    if args.render:
+        from fewshot.bench import report
+
+        for path in report.write(json.loads(args.render.read_text()), args.out.resolve()):
+            print(path)
+        return 0
 
     models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)
     unknown = [m for m in models if m not in KNOWN_MODELS]

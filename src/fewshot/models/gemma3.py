@@ -25,7 +25,9 @@ from fewshot.models.layers import (
     GemmaRMSNorm,
     RotaryEmbedding,
     activation,
+    advance_caches,
     apply_rotary,
+    as_id_list,
     cached_attention,
     check_batch,
     load_hf_state_dict,
@@ -35,12 +37,6 @@ from fewshot.models.layers import (
 )
 
 SLIDING, FULL = "sliding_attention", "full_attention"
-
-
-def _as_id_list(value: int | list[int] | None) -> list[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else list(value)
 
 
 def _layer_types(config) -> list[str]:
@@ -206,7 +202,7 @@ class Gemma3ForCausalLM(CausalLM):
             max_positions=config.max_position_embeddings,
             hidden_size=config.hidden_size,
             windows=[blk.self_attn.window for blk in self.model.layers],
-            eos_token_ids=_as_id_list(config.eos_token_id),
+            eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
 
@@ -232,6 +228,5 @@ class Gemma3ForCausalLM(CausalLM):
         out = self.lm_head(m.norm(x)).float()  # [B or N, vocab]
         if self.final_softcap is not None:
             out = torch.tanh(out / self.final_softcap) * self.final_softcap
-        for cache, n in zip(caches, counts, strict=True):
-            cache.advance(n)
+        advance_caches(caches, counts)
         return out

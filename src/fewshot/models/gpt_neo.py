@@ -18,18 +18,14 @@ from torch import nn
 from fewshot.models.base import CausalLM, KVCache, ModelSpec
 from fewshot.models.layers import (
     activation,
+    advance_caches,
+    as_id_list,
     cached_attention,
     check_batch,
     load_hf_state_dict,
     select_logits,
     sequence_positions,
 )
-
-
-def _as_id_list(value: int | list[int] | None) -> list[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else list(value)
 
 
 class GPTNeoSelfAttention(nn.Module):
@@ -144,7 +140,7 @@ class GPTNeoForCausalLM(CausalLM):
             max_positions=config.max_position_embeddings,
             hidden_size=config.hidden_size,
             windows=windows,
-            eos_token_ids=_as_id_list(config.eos_token_id),
+            eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
 
@@ -171,6 +167,5 @@ class GPTNeoForCausalLM(CausalLM):
             x = block(x, caches, counts, layer)
         x = select_logits(x, counts, logits)  # [B or N, C]
         out = self.lm_head(t.ln_f(x)).float()  # [B or N, vocab]
-        for cache, n in zip(caches, counts, strict=True):
-            cache.advance(n)
+        advance_caches(caches, counts)
         return out

@@ -156,6 +156,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # flattened-batch bookkeeping
 
 
+def as_id_list(value: int | list[int] | None) -> list[int]:
+    """A config's token id field (an int, a list or None) as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def advance_caches(caches: Sequence[KVCache], counts: Sequence[int]) -> None:
+    """After a forward: every sequence's cache now holds its new tokens."""
+    for cache, n in zip(caches, counts, strict=True):
+        cache.advance(n)
+
+
 def check_batch(input_ids: torch.Tensor, caches: Sequence[KVCache], counts: Sequence[int]) -> None:
     """Raise ValueError unless input_ids [N], caches and counts describe one flattened batch."""
     if input_ids.dim() != 1:

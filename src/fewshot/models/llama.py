@@ -17,7 +17,9 @@ from fewshot.models.layers import (
     RMSNorm,
     RotaryEmbedding,
     activation,
+    advance_caches,
     apply_rotary,
+    as_id_list,
     cached_attention,
     check_batch,
     load_hf_state_dict,
@@ -25,12 +27,6 @@ from fewshot.models.layers import (
     select_logits,
     sequence_positions,
 )
-
-
-def _as_id_list(value: int | list[int] | None) -> list[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else list(value)
 
 
 def _head_dim(config) -> int:
@@ -149,7 +145,7 @@ class LlamaForCausalLM(CausalLM):
             max_positions=config.max_position_embeddings,
             hidden_size=config.hidden_size,
             windows=[None] * config.num_hidden_layers,
-            eos_token_ids=_as_id_list(config.eos_token_id),
+            eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
 
@@ -173,6 +169,5 @@ class LlamaForCausalLM(CausalLM):
             x = block(x, rope, caches, counts, layer)
         x = select_logits(x, counts, logits)  # [B or N, C]
         out = self.lm_head(m.norm(x)).float()  # [B or N, vocab]
-        for cache, n in zip(caches, counts, strict=True):
-            cache.advance(n)
+        advance_caches(caches, counts)
         return out

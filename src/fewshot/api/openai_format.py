@@ -32,6 +32,17 @@ def now() -> int:
     return int(time.time())
 
 
+def envelope(id_prefix: str, obj: str, model: str) -> dict[str, Any]:
+    """The fields every completion / chat response or chunk starts with."""
+    return {
+        "id": new_id(id_prefix),
+        "object": obj,
+        "created": now(),
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
 def finish_reason(result: GenerationResult) -> str:
     return "length" if result.finish_reason in ("length", "time") else "stop"
 

@@ -181,11 +181,7 @@ async def completions(
         for j, r in enumerate(rs)
     ]
     out = {
-        "id": fmt.new_id("cmpl"),
-        "object": "text_completion",
-        "created": fmt.now(),
-        "model": model.name,
-        "system_fingerprint": fmt.SYSTEM_FINGERPRINT,
+        **fmt.envelope("cmpl", "text_completion", model.name),
         "choices": choices,
         "usage": fmt.usage(results),
     }
@@ -193,13 +189,7 @@ async def completions(
 
 
 async def _completion_events(stream: Stream, body: CompletionRequest, model: str) -> Any:
-    base = {
-        "id": fmt.new_id("cmpl"),
-        "object": "text_completion",
-        "created": fmt.now(),
-        "model": model,
-        "system_fingerprint": fmt.SYSTEM_FINGERPRINT,
-    }
+    base = fmt.envelope("cmpl", "text_completion", model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
     results: list[list[Any]] = [[] for _ in stream.jobs]
@@ -304,11 +294,7 @@ async def chat_completions(
         for j, r in enumerate(results[0])
     ]
     out = {
-        "id": fmt.new_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": fmt.now(),
-        "model": model.name,
-        "system_fingerprint": fmt.SYSTEM_FINGERPRINT,
+        **fmt.envelope("chatcmpl", "chat.completion", model.name),
         "choices": choices,
         "usage": fmt.usage(results),
     }
@@ -316,13 +302,7 @@ async def chat_completions(
 
 
 async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) -> Any:
-    base = {
-        "id": fmt.new_id("chatcmpl"),
-        "object": "chat.completion.chunk",
-        "created": fmt.now(),
-        "model": model,
-        "system_fingerprint": fmt.SYSTEM_FINGERPRINT,
-    }
+    base = fmt.envelope("chatcmpl", "chat.completion.chunk", model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
     k = body.top_logprobs or 0

@@ -233,7 +233,21 @@ def _result(call: _Call[T], response: httpx.Response) -> T:
     return call.parse(body)
 
 
-class Client:
+class _ClientBase:
+    """What the sync and async clients share: the request builder/parser and its settings."""
+
+    _calls: _Calls
+
+    @property
+    def model(self) -> str | None:
+        return self._calls.model
+
+    @property
+    def base_url(self) -> str:
+        return self._calls.base_url
+
+
+class Client(_ClientBase):
     """Synchronous client. `Client(url, token=None, model=None)`; usable as a context manager."""
 
     def __init__(
@@ -252,14 +266,6 @@ class Client:
             timeout=timeout,
             transport=transport,
         )
-
-    @property
-    def model(self) -> str | None:
-        return self._calls.model
-
-    @property
-    def base_url(self) -> str:
-        return self._calls.base_url
 
     def _send(self, call: _Call[T]) -> T:
         try:
@@ -328,7 +334,7 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_ClientBase):
     """Asynchronous client (httpx.AsyncClient) with the same methods as `Client`, awaited."""
 
     def __init__(
@@ -347,14 +353,6 @@ class AsyncClient:
             timeout=timeout,
             transport=transport,
         )
-
-    @property
-    def model(self) -> str | None:
-        return self._calls.model
-
-    @property
-    def base_url(self) -> str:
-        return self._calls.base_url
 
     async def _send(self, call: _Call[T]) -> T:
         try:

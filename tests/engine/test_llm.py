@@ -7,6 +7,7 @@ import torch
 
 from fewshot.engine.llm import make_params
 from fewshot.engine.types import ParameterError
+from fewshot.models.standalone import new_cache, run
 
 PROMPT = "The recipe for a good day:"
 
@@ -62,7 +63,7 @@ def test_streamed_text_adds_up_to_the_result(llm) -> None:
 def _manual_loglikelihood(neo, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
     ids = torch.tensor(ctx + cont)
     with torch.inference_mode():
-        logits = neo(ids, [neo.new_cache()], [len(ids)], logits="all")
+        logits = run(neo, ids, [new_cache(neo)], [len(ids)], logits="all")
     logprobs = torch.log_softmax(logits, -1)[len(ctx) - 1 : -1]  # [len(cont), V]
     target = torch.tensor(cont)
     total = float(logprobs[torch.arange(len(cont)), target].sum())

@@ -12,20 +12,21 @@ import torch
 
 from fewshot.models.base import CausalLM
 from fewshot.models.loading import LoadedModel, ModelNotFoundError, load_model
+from fewshot.models.standalone import Arena, new_cache, run
 
 PROMPT = "Hello world, this is a test of"
 
 
 def greedy(model: CausalLM, ids: list[int], steps: int) -> list[int]:
     """Greedy decoding over the engine-free forward contract (prefill, then one token a step)."""
-    cache = model.new_cache()
+    cache = new_cache(model)
     with torch.inference_mode():
-        logits = model(torch.tensor(ids), [cache], [len(ids)])
+        logits = run(model, torch.tensor(ids), [cache], [len(ids)])
         out: list[int] = []
         for _ in range(steps):
             tok = int(logits[0].argmax())
             out.append(tok)
-            logits = model(torch.tensor([tok]), [cache], [1])
+            logits = run(model, torch.tensor([tok]), [cache], [1])
     return out
 
 
@@ -67,7 +68,7 @@ def test_sharded_and_bin_checkpoints(tiny_gpt_neo_dir: Path, tmp_path: Path) -> 
     hf = HF.from_pretrained(str(tiny_gpt_neo_dir))
     ids = torch.tensor([15496, 995, 11, 428])
     ref = load_model(str(tiny_gpt_neo_dir)).model
-    want = ref(ids, [ref.new_cache()], [4], logits="all")
+    want = run(ref, ids, [new_cache(ref)], [4], logits="all")
 
     sharded = tmp_path / "sharded"
     hf.save_pretrained(sharded, max_shard_size="1MB")
@@ -80,7 +81,7 @@ def test_sharded_and_bin_checkpoints(tiny_gpt_neo_dir: Path, tmp_path: Path) -> 
         for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
             shutil.copy(tiny_gpt_neo_dir / name, d / name)
         m = load_model(str(d)).model
-        got = m(ids, [m.new_cache()], [4], logits="all")
+        got = run(m, ids, [new_cache(m)], [4], logits="all")
         torch.testing.assert_close(got, want)
 
 
@@ -172,25 +173,26 @@ def test_fallback_matches_transformers(
         want_a = hf(a[None]).logits[0]
         want_b = hf(b[None]).logits[0]
         m = lm.model
-        ca, cb = m.new_cache(), m.new_cache()
+        arena = Arena(m)
+        ca, cb = arena.new_cache(), arena.new_cache()
         # prefill a and b together, all logits
-        got = m(torch.cat([a[:-1], b[:-1]]), [ca, cb], [len(a) - 1, len(b) - 1], logits="all")
+        got = run(m, torch.cat([a[:-1], b[:-1]]), [ca, cb], [len(a) - 1, len(b) - 1], "all")
         torch.testing.assert_close(got[: len(a) - 1], want_a[:-1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[len(a) - 1 :], want_b[:-1], atol=1e-5, rtol=1e-5)
         # one decode step each, last logits
-        got = m(torch.stack([a[-1], b[-1]]), [ca, cb], [1, 1])
+        got = run(m, torch.stack([a[-1], b[-1]]), [ca, cb], [1, 1])
         torch.testing.assert_close(got, torch.stack([want_a[-1], want_b[-1]]), atol=1e-5, rtol=1e-5)
         assert ca.length == len(a) and cb.length == len(b)
-        # truncate and re-run the last token: same logits
-        ca.truncate(len(a) - 1)
-        got = m(a[-1:], [ca], [1])
-        torch.testing.assert_close(got[0], want_a[-1], atol=1e-5, rtol=1e-5)
-        # prefix copy into a fresh cache
-        ks, vs = ca.slice(0, len(a) - 1)
-        cc = m.new_cache()
-        cc.load_prefix(ks, vs)
-        got = m(a[-1:], [cc], [1])
-        torch.testing.assert_close(got[0], want_a[-1], atol=1e-5, rtol=1e-5)
+        # a forked sequence (n > 1) continues from a copy of the state: same logits as a
+        cc = arena.new_cache()
+        m.fork(ca.seq_id, cc.seq_id)
+        cc.length = ca.length
+        nxt = torch.tensor([int(got[0].argmax())])
+        got_a = run(m, nxt, [ca], [1])
+        got_c = run(m, nxt, [cc], [1])
+        torch.testing.assert_close(got_c, got_a)
+        want_next = hf(torch.cat([a, nxt])[None]).logits[0, -1]
+        torch.testing.assert_close(got_a[0], want_next, atol=1e-5, rtol=1e-5)
     assert greedy(m, a.tolist(), 8) == hf_greedy(tiny_gpt2_dir, a.tolist(), 8)
 
 

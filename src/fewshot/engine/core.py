@@ -90,6 +90,7 @@ class Engine:
         self._ids = itertools.count()
         self._seq_ids = itertools.count()
         self._closed = False
+        self._parked = False
         self.counters = {"requests": 0, "finished": 0, "failed": 0, "prompt_tokens": 0, "steps": 0}
         self._thread: threading.Thread | None = None
         _ENGINES.add(self)
@@ -160,6 +161,15 @@ class Engine:
         if any(t < 0 or t >= vocab for t in prompt_ids):
             raise ParameterError("inputs", f"token ids must be in [0, {vocab})")
 
+    @property
+    def idle(self) -> bool:
+        """The step loop is parked on its condition (nothing to do, no polling)."""
+        return self._parked
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
     def wake(self) -> None:
         with self._lock:
             self._lock.notify()
@@ -207,7 +217,9 @@ class Engine:
         while True:
             with self._lock:
                 while not self._closed and not self._inbox and not self._requests:
+                    self._parked = True
                     self._lock.wait()
+                self._parked = False
                 if self._closed:
                     return
             try:

@@ -15,7 +15,6 @@ fallback (slow path).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -141,12 +140,9 @@ def _apply_dtype(model: CausalLM, dtype: str) -> CausalLM:
         return model.float()
     if dtype == "bf16":
         return model.to(torch.bfloat16)
-    if importlib.util.find_spec("fewshot.models.quant") is None:
-        raise ValueError("dtype 'int8' needs fewshot.models.quant, which is not available")
     from fewshot.models.quant import quantize_model
 
-    out = quantize_model(model)
-    return out if out is not None else model
+    return quantize_model(model)
 
 
 # --------------------------------------------------------------------------- directories

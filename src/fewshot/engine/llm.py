@@ -125,7 +125,12 @@ class LLM:
         """Load a model (demo name, directory, hub id or GGUF file) and start its engine."""
         from fewshot.models.loading import load_model
 
-        loaded = load_model(source, dtype=dtype, cache_dir=cache_dir, hf_token=hf_token)
+        loaded = load_model(
+            source,
+            dtype=dtype,
+            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            hf_token=hf_token,
+        )
         return cls(
             loaded.model,
             loaded.tokenizer,
@@ -281,5 +286,5 @@ class LLM:
 def _score(result: GenerationResult, start: int) -> tuple[float, bool]:
     infos = (result.prefill or [])[start:]
     total = sum(info.logprob or 0.0 for info in infos)
-    greedy = all(not info.top or info.logprob >= info.top[0].logprob for info in infos)
+    greedy = all(not info.top or (info.logprob or 0.0) >= info.top[0].logprob for info in infos)
     return total, greedy

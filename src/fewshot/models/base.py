@@ -11,6 +11,7 @@ when sampling, every prompt token when prompt logprobs are wanted, from the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -73,6 +74,10 @@ class CausalLM(nn.Module):
         logits_indices: [M] long, rows of the batch whose logits are wanted.
         Returns float32 logits [M, vocab]. New K/V are written to the pool.
         """
+        raise NotImplementedError
+
+    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Load a Hugging Face-named state dict (native families)."""
         raise NotImplementedError
 
     def fork(self, src_seq: int, dst_seq: int) -> None:

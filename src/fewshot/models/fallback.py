@@ -44,8 +44,8 @@ class HFFallbackLM(CausalLM):
 
     def __init__(self, hf_model: torch.nn.Module, eos_token_ids: list[int] | None = None) -> None:
         super().__init__()
-        self.hf = hf_model.eval()
-        cfg = hf_model.config
+        self.hf: Any = hf_model.eval()
+        cfg: Any = hf_model.config
         log.warning(
             "model_type %r has no native implementation; using the transformers fallback "
             "(slow path: one sequence at a time)",
@@ -53,7 +53,8 @@ class HFFallbackLM(CausalLM):
         )
         n_heads = int(_first(cfg, "num_attention_heads", "n_head", "num_heads", default=1))
         hidden = int(_first(cfg, "hidden_size", "n_embd", "d_model", default=0))
-        out = hf_model.get_output_embeddings()
+        hf: Any = hf_model
+        out = hf.get_output_embeddings()
         vocab = int(out.weight.shape[0]) if out is not None else int(cfg.vocab_size)
         n_layers = int(_first(cfg, "num_hidden_layers", "n_layer", "num_layers", default=0))
         self.spec = ModelSpec(

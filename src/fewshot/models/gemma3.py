@@ -194,7 +194,7 @@ class Gemma3ForCausalLM(CausalLM):
             head_dim=config.head_dim,
             max_positions=config.max_position_embeddings,
             hidden_size=config.hidden_size,
-            windows=[blk.self_attn.window for blk in self.model.layers],
+            windows=[int(config.sliding_window) if t == SLIDING else None for t in layer_types],
             eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )

@@ -154,7 +154,7 @@ class GGUFFile:
             etype, count = struct.unpack_from("<IQ", self._mm, pos)
             pos += 12
             if etype in _NP:
-                arr = np.frombuffer(self._mm, dtype=_NP[etype], count=count, offset=pos)
+                arr: np.ndarray = np.frombuffer(self._mm, dtype=_NP[etype], count=count, offset=pos)
                 return arr.tolist(), pos + arr.nbytes
             out = []
             for _ in range(count):

@@ -121,6 +121,8 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: Mapping[str, Any]) -> torch
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for absolute positions; `inv_freq` is a non-persistent buffer."""
 
+    inv_freq: torch.Tensor
+
     def __init__(self, inv_freq: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -142,7 +142,7 @@ def _apply_dtype(model: CausalLM, dtype: str) -> CausalLM:
         return model.to(torch.bfloat16)
     from fewshot.models.quant import quantize_model
 
-    return quantize_model(model)
+    return cast(CausalLM, quantize_model(model))
 
 
 # --------------------------------------------------------------------------- directories
@@ -212,7 +212,7 @@ def load_directory(directory: str | Path) -> tuple[CausalLM, Tokenizer]:
     config, sd = _text_part(config, sd)
     with _skip_init():  # every parameter is overwritten by the checkpoint
         model = cls(config)
-    model.load_hf_state_dict(sd)  # type: ignore[attr-defined]
+    model.load_hf_state_dict(sd)
     return model, tok
 
 

@@ -142,3 +142,22 @@ def test_fallback_shares_prefixes_and_n_correctly(fallback, gpt2_tokenizer) -> N
     assert [r.token_ids for r in together] == alone
     assert all(r.cached_tokens == 0 for r in together)
     assert [r.token_ids for r in pair] == [s.token_ids for s in singles]
+
+
+def test_bf16_kv_stays_close_to_fp32_kv(neo, gpt2_tokenizer) -> None:
+    """KV stored in bf16 (half the memory): prompt logprobs stay close to fp32 KV's."""
+    prompt = random_ids(200, seed=400)
+    params = SamplingParams(max_new_tokens=1, prompt_logprobs=True)
+    results = {}
+    for kv_dtype in ("fp32", "bf16"):
+        with LLM.from_model(
+            neo, gpt2_tokenizer, threads=1, kv_cache_mb=16, kv_dtype=kv_dtype
+        ) as llm:
+            assert llm.engine.runner.pool.dtype == getattr(
+                torch, {"fp32": "float32"}.get(kv_dtype, "bfloat16")
+            )
+            results[kv_dtype] = llm.generate(prompt, params).prefill
+    a = torch.tensor([t.logprob for t in results["fp32"][1:]])
+    b = torch.tensor([t.logprob for t in results["bf16"][1:]])
+    err = (a - b).abs()  # this tiny model's logprobs are ~-12 on average: peaked logits
+    assert err.mean() < 0.05 and err.max() < 0.5, (err.mean(), err.max())

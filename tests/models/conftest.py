@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from family_helpers import save_with_tokenizer
 from transformers import (
     Gemma3ForCausalLM as HFGemma3,
 )
@@ -215,3 +218,15 @@ def pair(request) -> tuple[torch.nn.Module, CausalLM]:
 def model_pair_factory():
     """make_pair, for tests that build their own pairs (e.g. to quantize one side)."""
     return make_pair
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir) -> Path:
+    """A tiny random GPT-2 (2 layers, hidden 32, real vocab) saved with save_pretrained, plus the
+    real GPT-2 tokenizer files."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, vocab_size=50257)
+    target = tmp_path_factory.mktemp("tiny_gpt2")
+    return save_with_tokenizer(GPT2LMHeadModel(cfg), target, gpt2_tokenizer_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_helpers import save_with_tokenizer
 
 from fewshot.models.base import CausalLM
 from fewshot.models.loading import LoadedModel, ModelNotFoundError, load_model
@@ -141,23 +142,6 @@ def test_hub_id_from_local_hf_cache(tiny_gpt_neo_dir: Path, tmp_path: Path) -> N
 # --------------------------------------------------------------------------- GPT-2 and fallback
 
 
-def _tiny_dir(tmp_path_factory, tokenizer_dir: Path, name: str, model) -> Path:
-    d = tmp_path_factory.mktemp(name)
-    model.eval().save_pretrained(d)
-    for f in tokenizer_dir.iterdir():
-        shutil.copy(f, d / f.name)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=50257)
-    return _tiny_dir(tmp_path_factory, gpt2_tokenizer_dir, "tiny_gpt2", GPT2LMHeadModel(cfg))
-
-
 @pytest.fixture(scope="module")
 def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
     """OPT: an architecture transformers has and fewshot serves only through the fallback."""
@@ -169,7 +153,9 @@ def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: P
         word_embed_proj_dim=32, max_position_embeddings=128, vocab_size=50257,
         bos_token_id=50256, eos_token_id=50256, pad_token_id=1,
     )  # fmt: skip
-    return _tiny_dir(tmp_path_factory, gpt2_tokenizer_dir, "tiny_opt", OPTForCausalLM(cfg))
+    return save_with_tokenizer(
+        OPTForCausalLM(cfg), tmp_path_factory.mktemp("opt"), gpt2_tokenizer_dir
+    )
 
 
 def test_gpt2_directory_native(tiny_gpt2_dir: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""load_model: directories, hub ids (HF cache layout, offline errors), GGUF demos, fallback."""
+"""load_model: directories, hub ids (HF cache layout, offline errors), GGUF demos, fallback
+(OPT, which has no native class)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_helpers import save_with_tokenizer
 
 from fewshot.models.base import CausalLM
 from fewshot.models.loading import LoadedModel, ModelNotFoundError, load_model
@@ -137,36 +139,49 @@ def test_hub_id_from_local_hf_cache(tiny_gpt_neo_dir: Path, tmp_path: Path) -> N
     assert lm2.native
 
 
-# --------------------------------------------------------------------------- fallback
+# --------------------------------------------------------------------------- GPT-2 and fallback
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
+    """OPT: an architecture transformers has and fewshot serves only through the fallback."""
+    from transformers import OPTConfig, OPTForCausalLM
 
-    d = tmp_path_factory.mktemp("tiny_gpt2")
     torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=50257)
-    GPT2LMHeadModel(cfg).eval().save_pretrained(d)
-    for f in gpt2_tokenizer_dir.iterdir():
-        shutil.copy(f, d / f.name)
-    return d
+    cfg = OPTConfig(
+        hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+        word_embed_proj_dim=32, max_position_embeddings=128, vocab_size=50257,
+        bos_token_id=50256, eos_token_id=50256, pad_token_id=1,
+    )  # fmt: skip
+    return save_with_tokenizer(
+        OPTForCausalLM(cfg), tmp_path_factory.mktemp("opt"), gpt2_tokenizer_dir
+    )
+
+
+def test_gpt2_directory_native(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    from fewshot.models.gpt2 import GPT2LMHeadModel
+
+    lm = load_model(str(tiny_gpt2_dir), cache_dir=tmp_path)
+    assert isinstance(lm.model, GPT2LMHeadModel) and lm.native
+    assert lm.model.spec.arch == "gpt2" and lm.model.spec.eos_token_ids == [50256]
+    ids = lm.tokenizer.encode(PROMPT)
+    assert greedy(lm.model, ids, 12) == hf_greedy(tiny_gpt2_dir, ids, 12)
 
 
 def test_fallback_matches_transformers(
-    tiny_gpt2_dir: Path, caplog: pytest.LogCaptureFixture
+    tiny_opt_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from transformers import GPT2LMHeadModel
+    from transformers import OPTForCausalLM
 
     from fewshot.models.fallback import HFFallbackLM
 
     with caplog.at_level(logging.WARNING, logger="fewshot.models.fallback"):
-        lm = load_model(str(tiny_gpt2_dir))
+        lm = load_model(str(tiny_opt_dir))
     assert isinstance(lm.model, HFFallbackLM) and not lm.native
     assert lm.model.spec.arch == "hf_fallback" and lm.model.spec.n_layers == 2
-    assert "gpt2" in caplog.text and "slow" in caplog.text
+    assert "opt" in caplog.text and "slow" in caplog.text
 
-    hf = GPT2LMHeadModel.from_pretrained(str(tiny_gpt2_dir)).eval()
+    hf = OPTForCausalLM.from_pretrained(str(tiny_opt_dir)).eval()
     a = torch.tensor(lm.tokenizer.encode(PROMPT))
     b = torch.tensor(lm.tokenizer.encode("Another, longer prompt for the second sequence"))
     with torch.inference_mode():
@@ -193,7 +208,7 @@ def test_fallback_matches_transformers(
         torch.testing.assert_close(got_c, got_a)
         want_next = hf(torch.cat([a, nxt])[None]).logits[0, -1]
         torch.testing.assert_close(got_a[0], want_next, atol=1e-5, rtol=1e-5)
-    assert greedy(m, a.tolist(), 8) == hf_greedy(tiny_gpt2_dir, a.tolist(), 8)
+    assert greedy(m, a.tolist(), 8) == hf_greedy(tiny_opt_dir, a.tolist(), 8)
 
 
 # --------------------------------------------------------------------------- GGUF demo models

@@ -93,6 +93,13 @@ class ServedModel:
             return "ready"
         return "failed" if self.error else "loading"
 
+    @property
+    def backend(self) -> str | None:
+        """Which code runs the model: "native" (fewshot's own) or "fallback" (transformers)."""
+        if self.llm is None:
+            return None
+        return "native" if self.llm.native else "fallback"
+
     def names(self) -> set[str]:
         names = {self.name, self.source}
         path = Path(self.source)

@@ -5,7 +5,9 @@ first dimension ([N, ...]); attention over the paged KV pool is in `attention.py
 
 Contents:
 - norms: `RMSNorm` (Llama), `GemmaRMSNorm` (weights stored as w, applied as 1 + w, in float32)
-- rotary embeddings in the Hugging Face "rotate_half" convention: `rope_inv_freq`, `RotaryEmbedding`
+- rotary embeddings in the Hugging Face "rotate_half" convention: `rope_inv_freq`, `RotaryEmbedding`,
+  `apply_rotary`; on the first R dims of each head only (`apply_partial_rotary`, GPT-NeoX), or in
+  GPT-J's interleaved "rotate every two" convention (`interleaved_rope` + `apply_partial_rotary`)
 - `activation`: the MLP activations named by transformers configs
 """
 
@@ -145,6 +147,33 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """x [N, H, D], cos/sin [N, D] -> x rotated, [N, H, D]."""
     cos, sin = cos[:, None, :], sin[:, None, :]
     return x * cos + rotate_half(x) * sin
+
+
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J's rotation: pairs (0, 1), (2, 3), ... of the last dim become (-x1, x0)."""
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def interleaved_rope(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`RotaryEmbedding`'s (cos, sin) [N, R] (frequencies as [f, f]) in GPT-J's interleaved
+    layout (each frequency repeated in place: [f0, f0, f1, f1, ...]), for `apply_partial_rotary`
+    with `interleaved=True`."""
+    half = cos.shape[-1] // 2
+    return cos[:, :half].repeat_interleave(2, -1), sin[:, :half].repeat_interleave(2, -1)
+
+
+def apply_partial_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False
+) -> torch.Tensor:
+    """x [N, H, D], cos/sin [N, R] with R <= D -> x with its first R dims per head rotated and
+    the other D - R dims passed through. `interleaved`: GPT-J's "rotate every two" convention
+    (cos/sin from `interleaved_rope`) instead of rotate_half's."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    turn = rotate_every_two(rot) if interleaved else rotate_half(rot)
+    rot = rot * cos[:, None, :] + turn * sin[:, None, :]
+    return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     )
     kv_dtype: str = Field("auto", description="KV cache dtype: auto (the model's) | fp32 | bf16")
     prefix_caching: bool = Field(True, description="Share prompt prefixes' KV between requests")
+    speculative_tokens: int = Field(
+        0, ge=0, le=16, description="Prompt-lookup draft tokens verified per decode step (0: off)"
+    )
     response_cache_entries: int = Field(1024, description="Entries of the use_cache response cache")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted-model cache")
     hf_token: str | None = Field(None, description="Token for the Hugging Face hub when reachable")

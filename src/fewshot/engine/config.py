@@ -50,6 +50,10 @@ class EngineConfig:
     max_model_len: int | None = None
     """Longest sequence (prompt + new tokens) to size the automatic pool for; None: the
     model's limit, capped at 4096."""
+    speculative_tokens: int = 0
+    """Prompt-lookup drafts verified per decode step (0: no speculation)."""
+    speculative_max_ngram: int = 3
+    """Longest n-gram matched against earlier tokens to find drafts."""
     threads: int | None = None
     """Torch intra-op threads of the engine thread; None: the cores this process may use."""
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -58,6 +62,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if self.speculative_tokens < 0 or self.speculative_max_ngram < 1:
+            raise ValueError("speculative_tokens must be >= 0 and speculative_max_ngram >= 1")
         if self.prefill_chunk < 1 or self.idle_prefill_tokens < 1:
             raise ValueError("prefill_chunk and idle_prefill_tokens must be >= 1")
 
@@ -81,6 +87,7 @@ class EngineConfig:
             max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_total_tokens,
             threads=settings.threads,
+            speculative_tokens=settings.speculative_tokens,
             cache=CacheConfig(
                 kv_cache_mb=settings.kv_cache_mb,
                 kv_dtype=settings.kv_dtype,

@@ -81,7 +81,7 @@ class Engine:
         self.kv = KVCacheManager(
             self.runner.num_blocks, cc.block_size, cc.prefix_caching and model.paged
         )
-        self.scheduler = Scheduler(self.config, self.kv)
+        self.scheduler = Scheduler(self.config, self.kv, self.spec.max_positions)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.output = OutputProcessor(tokenizer, self.eos_ids, self.spec.max_positions)
         self._lock = threading.Condition()
@@ -91,7 +91,15 @@ class Engine:
         self._seq_ids = itertools.count()
         self._closed = False
         self._parked = False
-        self.counters = {"requests": 0, "finished": 0, "failed": 0, "prompt_tokens": 0, "steps": 0}
+        self.counters = {
+            "requests": 0,
+            "finished": 0,
+            "failed": 0,
+            "prompt_tokens": 0,
+            "steps": 0,
+            "spec_drafted": 0,
+            "spec_accepted": 0,
+        }
         self._thread: threading.Thread | None = None
         _ENGINES.add(self)
         if start:
@@ -190,6 +198,9 @@ class Engine:
             "preemptions": preemptions,
             "generated_tokens": self.output.generated_tokens,
             **self.counters,
+            "spec_acceptance": round(
+                self.counters["spec_accepted"] / max(1, self.counters["spec_drafted"]), 4
+            ),
             "kv_cache": kv,
             "prefix_cache": {k: kv[k] for k in ("hits", "hit_tokens", "hit_rate", "lookups")},
         }
@@ -247,13 +258,27 @@ class Engine:
             return False
         self.counters["steps"] += 1
         self._admitted(out)
+        to_sample: list[tuple[Sequence, Any]] = []
         for chunk, logits in self._execute(out):
             if chunk.seq.request.closed:
                 continue
             try:
-                self._consume(chunk, logits)
+                if chunk.drafts:
+                    self._verify(chunk, logits.rows)
+                else:
+                    to_sample.extend(self._consume(chunk, logits))
             except Exception as exc:
                 self._fail(chunk.seq.request, exc)
+        items = [(s, row) for s, row in to_sample if not s.request.closed]
+        for (seq, _), choice in zip(items, self.runner.sample(items), strict=True):
+            if seq.request.closed:
+                continue
+            try:
+                finish = self.output.append(seq, choice)
+                if finish is not None:
+                    self._finish_seq(seq, finish, pushed=True)
+            except Exception as exc:
+                self._fail(seq.request, exc)
         return True
 
     def _admitted(self, out: SchedulerOutput) -> None:
@@ -291,7 +316,9 @@ class Engine:
             done.extend(zip(chunks, results, strict=True))
         return done
 
-    def _consume(self, chunk: ScheduledChunk, logits: Any) -> None:
+    def _consume(self, chunk: ScheduledChunk, logits: Any) -> list[tuple[Sequence, Any]]:
+        """Record prompt logprobs; start the return sequences of a computed prompt. Returns the
+        sequences that choose a token from this chunk's last logits row."""
         seq = chunk.seq
         request = seq.request
         if chunk.prompt_logits and logits.rows is not None:
@@ -301,14 +328,14 @@ class Engine:
             )
             self.output.record_prompt_logprobs(request, chunk.start, chosen, tops)
         if not chunk.sample:
-            return
+            return []
         samplers = [seq]
         if seq.index == 0 and not request.forked and seq.in_first_prefill:
             if request.params.prompt_logprobs:
                 self.output.prompt_infos(request)
             if request.params.max_new_tokens == 0:
                 self._finish_all(request, "length")
-                return
+                return []
             if request.n > 1:
                 for child in request.seqs[1:]:
                     self.runner.fork_state(seq, child)
@@ -316,11 +343,20 @@ class Engine:
                 samplers = request.live_seqs()
             else:
                 request.forked = True
-        choices = self.runner.sample([(s, logits.last) for s in samplers])
-        for s, choice in zip(samplers, choices, strict=True):
-            finish = self.output.append(s, choice)
+        return [(s, logits.last) for s in samplers]
+
+    def _verify(self, chunk: ScheduledChunk, rows: Any) -> None:
+        """Emit the verified drafts and the token after them (speculative decoding)."""
+        seq = chunk.seq
+        choices, accepted = self.runner.verify(seq, rows, chunk.drafts)
+        self.counters["spec_drafted"] += len(chunk.drafts)
+        self.counters["spec_accepted"] += accepted
+        for choice in choices:
+            finish = self.output.append(seq, choice)
             if finish is not None:
-                self._finish_seq(s, finish, pushed=True)
+                self._finish_seq(seq, finish, pushed=True)
+                return
+        self.scheduler.accept(chunk, accepted)  # the accepted drafts are in token_ids now
 
     # -- ending ------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import torch
 
 from fewshot.engine.config import EngineConfig
 from fewshot.engine.request import Sequence
-from fewshot.engine.sampling import Choice, batch_logprobs
+from fewshot.engine.sampling import Choice, batch_logprobs, top_alternatives
 from fewshot.engine.scheduler import ScheduledChunk
 from fewshot.models.attention import AttentionMetadata, KVPool
 from fewshot.models.base import CausalLM
@@ -96,9 +96,9 @@ class ModelRunner:
         rows: list[int] = []
         for chunk in chunks:
             base = len(ids)
-            ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
+            ids.extend(chunk.tokens)
             positions.extend(range(chunk.start, chunk.end))
-            if chunk.prompt_logits:
+            if chunk.prompt_logits or chunk.drafts:
                 rows.extend(range(base, base + chunk.num_tokens))
             elif chunk.sample:
                 rows.append(base + chunk.num_tokens - 1)
@@ -129,7 +129,7 @@ class ModelRunner:
         out: list[ChunkLogits] = []
         at = 0
         for chunk in chunks:
-            if chunk.prompt_logits:
+            if chunk.prompt_logits or chunk.drafts:
                 part = logits[at : at + chunk.num_tokens]
                 at += chunk.num_tokens
                 out.append(ChunkLogits(part[-1] if chunk.sample else None, part))
@@ -170,6 +170,38 @@ class ModelRunner:
                 context = seq.token_ids if seq.sampler.needs_context else ()
                 choices[i] = seq.sampler.choose(row, context)
         return choices  # type: ignore[return-value]
+
+    @staticmethod
+    def verify(seq: Sequence, rows: torch.Tensor, drafts: list[int]) -> tuple[list[Choice], int]:
+        """Accept drafts from the left (see speculation.py); the tokens to emit and how many
+        drafts were accepted. rows [k + 1, V]: logits after the fed token and each draft."""
+        sampler = seq.sampler
+        logprobs = batch_logprobs(rows)  # reported logprobs are unwarped
+        context = list(seq.token_ids)
+        out: list[Choice] = []
+        for i in range(len(drafts) + 1):
+            processed = sampler.process(rows[i], context)
+            draft = drafts[i] if i < len(drafts) else None
+            if sampler.generator is None:  # greedy: identical to plain decoding
+                token = int(torch.argmax(processed))
+                accepted = token == draft
+            else:  # rejection sampling against a point-mass proposal: p(x), else p without x
+                probs = torch.softmax(processed.float(), dim=-1)
+                u = float(torch.rand((), generator=sampler.generator)) if draft is not None else 1
+                accepted = draft is not None and u < float(probs[draft])
+                if accepted:
+                    token = int(draft)  # type: ignore[arg-type]
+                else:
+                    if draft is not None and float(probs[draft]) < 1.0:
+                        probs = probs.clone()
+                        probs[draft] = 0.0
+                    token = int(torch.multinomial(probs, 1, generator=sampler.generator))
+            top = top_alternatives(logprobs[i], sampler.params.top_n_tokens)
+            out.append(Choice(token, float(logprobs[i, token]), top))
+            context.append(token)
+            if not accepted:
+                return out, i
+        return out, len(drafts)
 
     @staticmethod
     def prompt_logprobs(

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from fewshot.engine.config import EngineConfig
 from fewshot.engine.kv_manager import KVCacheManager
 from fewshot.engine.request import Request, SeqStatus, Sequence
+from fewshot.engine.speculation import propose
 
 
 @dataclass
@@ -40,10 +41,17 @@ class ScheduledChunk:
     num_tokens: int
     sample: bool  # the chunk ends at the last known token: the next one gets chosen
     prompt_logits: bool  # every row's logits are wanted (prompt logprobs)
+    drafts: list[int] = field(default_factory=list)  # speculative tokens after the known ones
 
     @property
     def end(self) -> int:
+        """Position after the chunk's last token (drafts included)."""
         return self.start + self.num_tokens
+
+    @property
+    def tokens(self) -> list[int]:
+        known = self.seq.token_ids[self.start : self.end - len(self.drafts)]
+        return known + self.drafts
 
 
 @dataclass
@@ -61,9 +69,12 @@ class SchedulerOutput:
 class Scheduler:
     """Waiting queue, running list and the KV manager; decides every step's batch."""
 
-    def __init__(self, config: EngineConfig, kv: KVCacheManager) -> None:
+    def __init__(
+        self, config: EngineConfig, kv: KVCacheManager, max_positions: int | None = None
+    ) -> None:
         self.config = config
         self.kv = kv
+        self.max_positions = max_positions
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order: the last is the youngest
         self.preemptions = 0
@@ -120,11 +131,17 @@ class Scheduler:
         for seq in list(self.running):
             if seq.status is not SeqStatus.RUNNING or seq.prefilling:
                 continue
+            drafts = self._drafts(seq)
             while True:
-                new = self.kv.append_slots(seq, 1)
+                new = self.kv.append_slots(seq, 1 + len(drafts))
+                if new is None and drafts:
+                    drafts = []  # no room to speculate: plain decode
+                    new = self.kv.append_slots(seq, 1)
                 if new is not None:
                     out.new_blocks.extend(new)
-                    out.chunks.append(ScheduledChunk(seq, seq.num_computed, 1, True, False))
+                    out.chunks.append(
+                        ScheduledChunk(seq, seq.num_computed, 1 + len(drafts), True, False, drafts)
+                    )
                     break
                 victim = self.running[-1]
                 if victim is seq and len(self.running) == 1:
@@ -133,6 +150,16 @@ class Scheduler:
                 self._preempt(victim, out)
                 if victim is seq:
                     break
+
+    def _drafts(self, seq: Sequence) -> list[int]:
+        """Prompt-lookup drafts for a decoding sequence, within its token and position limits."""
+        k = self.config.speculative_tokens
+        if k <= 0:
+            return []
+        k = min(k, seq.request.params.max_new_tokens - seq.num_output - 1)
+        if self.max_positions is not None:
+            k = min(k, self.max_positions - seq.num_tokens)
+        return propose(seq.token_ids, k, max_ngram=self.config.speculative_max_ngram)
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         """Free a running sequence's blocks; it waits (first in line) to be recomputed."""
@@ -191,12 +218,20 @@ class Scheduler:
     # -- after the forward -------------------------------------------------------------------------
 
     def update_from_output(self, out: SchedulerOutput) -> None:
-        """The chunks ran: their K/V is in the pool; seal the blocks that filled up."""
+        """The chunks ran: their K/V is in the pool; seal the blocks that filled up. Chunks
+        with drafts wait for `accept` (only verified tokens may enter the cache)."""
         for chunk in out.chunks:
-            seq = chunk.seq
-            if seq.status is SeqStatus.RUNNING and seq.num_computed == chunk.start:
-                seq.num_computed = chunk.end
-                self.kv.seal(seq)
+            if not chunk.drafts:
+                self._advance(chunk.seq, chunk.start, chunk.end)
+
+    def accept(self, chunk: ScheduledChunk, accepted: int) -> None:
+        """`accepted` of the chunk's drafts were verified: their K/V (and the fed token's) stay."""
+        self._advance(chunk.seq, chunk.start, chunk.end - len(chunk.drafts) + accepted)
+
+    def _advance(self, seq: Sequence, start: int, end: int) -> None:
+        if seq.status is SeqStatus.RUNNING and seq.num_computed == start:
+            seq.num_computed = end
+            self.kv.seal(seq)
 
     def fork(self, parent: Sequence) -> list[tuple[int, int]]:
         """Start the other return sequences of `parent`'s request from its computed prompt.

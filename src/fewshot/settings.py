@@ -38,6 +38,13 @@ def configure_openmp(environ: dict[str, str] | None = None) -> None:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def configure_compile_cache(cache_dir: Path, environ: dict[str, str] | None = None) -> None:
+    """Keep torch.compile's (Inductor's) artifacts in our cache dir, so a restart reuses them
+    instead of compiling again (unless the user chose another place)."""
+    env = os.environ if environ is None else environ
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+
+
 def default_cache_dir() -> Path:
     """Where fewshot keeps converted models (dequantised GGUF, built tokenizers)."""
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -77,6 +84,9 @@ class Settings(BaseSettings):
     )
     kv_dtype: str = Field("auto", description="KV cache dtype: auto (the model's) | fp32 | bf16")
     prefix_caching: bool = Field(True, description="Share prompt prefixes' KV between requests")
+    compile: bool = Field(
+        False, description="torch.compile the model (needs a C++ compiler; compiles at start)"
+    )
     speculative_tokens: int = Field(
         0, ge=0, le=16, description="Prompt-lookup draft tokens verified per decode step (0: off)"
     )

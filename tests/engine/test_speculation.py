@@ -81,3 +81,17 @@ def test_greedy_verification_stops_at_the_first_disagreement() -> None:
     assert accepted == 2 and [c.token_id for c in choices] == [2, 3, 1]
     choices, accepted = ModelRunner.verify(seq, rows, [2, 3, 1])
     assert accepted == 3 and [c.token_id for c in choices] == [2, 3, 1, 4]
+
+
+def test_compiled_engine_equals_eager(neo, gpt2_tokenizer) -> None:
+    """torch.compile (Inductor, dynamic shapes) gives the eager engine's tokens, batched and
+    with a prefix hit."""
+    prompts = [few_shot_ids(4), random_ids(30, seed=7), random_ids(12, seed=8)]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, kv_cache_mb=16) as eager:
+        expected = [eager.generate(p, params).token_ids for p in prompts]
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, kv_cache_mb=16, compile=True) as comp:
+        handles = [comp.submit(p, params, loop=None) for p in prompts]
+        got = [h.wait()[0].token_ids for h in handles]
+        again = comp.generate(prompts[0], params)
+    assert got == expected and again.token_ids == expected[0] and again.cached_tokens > 0

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from fewshot.settings import Settings
+from fewshot.settings import Settings, configure_compile_cache
 
 # fields with a flag of their own above, or kept out of the command line (secrets: environment)
 _CUSTOM = {"models", "api_keys", "hf_token"}
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.api.app import create_app
 
     settings = settings_from_args(args)
+    configure_compile_cache(settings.cache_dir)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)

@@ -54,6 +54,9 @@ class EngineConfig:
     """Prompt-lookup drafts verified per decode step (0: no speculation)."""
     speculative_max_ngram: int = 3
     """Longest n-gram matched against earlier tokens to find drafts."""
+    compile: bool = False
+    """Run the model through torch.compile (Inductor, dynamic shapes): the layers' dense parts
+    become fused kernels, attention stays eager. Compiled once per process (cached on disk)."""
     threads: int | None = None
     """Torch intra-op threads of the engine thread; None: the cores this process may use."""
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -88,6 +91,7 @@ class EngineConfig:
             max_model_len=settings.max_total_tokens,
             threads=settings.threads,
             speculative_tokens=settings.speculative_tokens,
+            compile=settings.compile,
             cache=CacheConfig(
                 kv_cache_mb=settings.kv_cache_mb,
                 kv_dtype=settings.kv_dtype,

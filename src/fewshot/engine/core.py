@@ -77,6 +77,7 @@ class Engine:
         self.threads = self.config.threads or available_cores()
         torch.set_num_threads(self.threads)
         self.runner = ModelRunner(self.model, self.config)
+        self.runner.warm_up()
         cc = self.config.cache
         self.kv = KVCacheManager(
             self.runner.num_blocks, cc.block_size, cc.prefix_caching and model.paged

@@ -10,7 +10,9 @@ their own `Sampler`. Prompt logprobs come from the same forward's logits.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -64,6 +66,9 @@ class ModelRunner:
     def __init__(self, model: CausalLM, config: EngineConfig) -> None:
         self.model = model
         self.config = config
+        self.forward: Any = model
+        if config.compile:
+            self.forward = torch.compile(model, dynamic=True)
         self.device = model.device
         cc = config.cache
         dtype = model.kv_dtype
@@ -81,6 +86,35 @@ class ModelRunner:
                 "KV pool: %d blocks of %d tokens, %s, %.0f MiB",
                 self.num_blocks, cc.block_size, dtype, self.pool.nbytes / 2**20,
             )  # fmt: skip
+
+    def warm_up(self) -> float:
+        """Compile (when enabled) for the shapes serving meets: a prefill, a decode and a
+        batched decode, over blocks that are cleared afterwards. Returns the seconds spent."""
+        if not self.config.compile or self.pool is None or self.num_blocks < 4:
+            return 0.0
+        start = time.perf_counter()
+        log.info("compiling the model (first start only; later starts reuse the cache)...")
+        bs = self.pool.block_size
+        n = min(bs + 4, self.model.spec.max_positions - 3)
+        tables = [[0, 1], [2, 3]]
+        for starts, counts in (([0], [n]), ([n], [1]), ([n + 1, n], [1, 1])):
+            attn = AttentionMetadata.build(
+                self.pool, tables[: len(starts)], starts, counts, device=self.device
+            )
+            total = sum(counts)
+            positions = [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
+            rows = torch.tensor(attn.query_start[1:], device=self.device) - 1
+            with torch.inference_mode():
+                self.forward(
+                    torch.zeros(total, dtype=torch.long, device=self.device),
+                    torch.tensor(positions, dtype=torch.long, device=self.device),
+                    attn,
+                    rows,
+                )
+        self.pool.zero_blocks(range(4))
+        seconds = time.perf_counter() - start
+        log.info("model compiled in %.1f s", seconds)
+        return seconds
 
     # -- the forward -----------------------------------------------------------------------------
 
@@ -113,14 +147,14 @@ class ModelRunner:
         )
         logits = torch.empty(0)
         if rows:
-            logits = self.model(
+            logits = self.forward(
                 torch.tensor(ids, dtype=torch.long, device=self.device),
                 torch.tensor(positions, dtype=torch.long, device=self.device),
                 attn,
                 torch.tensor(rows, dtype=torch.long, device=self.device),
             ).cpu()
         else:  # prefill chunks with nothing to read: still write their K/V
-            self.model(
+            self.forward(
                 torch.tensor(ids, dtype=torch.long, device=self.device),
                 torch.tensor(positions, dtype=torch.long, device=self.device),
                 attn,

@@ -297,6 +297,7 @@ def _attend_group(
     return out[group.valid]  # [rows, Hq, D]
 
 
+@torch.compiler.disable  # data-dependent gather plans: runs eagerly between compiled regions
 def paged_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -87,6 +87,7 @@ class CausalLM(nn.Module):
         """A stateful model drops sequence `seq_id`'s state."""
 
 
+@torch.compiler.disable  # reads a tensor value: kept out of compiled graphs
 def check_positions(model: CausalLM, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
     """Raise ValueError unless ids/positions are 1-D, of one length, within the model's range."""
     if input_ids.dim() != 1 or positions.shape != input_ids.shape:

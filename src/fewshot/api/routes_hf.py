@@ -183,7 +183,8 @@ async def _stream(
     if p.num_return_sequences != 1:
         raise ValidationFailed.one("parameters.num_return_sequences", "must be 1 when streaming")
     sampled = sampling(p, state)
-    tgi = GenerateParameters(
+    # already validated against the (narrower) legacy ranges; max_new_tokens 0 is legacy-only
+    tgi = GenerateParameters.model_construct(
         do_sample=sampled.do_sample,
         temperature=sampled.temperature,
         top_k=p.top_k,

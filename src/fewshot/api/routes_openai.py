@@ -87,19 +87,8 @@ def sampling(body: SamplingFields, state: AppState, stops: list[str], top_n: int
     )
 
 
-async def _admit(
-    state: AppState, request: Request, name: str | None, route: str
-) -> tuple[ServedModel, RequestScope, Any]:
-    model = state.resolve(name)
-    scope = RequestScope(state, model, route)
-    try:
-        llm = await state.llm_for(
-            model, wait=bool(header_flag(request.headers, "x-wait-for-model"))
-        )
-    except BaseException:
-        scope.finish()
-        raise
-    return model, scope, llm
+async def _llm(state: AppState, request: Request, model: ServedModel) -> Any:
+    return await state.llm_for(model, wait=bool(header_flag(request.headers, "x-wait-for-model")))
 
 
 # --- /v1/completions --------------------------------------------------------------------------
@@ -164,17 +153,14 @@ def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) ->
 async def completions(
     body: CompletionRequest, request: Request, state: AppState = Depends(get_state)
 ) -> Response:
-    model, scope, llm = await _admit(state, request, body.model, "/v1/completions")
-    try:
+    model = state.resolve(body.model)
+    with RequestScope(state, model, "/v1/completions") as scope:
+        llm = await _llm(state, request, model)
         jobs = _completion_jobs(state, llm, body)
         if body.stream:
             stream = Stream(state, scope, llm, jobs, rename=_completion_name)
             return EventStream(_completion_events(stream, body, model.name), on_close=stream.close)
         results = await generate(state, model, llm, jobs, rename=_completion_name)
-    except BaseException:
-        scope.finish()
-        raise
-    scope.finish()
     choices = [
         _completion_choice(body, job, r, i * body.n + j)
         for i, (job, rs) in enumerate(zip(jobs, results, strict=True))
@@ -272,17 +258,14 @@ def _chat_job(state: AppState, llm: Any, body: ChatCompletionRequest) -> Job:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: AppState = Depends(get_state)
 ) -> Response:
-    model, scope, llm = await _admit(state, request, body.model, "/v1/chat/completions")
-    try:
+    model = state.resolve(body.model)
+    with RequestScope(state, model, "/v1/chat/completions") as scope:
+        llm = await _llm(state, request, model)
         job = _chat_job(state, llm, body)
         if body.stream:
             stream = Stream(state, scope, llm, [job], rename=_chat_name)
             return EventStream(_chat_events(stream, body, model.name), on_close=stream.close)
         results = await generate(state, model, llm, [job], rename=_chat_name)
-    except BaseException:
-        scope.finish()
-        raise
-    scope.finish()
     k = body.top_logprobs or 0
     choices = [
         {

@@ -28,6 +28,7 @@ from fewshot.api.generation import (
     header_flag,
     prepare,
     timing_headers,
+    tokenize,
 )
 from fewshot.api.metrics import CONTENT_TYPE
 from fewshot.api.schemas_tgi import (
@@ -149,8 +150,7 @@ async def stream_response(
 ) -> EventStream:
     """A /generate_stream answer (also used by `/` and the HF route with `stream: true`)."""
     model = state.resolve(body.model)
-    scope = RequestScope(state, model, route)
-    try:
+    with RequestScope(state, model, route) as scope:
         llm, job, p = await _job(state, model, request, body, wait, include_stop)
         if p.decoder_input_details:
             raise ValidationFailed.one(
@@ -158,9 +158,6 @@ async def stream_response(
                 "`decoder_input_details` == true is not supported when streaming tokens",
             )
         stream = Stream(state, scope, llm, [job], rename=_param)
-    except BaseException:
-        scope.finish()
-        raise
     return EventStream(
         _tgi_events(stream, job, p, tgi_format.special_ids(llm)), on_close=stream.close
     )
@@ -241,7 +238,7 @@ async def tgi_tokenize(
     llm = await state.llm_for(model, wait=bool(header_flag(request.headers, "x-wait-for-model")))
     if not body.inputs:
         raise ValidationFailed.one("inputs", "must not be empty")
-    return JSONResponse(llm.tokenize(body.inputs))
+    return JSONResponse(tokenize(llm, body.inputs))
 
 
 @public.get("/info", response_model=Info, summary="Model and router limits (TGI)")

@@ -1,8 +1,9 @@
 """OpenAI wire format: /v1/completions, /v1/chat/completions, /v1/models.
 
-Ranges and defaults follow OpenAI's API reference (max_tokens 16 for completions, temperature
-0-2 with 0 greedy, stop up to the server's max_stop_sequences and trimmed from the text,
-logprobs 0-5). Unknown fields are rejected as OpenAI does ("Unrecognized request argument").
+Ranges and defaults follow OpenAI's API reference, every number finite: max_tokens >= 0 (16
+by default for completions), temperature [0, 2] and top_p [0, 1] (0 means greedy), n [1, 16],
+prompt token ids in [0, vocabulary size), repetition_penalty > 0, logprobs [0, 5],
+top_logprobs [0, 20], stop up to the server's max_stop_sequences (trimmed from the text). Unknown fields are rejected as OpenAI does ("Unrecognized request argument").
 Fields OpenAI has but this engine does not implement (suffix, logit_bias, tools,
 presence/frequency penalties, best_of > n) are accepted only at their neutral value;
 `top_k` and `repetition_penalty` are accepted as extensions, as vLLM does.
@@ -10,9 +11,13 @@ presence/frequency penalties, best_of > n) are accepted only at their neutral va
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fewshot.api.wire import RequestModel
+
+TokenId = Annotated[int, Field(ge=0, description="A token id of the model's vocabulary")]
 
 
 def _neutral(value: Any, neutral: Any, what: str) -> Any:
@@ -21,13 +26,13 @@ def _neutral(value: Any, neutral: Any, what: str) -> Any:
     return value
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Served model name or alias")
@@ -70,7 +75,7 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     """`POST /v1/completions`."""
 
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
         ..., description="Prompt(s): text or token ids"
     )
     max_tokens: int | None = Field(16, ge=0, description="Tokens to generate (default 16)")
@@ -87,14 +92,14 @@ class CompletionRequest(SamplingFields):
         return _neutral(value, None, "suffix")
 
 
-class ContentPart(BaseModel):
+class ContentPart(RequestModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -109,7 +114,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(RequestModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text"] = "text"

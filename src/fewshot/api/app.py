@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
@@ -40,8 +41,8 @@ With API keys configured, inference routes need `Authorization: Bearer <key>`.
 """
 
 
-def _tasks_router() -> APIRouter | None:
-    """The toolkit's /tasks router, when its module exists and imports."""
+def _tasks_module() -> Any:
+    """The toolkit's /tasks routes module, when it exists and imports (sklearn etc.)."""
     name = "fewshot.api.routes_tasks"
     try:
         module = importlib.import_module(name)
@@ -52,7 +53,7 @@ def _tasks_router() -> APIRouter | None:
     except ImportError as exc:
         log.warning("the /tasks routes are disabled: %s", exc)
         return None
-    return getattr(module, "router", None)
+    return module
 
 
 def _playground() -> APIRouter:
@@ -72,10 +73,13 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     """Build the app. `loader(source, settings) -> LLM` replaces `LLM.load` (tests)."""
     settings = settings or Settings()
     state = AppState(settings, loader)
+    tasks = _tasks_module()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.start()
+        if tasks is not None:
+            tasks.open_service(app)
         try:
             yield
         finally:
@@ -91,15 +95,18 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.state.metrics = state.metrics
     install_error_handlers(app)
     app.add_middleware(JsonBodies)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+    )
 
     app.include_router(routes_hf.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_tgi.public)
     app.include_router(routes_tgi.router)
-    tasks = _tasks_router()
     if tasks is not None:
-        app.include_router(tasks, dependencies=[Depends(require_api_key)])
+        app.include_router(tasks.router, dependencies=[Depends(require_api_key)])
     app.include_router(_playground())
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from fewshot import __version__
-from fewshot.api import routes_hf, routes_openai, routes_tgi
+from fewshot.api import openapi, routes_hf, routes_openai, routes_tgi
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, install_error_handlers
 from fewshot.api.json_body import JsonBodies
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.state.fewshot = state
     app.state.metrics = state.metrics
     install_error_handlers(app)
+    openapi.install(app)
     app.add_middleware(JsonBodies)
     app.add_middleware(
         BodySizeLimit,

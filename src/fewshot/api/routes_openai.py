@@ -27,6 +27,7 @@ from fewshot.api.generation import (
     header_flag,
     prepare,
 )
+from fewshot.api.openapi import event_stream
 from fewshot.api.schemas_openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -248,9 +249,7 @@ def _chat_job(state: AppState, llm: Any, body: ChatCompletionRequest) -> Job:
     "/chat/completions",
     response_model=ChatCompletionResponse,
     responses={
-        200: {
-            "content": {"text/event-stream": {"schema": ChatCompletionChunk.model_json_schema()}}
-        },
+        200: event_stream(ChatCompletionChunk, "Chunks when `stream`; then `data: [DONE]`"),
         **_ERRORS,
     },
     summary="Chat completion (OpenAI)",

@@ -31,6 +31,7 @@ from fewshot.api.generation import (
     tokenize,
 )
 from fewshot.api.metrics import CONTENT_TYPE
+from fewshot.api.openapi import event_stream
 from fewshot.api.schemas_tgi import (
     CompatGenerateRequest,
     ErrorResponse,
@@ -52,7 +53,7 @@ public = APIRouter(tags=["TGI"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 424, 429, 503)
 }
-_SSE = {"content": {"text/event-stream": {"schema": StreamResponse.model_json_schema()}}}
+_SSE = event_stream(StreamResponse, "Events; the last one carries generated_text")
 
 
 def _param(name: str) -> str:

@@ -37,6 +37,18 @@ def _add_components(doc: dict[str, Any], models: list[type[BaseModel]]) -> None:
         schemas.setdefault(model.__name__, schema)
 
 
+def _plain_event_refs(doc: dict[str, Any]) -> None:
+    """FastAPI merges the response class's `{"type": "string"}` into an event-stream schema;
+    a `$ref` beside a contradicting type would not validate any event: keep the `$ref` only."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                media = response.get("content", {}).get("text/event-stream", {})
+                schema = media.get("schema")
+                if isinstance(schema, dict) and "$ref" in schema:
+                    media["schema"] = {"$ref": schema["$ref"]}
+
+
 def install(app: FastAPI) -> None:
     """Build the app's document once, with the event models in its components."""
 
@@ -49,6 +61,7 @@ def install(app: FastAPI) -> None:
                 routes=app.routes,
             )
             _add_components(doc, _event_models)
+            _plain_event_refs(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -9,6 +9,7 @@ adds a last chunk with the usage. Errors are `{"error": {"message", "type", "par
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -29,11 +30,17 @@ from fewshot.api.generation import (
 )
 from fewshot.api.openapi import event_stream
 from fewshot.api.schemas_openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatDelta,
+    CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    ModelCard,
     ModelList,
     OpenAIErrorResponse,
     SamplingFields,
@@ -128,7 +135,7 @@ def _completion_jobs(state: AppState, llm: Any, body: CompletionRequest) -> list
     ]
 
 
-def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) -> dict[str, Any]:
+def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) -> CompletionChoice:
     echo = job.prompt if body.echo else ""
     logprobs = None
     if body.logprobs is not None:
@@ -137,12 +144,9 @@ def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) ->
         logprobs = fmt.completion_logprobs(
             r.tokens, body.logprobs, start_offset=start, prompt=prompt_infos
         )
-    return {
-        "text": echo + r.text,
-        "index": index,
-        "logprobs": logprobs,
-        "finish_reason": fmt.finish_reason(r),
-    }
+    return CompletionChoice(
+        text=echo + r.text, index=index, logprobs=logprobs, finish_reason=fmt.finish_reason(r)
+    )
 
 
 @router.post(
@@ -167,49 +171,50 @@ async def completions(
         for i, (job, rs) in enumerate(zip(jobs, results, strict=True))
         for j, r in enumerate(rs)
     ]
-    out = {
-        **fmt.envelope("cmpl", "text_completion", model.name),
-        "choices": choices,
-        "usage": fmt.usage(results),
-    }
-    return JSONResponse(out)
+    out = CompletionResponse(
+        **CompletionResponse.envelope(model.name), choices=choices, usage=fmt.usage(results)
+    )
+    return JSONResponse(out.body())
 
 
 async def _completion_events(stream: Stream, body: CompletionRequest, model: str) -> Any:
-    base = fmt.envelope("cmpl", "text_completion", model)
+    base = CompletionResponse.envelope(model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
     results: list[list[Any]] = [[] for _ in stream.jobs]
+
+    def chunk(choices: list[CompletionChoice], **fields: Any) -> str:
+        return event(CompletionResponse(**base, choices=choices, **{**extra, **fields}).body())
+
     try:
         if body.echo:
             for i, job in enumerate(stream.jobs):
                 for j in range(body.n):
-                    choice = {
-                        "text": job.prompt,
-                        "index": i * body.n + j,
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                    yield event({**base, "choices": [choice], **extra})
+                    echo = CompletionChoice(
+                        text=job.prompt, index=i * body.n + j, logprobs=None, finish_reason=None
+                    )
+                    yield chunk([echo])
         async for item in stream.events():
             if item is None:
                 yield KEEPALIVE
                 continue
             i, ev = item
-            choice = {
-                "text": ev.token.text if ev.token else "",
-                "index": i * body.n + ev.index,
-                "logprobs": None,
-                "finish_reason": None,
-            }
+            logprobs = None
             if body.logprobs is not None and ev.token is not None:
-                choice["logprobs"] = fmt.completion_logprobs([ev.token], body.logprobs)
+                logprobs = fmt.completion_logprobs([ev.token], body.logprobs)
+            finish = None
             if ev.result is not None:
                 results[i].append(ev.result)
-                choice["finish_reason"] = fmt.finish_reason(ev.result)
-            yield event({**base, "choices": [choice], **extra})
+                finish = fmt.finish_reason(ev.result)
+            choice = CompletionChoice(
+                text=ev.token.text if ev.token else "",
+                index=i * body.n + ev.index,
+                logprobs=logprobs,
+                finish_reason=finish,
+            )
+            yield chunk([choice])
         if include_usage:
-            yield event({**base, "choices": [], "usage": fmt.usage(results)})
+            yield chunk([], usage=fmt.usage(results))
     except ApiError as exc:
         yield event(error_body(exc, "openai"))
     yield DONE
@@ -267,24 +272,22 @@ async def chat_completions(
         results = await generate(state, model, llm, [job], rename=_chat_name)
     k = body.top_logprobs or 0
     choices = [
-        {
-            "index": j,
-            "message": {"role": "assistant", "content": r.text},
-            "logprobs": fmt.chat_logprobs(r.tokens, k) if body.logprobs else None,
-            "finish_reason": fmt.finish_reason(r),
-        }
+        ChatChoice(
+            index=j,
+            message=AssistantMessage(role="assistant", content=r.text),
+            logprobs=fmt.chat_logprobs(r.tokens, k) if body.logprobs else None,
+            finish_reason=fmt.finish_reason(r),
+        )
         for j, r in enumerate(results[0])
     ]
-    out = {
-        **fmt.envelope("chatcmpl", "chat.completion", model.name),
-        "choices": choices,
-        "usage": fmt.usage(results),
-    }
-    return JSONResponse(out)
+    out = ChatCompletionResponse(
+        **ChatCompletionResponse.envelope(model.name), choices=choices, usage=fmt.usage(results)
+    )
+    return JSONResponse(out.body())
 
 
 async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) -> Any:
-    base = fmt.envelope("chatcmpl", "chat.completion.chunk", model)
+    base = ChatCompletionChunk.envelope(model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
     k = body.top_logprobs or 0
@@ -293,8 +296,10 @@ async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) 
     def chunk(
         index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
     ) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return event({**base, "choices": [choice], **extra})
+        choice = ChatChunkChoice(
+            index=index, delta=ChatDelta(**delta), logprobs=logprobs, finish_reason=finish
+        )
+        return event(ChatCompletionChunk(**base, choices=[choice], **extra).body())
 
     try:
         for j in range(body.n):
@@ -312,7 +317,8 @@ async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) 
                 results.append(ev.result)
                 yield chunk(ev.index, {}, fmt.finish_reason(ev.result))
         if include_usage:
-            yield event({**base, "choices": [], "usage": fmt.usage([results])})
+            usage = fmt.usage([results])
+            yield event(ChatCompletionChunk(**base, choices=[], usage=usage).body())
     except ApiError as exc:
         yield event(error_body(exc, "openai"))
     yield DONE
@@ -325,15 +331,6 @@ async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) 
     "/models", response_model=ModelList, responses=_ERRORS, summary="Served models (OpenAI)"
 )
 async def list_models(state: AppState = Depends(get_state)) -> JSONResponse:
-    created = fmt.now()
-    data = [
-        {
-            "id": m.name,
-            "object": "model",
-            "created": created,
-            "owned_by": "fewshot",
-            "status": m.status,
-        }
-        for m in state.models
-    ]
-    return JSONResponse({"object": "list", "data": data})
+    created = int(time.time())
+    data = [ModelCard(id=m.name, created=created, status=m.status) for m in state.models]
+    return JSONResponse(ModelList(data=data).model_dump())

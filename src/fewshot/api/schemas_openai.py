@@ -11,11 +11,16 @@ presence/frequency penalties, best_of > n) are accepted only at their neutral va
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import time
+import uuid
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fewshot import __version__
 from fewshot.api.wire import RequestModel
+
+SYSTEM_FINGERPRINT = f"fewshot-{__version__}"
 
 TokenId = Annotated[int, Field(ge=0, description="A token id of the model's vocabulary")]
 
@@ -175,12 +180,42 @@ class Usage(BaseModel):
     )
 
 
-class CompletionResponse(BaseModel):
+class Envelope(BaseModel):
+    """The fields every completion / chat response and chunk starts with.
+
+    Routes build a response as `Model(**Model.envelope(name), choices=..., ...)` and send
+    `model_dump(exclude_unset=True)`: the fields a route leaves out (a chunk's `usage`
+    without `stream_options.include_usage`) stay out of the JSON, as in OpenAI's answers.
+    """
+
+    id_prefix: ClassVar[str] = "cmpl"
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
     system_fingerprint: str | None = None
+
+    @classmethod
+    def envelope(cls, model: str) -> dict[str, Any]:
+        """Fresh id, this model's `object`, the time and the fingerprint (one per response;
+        every chunk of a stream repeats its stream's)."""
+        return {
+            "id": f"{cls.id_prefix}-{uuid.uuid4().hex}",
+            "object": cls.model_fields["object"].default,
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class CompletionResponse(Envelope):
+    """A completion, and each chunk of a streamed one (with `usage` last when asked)."""
+
+    object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -204,19 +239,20 @@ class AssistantMessage(BaseModel):
     content: str | None = None
 
 
-class ChatChoice(BaseModel):
+class ChatChoiceBase(BaseModel):
     index: int
-    message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatChoice(ChatChoiceBase):
+    message: AssistantMessage
+
+
+class ChatCompletionResponse(Envelope):
+    id_prefix: ClassVar[str] = "chatcmpl"
+
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
 
@@ -226,21 +262,16 @@ class ChatDelta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int
+class ChatChunkChoice(ChatChoiceBase):
     delta: ChatDelta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(Envelope):
     """One `data:` event of a streamed chat completion (the stream ends with `data: [DONE]`)."""
 
-    id: str
+    id_prefix: ClassVar[str] = "chatcmpl"
+
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
@@ -250,6 +281,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "fewshot"
+    status: Literal["loading", "ready", "failed"] | None = Field(
+        None, description="Extension: whether the model is loaded"
+    )
 
 
 class ModelList(BaseModel):

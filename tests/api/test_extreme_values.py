@@ -61,6 +61,14 @@ def test_extreme_values_generate(api_server, path: str, extra: dict[str, Any]) -
     assert response.status_code == 200, response.text
 
 
+def test_hf_stream_with_zero_new_tokens(api_server) -> None:
+    """The legacy API allows max_new_tokens 0 (TGI does not): its stream path must too."""
+    body = {"inputs": "hello", "stream": True, "parameters": {"max_new_tokens": 0}}
+    response = requests.post(api_server.url + "/models/tiny", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+
+
 LOGITS = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 8
 CONTEXT = list(range(0, 64, 2))  # half the vocabulary is "already seen"
 

@@ -37,6 +37,11 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "response_cache_entries": (int, "Entries of the use_cache response cache"),
     "cache_dir": (Path, "Converted-model cache directory"),
     "log_level": (str, "debug | info | warning | error"),
+    "header_read_timeout_s": (float, "Seconds a connection has to send a request's headers"),
+    "body_read_timeout_s": (float, "Seconds a request has to send its body (408 beyond)"),
+    "keep_alive_timeout_s": (float, "Idle keep-alive connections close after this"),
+    "max_connections": (int, "Open connections beyond which uvicorn answers 503"),
+    "shutdown_timeout_s": (float, "On SIGTERM, seconds in-flight requests get to finish"),
 }
 
 

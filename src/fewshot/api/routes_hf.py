@@ -168,10 +168,11 @@ async def hf_generate(
 def _item(
     prompt: str, result: GenerationResult, p: HFParameters, special: set[int]
 ) -> dict[str, Any]:
-    item: dict[str, Any] = {"generated_text": _text(prompt, result, p)}
-    if p.details:
-        item["details"] = tgi_format.details(result, top_n=0, special_ids=special)
-    return item
+    text = _text(prompt, result, p)
+    if not p.details:
+        return GeneratedText(generated_text=text).body()
+    details = tgi_format.details(result, top_n=0, special_ids=special)
+    return GeneratedText(generated_text=text, details=details).body()
 
 
 async def _stream(

@@ -122,12 +122,11 @@ async def _job(
 
 def _response(job: Job, result: Any, p: GenerateParameters, llm: Any) -> dict[str, Any]:
     text = job.prompt + result.text if p.return_full_text else result.text
-    out: dict[str, Any] = {"generated_text": text}
-    if p.details or p.decoder_input_details:
-        out["details"] = tgi_format.details(
-            result, top_n=p.top_n_tokens or 0, special_ids=tgi_format.special_ids(llm)
-        )
-    return out
+    if not (p.details or p.decoder_input_details):
+        return GenerateResponse(generated_text=text).body()
+    special = tgi_format.special_ids(llm)
+    details = tgi_format.details(result, top_n=p.top_n_tokens or 0, special_ids=special)
+    return GenerateResponse(generated_text=text, details=details).body()
 
 
 async def _generate(
@@ -171,20 +170,16 @@ async def _tgi_events(stream: Stream, job: Job, p: GenerateParameters, special: 
                 yield KEEPALIVE
                 continue
             _, ev = item
-            data: dict[str, Any] = {
-                "index": ev.index,
-                "token": tgi_format.token(ev.token) if ev.token else tgi_format.empty_token(),
-                "generated_text": None,
-                "details": None,
-            }
+            fields: dict[str, Any] = {"generated_text": None, "details": None}
             if p.top_n_tokens and ev.token is not None:
-                data["top_tokens"] = tgi_format.top_tokens(ev.token, special)
+                fields["top_tokens"] = tgi_format.top_tokens(ev.token, special)
             if ev.result is not None:
                 r = ev.result
-                data["generated_text"] = job.prompt + r.text if p.return_full_text else r.text
+                fields["generated_text"] = job.prompt + r.text if p.return_full_text else r.text
                 if p.details:
-                    data["details"] = tgi_format.stream_details(r)
-            yield event(data)
+                    fields["details"] = tgi_format.stream_details(r)
+            token = tgi_format.token(ev.token) if ev.token else tgi_format.empty_token()
+            yield event(StreamResponse(index=ev.index, token=token, **fields).body())
     except ApiError as exc:
         yield event(error_body(exc, "tgi"))
 

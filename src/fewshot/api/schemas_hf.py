@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fewshot.api.schemas_tgi import Details
-from fewshot.api.wire import RequestModel
+from fewshot.api.wire import RequestModel, ResponseModel
 
 
 class HFParameters(RequestModel):
@@ -70,7 +70,7 @@ class HFRequest(RequestModel):
     stream: bool = Field(False, description="Answer with TGI server-sent events (single input)")
 
 
-class GeneratedText(BaseModel):
+class GeneratedText(ResponseModel):
     generated_text: str
     details: Details | None = None
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fewshot import __version__
-from fewshot.api.wire import RequestModel
+from fewshot.api.wire import RequestModel, ResponseModel
 
 SYSTEM_FINGERPRINT = f"fewshot-{__version__}"
 
@@ -180,12 +180,12 @@ class Usage(BaseModel):
     )
 
 
-class Envelope(BaseModel):
+class Envelope(ResponseModel):
     """The fields every completion / chat response and chunk starts with.
 
     Routes build a response as `Model(**Model.envelope(name), choices=..., ...)` and send
-    `model_dump(exclude_unset=True)`: the fields a route leaves out (a chunk's `usage`
-    without `stream_options.include_usage`) stay out of the JSON, as in OpenAI's answers.
+    `body()`: the fields a route leaves out (a chunk's `usage` without
+    `stream_options.include_usage`) stay out of the JSON, as in OpenAI's answers.
     """
 
     id_prefix: ClassVar[str] = "cmpl"
@@ -207,9 +207,6 @@ class Envelope(BaseModel):
             "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
-
-    def body(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
 
 
 class CompletionResponse(Envelope):

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fewshot.api.wire import RequestModel
+from fewshot.api.wire import RequestModel, ResponseModel
 
 TgiFinishReason = Literal["length", "eos_token", "stop_sequence"]
 
@@ -92,20 +92,20 @@ class CompatGenerateRequest(GenerateRequest):
     stream: bool = Field(False, description="Answer with server-sent events")
 
 
-class Token(BaseModel):
+class Token(ResponseModel):
     id: int
     text: str
     logprob: float | None = None
     special: bool = False
 
 
-class PrefillToken(BaseModel):
+class PrefillToken(ResponseModel):
     id: int
     text: str
     logprob: float | None = None
 
 
-class Details(BaseModel):
+class Details(ResponseModel):
     finish_reason: TgiFinishReason
     generated_tokens: int
     seed: int | None = None
@@ -114,19 +114,22 @@ class Details(BaseModel):
     top_tokens: list[list[Token]] | None = None
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(ResponseModel):
     generated_text: str
     details: Details | None = None
 
 
-class StreamDetails(BaseModel):
+class StreamDetails(ResponseModel):
     finish_reason: TgiFinishReason
     generated_tokens: int
     seed: int | None = None
     input_length: int
+    prefix_cache_tokens: int | None = Field(
+        None, description="Extension: prompt tokens served from the prefix cache"
+    )
 
 
-class StreamResponse(BaseModel):
+class StreamResponse(ResponseModel):
     """One `data:` event of /generate_stream; the last carries generated_text (and details)."""
 
     index: int

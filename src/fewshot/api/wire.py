@@ -1,4 +1,5 @@
-"""Rules every request body follows, whatever its route, applied in one place each.
+"""Rules every request body follows, whatever its route, applied in one place each, and the
+bases of the wire models (`RequestModel`, `ResponseModel`).
 
 - Text is valid Unicode: JSON may spell a lone UTF-16 surrogate (`"\\ud800"`), which Python
   keeps as an unencodable `str`; the tokenizer and the UTF-8 encoder then fail. `JsonBodies`
@@ -25,6 +26,16 @@ class RequestModel(BaseModel):
     """Base of every request body model: non-finite numbers are a validation error."""
 
     model_config = ConfigDict(allow_inf_nan=False)
+
+
+class ResponseModel(BaseModel):
+    """Base of the response models that routes build their answers with (the same models
+    document them in OpenAPI). `body()` leaves out the fields a route did not set, so an
+    optional part (TGI `top_tokens`, an OpenAI chunk's `usage`) appears only when asked for.
+    """
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
 
 
 def _is_valid_text(text: str) -> bool:

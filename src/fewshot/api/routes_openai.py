@@ -152,7 +152,10 @@ def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) ->
 @router.post(
     "/completions",
     response_model=CompletionResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
+    responses={
+        200: event_stream(CompletionResponse, "Chunks when `stream`; then `data: [DONE]`"),
+        **_ERRORS,
+    },
     summary="Text completion (OpenAI)",
 )
 async def completions(

@@ -105,10 +105,15 @@ class PrefillToken(ResponseModel):
     logprob: float | None = None
 
 
-class Details(ResponseModel):
+class FinishDetails(ResponseModel):
+    """What /generate's and /generate_stream's details share."""
+
     finish_reason: TgiFinishReason
     generated_tokens: int
     seed: int | None = None
+
+
+class Details(FinishDetails):
     prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
     top_tokens: list[list[Token]] | None = None
@@ -119,10 +124,7 @@ class GenerateResponse(ResponseModel):
     details: Details | None = None
 
 
-class StreamDetails(ResponseModel):
-    finish_reason: TgiFinishReason
-    generated_tokens: int
-    seed: int | None = None
+class StreamDetails(FinishDetails):
     input_length: int
     prefix_cache_tokens: int | None = Field(
         None, description="Extension: prompt tokens served from the prefix cache"

@@ -178,6 +178,7 @@ REFUSALS = [
         {"messages": [{"role": "user", "content": "x"}]},
         lambda b: b["error"]["code"] == "shutting_down",
     ),
+    ("/tasks/any/predict", {"inputs": "x"}, lambda b: b["error_type"] == "shutting_down"),
 ]
 
 
@@ -201,6 +202,7 @@ def test_shutdown_lets_in_flight_finish_and_refuses_new_work(tiny_gpt_neo_dir: P
     for path, body, check in REFUSALS:
         refused = other.post(url + path, json=body)
         assert refused.status_code == 503 and check(refused.json()), (path, refused.text)
+    assert other.get(url + "/health").status_code == 503
     server.should_exit = True
     events = [json.loads(line[5:]) for line in lines if line.startswith(b"data:")]
     assert events[-1]["generated_text"] is not None  # the in-flight stream completed

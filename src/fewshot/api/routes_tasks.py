@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import Field
 
-from fewshot.api.errors import ApiError, ValidationFailed
+from fewshot.api.errors import ApiError, ShuttingDown, ValidationFailed
 from fewshot.api.wire import RequestModel
 from fewshot.toolkit.classifier import (
     Embedder,
@@ -126,6 +126,9 @@ def open_service(app: FastAPI) -> TaskService:
 
 def service(request: Request) -> TaskService:
     """The app's TaskService (made by `open_service`)."""
+    app_state = getattr(request.app.state, "fewshot", None)
+    if app_state is not None and app_state.draining:
+        raise ShuttingDown()
     svc = getattr(request.app.state, "fewshot_tasks", None)
     if svc is None:
         raise ApiError("the /tasks service is not running", status=503)

@@ -265,6 +265,9 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
     summary="200 when every model is loaded, else 503 (TGI)",
 )
 async def tgi_health(state: AppState = Depends(get_state)) -> Response:
+    if state.draining:  # load balancers stop sending traffic
+        body = {"error": "unhealthy", "error_type": "shutting_down", "detail": "shutting down"}
+        return JSONResponse(body, status_code=503)
     pending = [m for m in state.models if m.llm is None]
     if not pending:
         return Response(status_code=200)

@@ -9,19 +9,17 @@ Models load in the lifespan, in background threads: the server answers at once a
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from fewshot import __version__
-from fewshot.api import openapi, routes_hf, routes_openai, routes_tgi
+from fewshot.api import openapi, routes_hf, routes_openai, routes_tasks, routes_tgi
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, install_error_handlers
 from fewshot.api.json_body import JsonBodies
@@ -41,21 +39,6 @@ With API keys configured, inference routes need `Authorization: Bearer <key>`.
 """
 
 
-def _tasks_module() -> Any:
-    """The toolkit's /tasks routes module, when it exists and imports (sklearn etc.)."""
-    name = "fewshot.api.routes_tasks"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            log.warning("the /tasks routes are disabled: %s", exc)
-        return None
-    except ImportError as exc:
-        log.warning("the /tasks routes are disabled: %s", exc)
-        return None
-    return module
-
-
 def _playground() -> APIRouter:
     router = APIRouter(tags=["Playground"])
 
@@ -73,13 +56,11 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     """Build the app. `loader(source, settings) -> LLM` replaces `LLM.load` (tests)."""
     settings = settings or Settings()
     state = AppState(settings, loader)
-    tasks = _tasks_module()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.start()
-        if tasks is not None:
-            tasks.open_service(app)
+        routes_tasks.open_service(app)
         try:
             yield
         finally:
@@ -106,8 +87,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.include_router(routes_openai.router)
     app.include_router(routes_tgi.public)
     app.include_router(routes_tgi.router)
-    if tasks is not None:
-        app.include_router(tasks.router, dependencies=[Depends(require_api_key)])
+    app.include_router(routes_tasks.router, dependencies=[Depends(require_api_key)])
     app.include_router(_playground())
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app

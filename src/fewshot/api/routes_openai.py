@@ -335,5 +335,8 @@ async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) 
 )
 async def list_models(state: AppState = Depends(get_state)) -> JSONResponse:
     created = int(time.time())
-    data = [ModelCard(id=m.name, created=created, status=m.status) for m in state.models]
+    data = [
+        ModelCard(id=m.name, created=created, status=m.status, backend=m.backend)
+        for m in state.models
+    ]
     return JSONResponse(ModelList(data=data).model_dump())

@@ -281,6 +281,9 @@ class ModelCard(BaseModel):
     status: Literal["loading", "ready", "failed"] | None = Field(
         None, description="Extension: whether the model is loaded"
     )
+    backend: Literal["native", "fallback"] | None = Field(
+        None, description="What runs the model: fewshot's own code or the transformers fallback"
+    )
 
 
 class ModelList(BaseModel):

@@ -175,7 +175,7 @@ def test_any_body_is_a_200_or_a_formatted_4xx(api_server, path: str) -> None:
     http = requests.Session()
 
     @settings(
-        max_examples=35,
+        max_examples=30,
         deadline=None,
         derandomize=True,
         database=None,

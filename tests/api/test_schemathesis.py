@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 CAPPED = ("max_new_tokens", "max_tokens", "max_completion_tokens")
-MAX_EXAMPLES = 25  # per operation: ~17 operations -> a few hundred cases
+MAX_EXAMPLES = 20  # per operation: ~17 operations -> a few hundred cases
 
 
 def _document() -> dict[str, Any]:

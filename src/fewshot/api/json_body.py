@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fewshot.api.errors import BodyReadError, Issue, ValidationFailed
 from fewshot.api.wire import SURROGATE_MESSAGE, find_lone_surrogate
 
-_KEEP = (b"application/json", b"multipart/form-data")
 # a \uD800-\uDFFF escape: the only way a JSON text can carry a surrogate (paired or not)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -58,7 +57,7 @@ class JsonBodies:
         if current.startswith(b"multipart/form-data"):
             await self.app(scope, receive, send)
             return
-        if not current.startswith(_KEEP) and not current.endswith(b"+json"):
+        if not current.startswith(b"application/json") and not current.endswith(b"+json"):
             scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         await self.app(scope, _checked(receive), send)
 

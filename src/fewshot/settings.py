@@ -107,6 +107,23 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(
         15.0, description="Seconds between keep-alive comments on an idle event stream"
     )
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's headers within this (slow clients)",
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this once reading starts (408)"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections are closed after this"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections (and tasks) beyond which uvicorn answers 503"
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, in-flight requests get this long to finish"
+    )
 
     def all_api_keys(self) -> list[str]:
         keys = list(self.api_keys)

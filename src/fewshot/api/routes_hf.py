@@ -168,10 +168,11 @@ async def hf_generate(
 def _item(
     prompt: str, result: GenerationResult, p: HFParameters, special: set[int]
 ) -> dict[str, Any]:
-    item: dict[str, Any] = {"generated_text": _text(prompt, result, p)}
-    if p.details:
-        item["details"] = tgi_format.details(result, top_n=0, special_ids=special)
-    return item
+    text = _text(prompt, result, p)
+    if not p.details:
+        return GeneratedText(generated_text=text).body()
+    details = tgi_format.details(result, top_n=0, special_ids=special)
+    return GeneratedText(generated_text=text, details=details).body()
 
 
 async def _stream(
@@ -183,7 +184,8 @@ async def _stream(
     if p.num_return_sequences != 1:
         raise ValidationFailed.one("parameters.num_return_sequences", "must be 1 when streaming")
     sampled = sampling(p, state)
-    tgi = GenerateParameters(
+    # already validated against the (narrower) legacy ranges; max_new_tokens 0 is legacy-only
+    tgi = GenerateParameters.model_construct(
         do_sample=sampled.do_sample,
         temperature=sampled.temperature,
         top_k=p.top_k,

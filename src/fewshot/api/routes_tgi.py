@@ -28,8 +28,10 @@ from fewshot.api.generation import (
     header_flag,
     prepare,
     timing_headers,
+    tokenize,
 )
 from fewshot.api.metrics import CONTENT_TYPE
+from fewshot.api.openapi import event_stream
 from fewshot.api.schemas_tgi import (
     CompatGenerateRequest,
     ErrorResponse,
@@ -51,7 +53,7 @@ public = APIRouter(tags=["TGI"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 424, 429, 503)
 }
-_SSE = {"content": {"text/event-stream": {"schema": StreamResponse.model_json_schema()}}}
+_SSE = event_stream(StreamResponse, "Events; the last one carries generated_text")
 
 
 def _param(name: str) -> str:
@@ -120,12 +122,11 @@ async def _job(
 
 def _response(job: Job, result: Any, p: GenerateParameters, llm: Any) -> dict[str, Any]:
     text = job.prompt + result.text if p.return_full_text else result.text
-    out: dict[str, Any] = {"generated_text": text}
-    if p.details or p.decoder_input_details:
-        out["details"] = tgi_format.details(
-            result, top_n=p.top_n_tokens or 0, special_ids=tgi_format.special_ids(llm)
-        )
-    return out
+    if not (p.details or p.decoder_input_details):
+        return GenerateResponse(generated_text=text).body()
+    special = tgi_format.special_ids(llm)
+    details = tgi_format.details(result, top_n=p.top_n_tokens or 0, special_ids=special)
+    return GenerateResponse(generated_text=text, details=details).body()
 
 
 async def _generate(
@@ -149,8 +150,7 @@ async def stream_response(
 ) -> EventStream:
     """A /generate_stream answer (also used by `/` and the HF route with `stream: true`)."""
     model = state.resolve(body.model)
-    scope = RequestScope(state, model, route)
-    try:
+    with RequestScope(state, model, route) as scope:
         llm, job, p = await _job(state, model, request, body, wait, include_stop)
         if p.decoder_input_details:
             raise ValidationFailed.one(
@@ -158,9 +158,6 @@ async def stream_response(
                 "`decoder_input_details` == true is not supported when streaming tokens",
             )
         stream = Stream(state, scope, llm, [job], rename=_param)
-    except BaseException:
-        scope.finish()
-        raise
     return EventStream(
         _tgi_events(stream, job, p, tgi_format.special_ids(llm)), on_close=stream.close
     )
@@ -173,20 +170,16 @@ async def _tgi_events(stream: Stream, job: Job, p: GenerateParameters, special: 
                 yield KEEPALIVE
                 continue
             _, ev = item
-            data: dict[str, Any] = {
-                "index": ev.index,
-                "token": tgi_format.token(ev.token) if ev.token else tgi_format.empty_token(),
-                "generated_text": None,
-                "details": None,
-            }
+            fields: dict[str, Any] = {"generated_text": None, "details": None}
             if p.top_n_tokens and ev.token is not None:
-                data["top_tokens"] = tgi_format.top_tokens(ev.token, special)
+                fields["top_tokens"] = tgi_format.top_tokens(ev.token, special)
             if ev.result is not None:
                 r = ev.result
-                data["generated_text"] = job.prompt + r.text if p.return_full_text else r.text
+                fields["generated_text"] = job.prompt + r.text if p.return_full_text else r.text
                 if p.details:
-                    data["details"] = tgi_format.stream_details(r)
-            yield event(data)
+                    fields["details"] = tgi_format.stream_details(r)
+            token = tgi_format.token(ev.token) if ev.token else tgi_format.empty_token()
+            yield event(StreamResponse(index=ev.index, token=token, **fields).body())
     except ApiError as exc:
         yield event(error_body(exc, "tgi"))
 
@@ -241,7 +234,7 @@ async def tgi_tokenize(
     llm = await state.llm_for(model, wait=bool(header_flag(request.headers, "x-wait-for-model")))
     if not body.inputs:
         raise ValidationFailed.one("inputs", "must not be empty")
-    return JSONResponse(llm.tokenize(body.inputs))
+    return JSONResponse(tokenize(llm, body.inputs))
 
 
 @public.get("/info", response_model=Info, summary="Model and router limits (TGI)")
@@ -278,6 +271,9 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
     summary="200 when every model is loaded, else 503 (TGI)",
 )
 async def tgi_health(state: AppState = Depends(get_state)) -> Response:
+    if state.draining:  # load balancers stop sending traffic
+        body = {"error": "unhealthy", "error_type": "shutting_down", "detail": "shutting down"}
+        return JSONResponse(body, status_code=503)
     pending = [m for m in state.models if m.llm is None]
     if not pending:
         return Response(status_code=200)

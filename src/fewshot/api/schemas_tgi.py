@@ -3,7 +3,9 @@
 Fields TGI has but this engine cannot honour (grammar, watermark, typical_p < 1, best_of > 1,
 frequency_penalty, adapters) are accepted only at their neutral value, so clients that send the
 defaults keep working and anything else is a 422 naming the field. Unknown parameters are
-rejected. `temperature` 0 means greedy here (TGI rejects it).
+rejected. Ranges are TGI's (router `validation.rs`), every number finite: max_new_tokens >= 1,
+temperature >= 0 (0 means greedy here; TGI rejects it), top_k >= 1, top_p (0, 1],
+repetition_penalty > 0, truncate >= 1, seed [0, 2**64), top_n_tokens [0, max_top_n_tokens].
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fewshot.api.wire import RequestModel, ResponseModel
+
 TgiFinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
-class GenerateParameters(BaseModel):
+class GenerateParameters(RequestModel):
     """Generation parameters of `/generate`, `/generate_stream` and `/`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +37,7 @@ class GenerateParameters(BaseModel):
     grammar: None = Field(None, description="Unsupported: must be null")
     max_new_tokens: int | None = Field(
         None,
-        ge=0,
+        gt=0,
         description="Tokens to generate; default fills the server default within max_total_tokens",
     )
     repetition_penalty: float | None = Field(
@@ -70,7 +74,7 @@ class GenerateParameters(BaseModel):
         return value
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     """`POST /generate` and `/generate_stream`."""
 
     inputs: str = Field(..., description="The prompt")
@@ -88,41 +92,46 @@ class CompatGenerateRequest(GenerateRequest):
     stream: bool = Field(False, description="Answer with server-sent events")
 
 
-class Token(BaseModel):
+class Token(ResponseModel):
     id: int
     text: str
     logprob: float | None = None
     special: bool = False
 
 
-class PrefillToken(BaseModel):
+class PrefillToken(ResponseModel):
     id: int
     text: str
     logprob: float | None = None
 
 
-class Details(BaseModel):
+class FinishDetails(ResponseModel):
+    """What /generate's and /generate_stream's details share."""
+
     finish_reason: TgiFinishReason
     generated_tokens: int
     seed: int | None = None
+
+
+class Details(FinishDetails):
     prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
     top_tokens: list[list[Token]] | None = None
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(ResponseModel):
     generated_text: str
     details: Details | None = None
 
 
-class StreamDetails(BaseModel):
-    finish_reason: TgiFinishReason
-    generated_tokens: int
-    seed: int | None = None
+class StreamDetails(FinishDetails):
     input_length: int
+    prefix_cache_tokens: int | None = Field(
+        None, description="Extension: prompt tokens served from the prefix cache"
+    )
 
 
-class StreamResponse(BaseModel):
+class StreamResponse(ResponseModel):
     """One `data:` event of /generate_stream; the last carries generated_text (and details)."""
 
     index: int
@@ -132,7 +141,7 @@ class StreamResponse(BaseModel):
     details: StreamDetails | None = None
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestModel):
     inputs: str
     parameters: GenerateParameters | None = None
     model: str | None = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from fewshot.api.errors import ModelLoading, ModelNotFound, ModelUnavailable
+from fewshot.api.errors import ModelLoading, ModelNotFound, ModelUnavailable, ShuttingDown
 from fewshot.api.limits import Admission
 from fewshot.api.metrics import Metrics
 from fewshot.api.response_cache import ResponseCache
@@ -175,6 +175,7 @@ class AppState:
         self.response_cache = ResponseCache(settings.response_cache_entries)
         self.metrics = Metrics(self._engine_stats)
         self._closed = False
+        self.draining = False
         for m in self.models:
             self.metrics.model_ready.labels(m.name).set(0)
 
@@ -189,6 +190,10 @@ class AppState:
         self.metrics.model_ready.labels(model.name).set(1 if model.llm is not None else 0)
         if self._closed and model.llm is not None:  # finished loading after shutdown
             self._close_model(model)
+
+    def begin_drain(self) -> None:
+        """Shutdown started: refuse new requests (503), let the admitted ones finish."""
+        self.draining = True
 
     def close(self) -> None:
         self._closed = True
@@ -222,7 +227,10 @@ class AppState:
         raise ModelNotFound(name, [m.name for m in self.models])
 
     async def llm_for(self, model: ServedModel, *, wait: bool = False) -> LLM:
-        """The loaded LLM; while loading, 503 with estimated_time unless `wait`."""
+        """The loaded LLM; while loading, 503 with estimated_time unless `wait`; 503 once the
+        server is shutting down."""
+        if self.draining:
+            raise ShuttingDown()
         if model.llm is None and model.error is None and wait:
             await model.wait(self.settings.model_wait_timeout_s)
         if model.llm is not None:

@@ -85,21 +85,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from fewshot.api.app import create_app
+    from fewshot.api.server import run_server
 
     settings = settings_from_args(args)
     configure_compile_cache(settings.cache_dir)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    # uvicorn's access log prints the request line only, never headers (API keys stay private)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        server_header=False,
-    )
+    run_server(create_app(settings), settings)
     return 0

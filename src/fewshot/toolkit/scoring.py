@@ -1,4 +1,5 @@
-"""Scoring of few-shot answers: normalisation, exact match, rank classification, accuracy.
+"""Scoring of few-shot answers: normalisation, exact match, rank classification, accuracy and
+its confidence interval (Wilson).
 
 Normalisation (applied to both the prediction and every accepted answer):
 Unicode NFKC, case folding, surrounding quotes and a final period removed, internal whitespace
@@ -61,3 +62,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for the default z); (0, 1) when n == 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= correct <= n:
+        raise ValueError("need 0 <= correct <= n")
+    p = correct / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))

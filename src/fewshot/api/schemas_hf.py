@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fewshot.api.schemas_tgi import Details
+from fewshot.api.schemas_tgi import CHOICES_HELP, Details, choices_field
 
 
 class HFParameters(BaseModel):
@@ -37,6 +37,12 @@ class HFParameters(BaseModel):
     details: bool = Field(
         False, description="Add TGI-style details (tokens, logprobs, finish reason)"
     )
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("stop", mode="before")
     @classmethod

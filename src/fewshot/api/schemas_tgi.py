@@ -12,6 +12,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fewshot.toolkit.choices import MAX_CHOICE_CHARS, MAX_CHOICES, check_choices
+
+CHOICES_HELP = (
+    "Extension: answer with the most likely of these strings (rank classification), as "
+    "generated_text, with every choice's log-probability in details.choices; "
+    f"1-{MAX_CHOICES} distinct non-empty strings of at most {MAX_CHOICE_CHARS} characters"
+)
+
+
+def choices_field(value: object) -> object:
+    """Pydantic `before` validator body shared by every wire format's choices field."""
+    return None if value is None else check_choices(value)  # type: ignore[arg-type]
+
+
 TgiFinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
@@ -56,6 +70,12 @@ class GenerateParameters(BaseModel):
     typical_p: float | None = Field(None, ge=1, le=1, description="Unsupported: only 1.0")
     watermark: bool = Field(False, description="Unsupported: only false")
     adapter_id: None = Field(None, description="Unsupported: must be null")
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -101,6 +121,13 @@ class PrefillToken(BaseModel):
     logprob: float | None = None
 
 
+class ChoiceLogprob(BaseModel):
+    """One choice of a `choices` request and its log-probability after the prompt."""
+
+    text: str
+    logprob: float
+
+
 class Details(BaseModel):
     finish_reason: TgiFinishReason
     generated_tokens: int
@@ -108,6 +135,9 @@ class Details(BaseModel):
     prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
     top_tokens: list[list[Token]] | None = None
+    choices: list[ChoiceLogprob] | None = Field(
+        None, description="Extension, with `choices`: every choice's log-probability"
+    )
 
 
 class GenerateResponse(BaseModel):

@@ -205,3 +205,18 @@ def test_prepare_caps_rows_and_balances_queries() -> None:
     assert len(d.rows) == 10 and d.queries == list(range(10))
     assert Counter(d.rows[q].output for q in d.queries) == {"positive": 5, "negative": 5}
     assert {"bbc_news", "tweets"} <= set(task_names())
+
+
+def test_load_file_reads_csv_jsonl_and_renamed_fields(tmp_path: Any) -> None:
+    from fewshot.toolkit.datasets import load_file
+
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text('review,stars\n"good, really",5\nbad,1\n,3\nfine,\n')
+    task = load_file(csv_path, text_field="review", label_field="stars", description="Stars?")
+    assert [(i.input, i.output) for i in task.items] == [("good, really", "5"), ("bad", "1")]
+    assert task.labels == ["1", "5"] and task.name == "rows" and task.description == "Stars?"
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n')
+    assert len(load_file(jsonl, format="Q: {input}\nA: {output}").items) == 2
+    with pytest.raises(ValueError, match="columns"):
+        load_file(csv_path)  # no text/label columns

@@ -197,6 +197,11 @@ MAX_LABELS = 50  # more distinct labels than this: a generation task (no rank, n
 
 def _rows(path: Path) -> list[dict[str, object]]:
     text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        rows = json.loads(text)
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{path}: a JSON array of objects is expected")
+        return rows
     if path.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -222,7 +227,7 @@ def load_file(
     separator: str = DEFAULT_SEPARATOR,
     name: str | None = None,
 ) -> EvalTask:
-    """A user's CSV or JSONL file as a task; rows with an empty text or label are skipped.
+    """A user's CSV, JSONL (or JSON array) file as a task; rows without text or label are skipped.
 
     With at most MAX_LABELS distinct labels the task is a classification task (rank and the
     classifier apply); otherwise only generation is evaluated.

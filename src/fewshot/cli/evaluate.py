@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     meta = _meta(args, config, ev, backends or [{"model": m} for m in models], started)
     args.out.mkdir(parents=True, exist_ok=True)
     _write_json(args.out / "results.json", {"results": results})
-    _write_json(args.out / "run.json", {"meta": meta, "predictions": ev.predictions})
+    _write_run(args.out / "run.json", meta, ev.predictions)
     plot = plot_accuracy(results, args.out / "accuracy_vs_k.png")
     report = markdown_report(results, meta, plot.name)
     (args.out / "results.md").write_text(report, encoding="utf-8")
@@ -204,6 +204,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_run(path: Path, meta: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+    """run.json: the settings, then one prediction per line."""
+    rows = ",\n".join(json.dumps(p, ensure_ascii=False) for p in predictions)
+    head = json.dumps(meta, indent=1, ensure_ascii=False)
+    path.write_text(f'{{"meta": {head},\n"predictions": [\n{rows}\n]}}\n', encoding="utf-8")
 
 
 def _meta(
@@ -259,7 +266,12 @@ def _command(args: argparse.Namespace, config: Any, tasks: list[str]) -> str:
         parts += ["--tasks", ",".join(builtin)]
     parts += ["--k", ",".join(map(str, config.ks)), "--select", ",".join(config.selects)]
     parts += ["--calibrate"] if config.calibrate else []
-    parts += ["--seeds", ",".join(map(str, config.seeds)), "--limit", str(config.limit)]
+    seeds = config.seeds
+    if seeds == list(range(len(seeds))):
+        parts += ["--seeds", str(len(seeds))]  # N means seeds 0..N-1
+    else:
+        parts += ["--seeds", ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else "")]
+    parts += ["--limit", str(config.limit), "--pool-limit", str(config.pool_limit)]
     parts += ["--methods", ",".join(config.methods)]
     return shlex.join(parts)
 

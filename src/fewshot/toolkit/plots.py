@@ -1,5 +1,6 @@
 """PNG plot of accuracy vs k: one panel per task, one line per (method, calibration, selection,
-model), the 95% intervals as error bars. Colour: method; line style: selection."""
+model), the 95% intervals as error bars. Colour: method; hollow markers and solid lines:
+random examples; filled markers and dashed lines: similar examples."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def plot_accuracy(
                 lines[(method, r["select"], r["model"])].append(r)
         for n, ((method, select, model), pts) in enumerate(sorted(lines.items())):
             pts.sort(key=lambda r: r["k"])
-            shift = (n - (n_lines - 1) / 2) * 0.04  # keep overlapping error bars apart
+            shift = (n - (n_lines - 1) / 2) * 0.3 / n_lines  # keep overlapping error bars apart
             ax.errorbar(
                 [xpos[p["k"]] + shift for p in pts],
                 [p["accuracy"] for p in pts],
@@ -61,13 +62,15 @@ def plot_accuracy(
                 fmt=_MARKERS.get(method, "o"),
                 linestyle=_LINES.get(select, "-"),
                 capsize=2.5,
-                markersize=4,
+                markersize=4.5,
+                markerfacecolor="white" if select == "random" else None,
                 color=_COLORS.get(method) if one_model else None,
                 label=_label(method, select, model, one_model),
             )
         n_max = max(p["n"] for ps in lines.values() for p in ps)
         ax.set_title(f"{task} (n = {n_max})")
         ax.set_xticks(list(xpos.values()), [str(k) for k in xpos])
+        ax.set_xlim(-0.5, len(xpos) - 0.5)
         ax.set_xlabel("k (examples in the prompt)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.03, 1.03)

@@ -68,7 +68,7 @@ def comparisons(results: Sequence[dict[str, Any]]) -> list[str]:
                 verdict = _verdict(r, other, "calibration helps", "calibration hurts")
                 where = f", {select}" if k else ""
                 lines.append(f"- {task}, rank, k={k}{where}: calibration: {verdict}")
-    return lines
+    return sorted(lines)  # grouped by task
 
 
 def cost_table(results: Sequence[dict[str, Any]]) -> str:

@@ -113,3 +113,16 @@ def test_choices_do_not_stream_and_the_server_keeps_serving(real_server: Any) ->
     oai = {"model": "tiny", "prompt": PROMPT, "guided_choice": CHOICES, "stream": True}
     assert _post(url, "/v1/completions", oai).json()["error"]["param"] == "guided_choice"
     assert _post(url, "/generate", body).status_code == 200
+
+
+def test_the_choices_of_a_prompt_share_its_prefill(local: Any) -> None:
+    """All choices go to the engine together: the prompt is prefilled once and every other
+    choice takes it from the prefix cache (counted in the engine's stats, not timed)."""
+    llm = local.llm
+    prompt = "Unique context for this test only. " * 12 + "\nAnswer:"
+    n_prompt = len(llm.encode(prompt))
+    before = llm.stats()["prefix_cache"]["hit_tokens"]
+    [ranked] = rank_choices(llm_scorer(llm), [prompt], ["alpha", "beta", "gamma", "delta"])
+    hit = llm.stats()["prefix_cache"]["hit_tokens"] - before
+    assert len(ranked.logprobs) == 4
+    assert hit >= 3 * (n_prompt - 32)  # three of four choices reuse (nearly) the whole prompt

@@ -249,6 +249,9 @@ class Evaluator:
 
     # -- prompting -----------------------------------------------------------------------------
     def run_model(self, backend: Backend) -> None:
+        """Prompt `backend` for every task, draw and method (generate, rank)."""
+        if "similar" in self.config.selects:
+            self.embed()
         for d in self.data:
             for draw, demos in self._draws(d):
                 if "generate" in self.config.methods:

@@ -70,7 +70,16 @@ class Settings(BaseSettings):
     max_top_n_tokens: int = Field(5, description="Most alternatives per token")
     max_client_batch_size: int = Field(8, description="Most prompts in one request")
     max_body_bytes: int = Field(2_000_000, description="Largest request body")
-    prefix_cache_mb: int = Field(512, description="Memory budget of the shared prefix cache")
+    kv_cache_mb: float | None = Field(
+        None,
+        description="KV pool size in MiB (prefix cache included); default: a quarter of free "
+        "memory, at most what max_batch_size sequences of max_total_tokens need",
+    )
+    kv_dtype: str = Field("auto", description="KV cache dtype: auto (the model's) | fp32 | bf16")
+    prefix_caching: bool = Field(True, description="Share prompt prefixes' KV between requests")
+    speculative_tokens: int = Field(
+        0, ge=0, le=16, description="Prompt-lookup draft tokens verified per decode step (0: off)"
+    )
     response_cache_entries: int = Field(1024, description="Entries of the use_cache response cache")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted-model cache")
     hf_token: str | None = Field(None, description="Token for the Hugging Face hub when reachable")

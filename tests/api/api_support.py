@@ -36,7 +36,7 @@ def from_model_loader(source: str, settings: Settings) -> Any:
         Tokenizer.from_dir(path),
         name=path.name,
         threads=settings.threads,
-        prefix_cache_mb=settings.prefix_cache_mb,
+        kv_cache_mb=settings.kv_cache_mb,
         max_batch_size=settings.max_batch_size,
     )
 
@@ -44,7 +44,7 @@ def from_model_loader(source: str, settings: Settings) -> Any:
 def make_settings(*models: str, **fields: Any) -> Settings:
     base: dict[str, Any] = {
         "threads": 1,
-        "prefix_cache_mb": 16,
+        "kv_cache_mb": 16,
         "max_batch_size": 8,
         "cache_dir": Path(tempfile.mkdtemp(prefix="fewshot-api-cache-")),
     }

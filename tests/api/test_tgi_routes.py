@@ -60,6 +60,9 @@ def test_tokenize_info_health_metrics(api_server) -> None:
     info = requests.get(api_server.url + "/info").json()
     assert info["model_id"] == "tiny" and info["max_total_tokens"] == 256
     assert {m["name"] for m in info["models"]} == {"tiny", "chat"}
+    assert [m["backend"] for m in info["models"]] == ["native", "native"]  # GPT-Neo is native
+    listing = requests.get(api_server.url + "/v1/models").json()["data"]
+    assert [m["backend"] for m in listing] == ["native", "native"]
     health = requests.get(api_server.url + "/health")
     assert health.status_code == 200 and health.text == ""
     requests.post(

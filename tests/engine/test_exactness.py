@@ -24,7 +24,7 @@ PARAMS = SamplingParams(max_new_tokens=NEW, ignore_eos=True)
 @pytest.fixture(scope="module")
 def alone(neo, gpt2_tokenizer) -> list[list[int]]:
     """Each request run by itself, no prefix cache."""
-    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_cache_mb=0) as solo:
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_caching=False) as solo:
         return [solo.generate(PREFIX + s, PARAMS).token_ids for s in SUFFIXES]
 
 
@@ -38,7 +38,7 @@ def test_alone_equals_transformers_generate(hf_neo, alone) -> None:
 
 def test_concurrent_with_prefix_cache_equals_alone(neo, gpt2_tokenizer, alone) -> None:
     with LLM.from_model(
-        neo, gpt2_tokenizer, threads=1, prefix_cache_mb=64, prefill_chunk=64
+        neo, gpt2_tokenizer, threads=1, kv_cache_mb=64, prefill_chunk=64
     ) as engine_llm:
         # warm the cache with the first request, then start it again with the others at once
         first = engine_llm.generate(PREFIX + SUFFIXES[0], PARAMS)
@@ -56,7 +56,7 @@ def test_concurrent_with_prefix_cache_equals_alone(neo, gpt2_tokenizer, alone) -
 def test_staggered_joins_equal_alone(neo, gpt2_tokenizer, alone) -> None:
     """Requests join while others decode: chunked prefills are mixed into decode steps."""
     with LLM.from_model(
-        neo, gpt2_tokenizer, threads=1, prefix_cache_mb=64, prefill_chunk=32, start=False
+        neo, gpt2_tokenizer, threads=1, kv_cache_mb=64, prefill_chunk=32, start=False
     ) as engine_llm:
         engine = engine_llm.engine
         handles = []
@@ -73,7 +73,7 @@ def test_staggered_joins_equal_alone(neo, gpt2_tokenizer, alone) -> None:
 def test_cold_burst_waits_for_the_shared_prefix(neo, gpt2_tokenizer, alone) -> None:
     """Requests arriving together with a shared, uncached prefix: one prefills it, the others
     wait for it to enter the cache instead of each computing it again."""
-    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_cache_mb=64) as engine_llm:
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, kv_cache_mb=64) as engine_llm:
         handles = [engine_llm.submit(PREFIX + s, PARAMS) for s in SUFFIXES]
         results = [h.wait()[0] for h in handles]
     assert [r.token_ids for r in results] == alone

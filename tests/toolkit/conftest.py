@@ -118,9 +118,9 @@ def load_tiny(source: str, settings: Settings) -> Any:
         model = GPTNeoForCausalLM(GPTNeoConfig.from_pretrained(path)).eval()
         model.load_hf_state_dict(load_file(path / "model.safetensors"))
         return LLM.from_model(
-            model, Tokenizer.from_dir(path), name="tiny", threads=1, prefix_cache_mb=16
+            model, Tokenizer.from_dir(path), name="tiny", threads=1, kv_cache_mb=16
         )
-    return LLM.load(source, threads=1, prefix_cache_mb=16)
+    return LLM.load(source, threads=1, kv_cache_mb=16)
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +140,7 @@ def real_server(
         models=[f"tiny={model_dir}"],
         api_keys=[TOKEN],
         threads=1,
-        prefix_cache_mb=16,
+        kv_cache_mb=16,
         cache_dir=tmp_path_factory.mktemp("cache"),
     )
     app = create_app(settings, loader=load_tiny)

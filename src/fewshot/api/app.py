@@ -9,7 +9,6 @@ Models load in the lifespan, in background threads: the server answers at once a
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from fewshot import __version__
-from fewshot.api import routes_hf, routes_openai, routes_tgi
+from fewshot.api import routes_hf, routes_openai, routes_tasks, routes_tgi
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, install_error_handlers
 from fewshot.api.json_body import JsonBodies
@@ -38,21 +37,6 @@ the Hugging Face Inference API (`POST /models/{model_id}`), Text Generation Infe
 (`/generate`, `/generate_stream`, ...) and OpenAI (`/v1/completions`, `/v1/chat/completions`).
 With API keys configured, inference routes need `Authorization: Bearer <key>`.
 """
-
-
-def _tasks_router() -> APIRouter | None:
-    """The toolkit's /tasks router, when its module exists and imports."""
-    name = "fewshot.api.routes_tasks"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            log.warning("the /tasks routes are disabled: %s", exc)
-        return None
-    except ImportError as exc:
-        log.warning("the /tasks routes are disabled: %s", exc)
-        return None
-    return getattr(module, "router", None)
 
 
 def _playground() -> APIRouter:
@@ -97,9 +81,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.include_router(routes_openai.router)
     app.include_router(routes_tgi.public)
     app.include_router(routes_tgi.router)
-    tasks = _tasks_router()
-    if tasks is not None:
-        app.include_router(tasks, dependencies=[Depends(require_api_key)])
+    app.include_router(routes_tasks.router, dependencies=[Depends(require_api_key)])
     app.include_router(_playground())
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app

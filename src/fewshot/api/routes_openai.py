@@ -376,6 +376,7 @@ async def list_models(state: AppState = Depends(get_state)) -> JSONResponse:
             "created": created,
             "owned_by": "fewshot",
             "status": m.status,
+            "backend": m.backend,
         }
         for m in state.models
     ]

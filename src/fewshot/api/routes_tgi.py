@@ -273,7 +273,13 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
         max_client_batch_size=s.max_client_batch_size,
         version=__version__,
         models=[
-            {"name": m.name, "source": m.source, "status": m.status, "error": m.error}
+            {
+                "name": m.name,
+                "source": m.source,
+                "status": m.status,
+                "error": m.error,
+                "backend": m.backend,
+            }
             for m in state.models
         ],
     )

@@ -261,6 +261,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "fewshot"
+    backend: Literal["native", "fallback"] | None = Field(
+        None, description="What runs the model: fewshot's own code or the transformers fallback"
+    )
 
 
 class ModelList(BaseModel):

@@ -180,6 +180,9 @@ class ServedModelInfo(BaseModel):
     source: str
     status: Literal["loading", "ready", "failed"]
     error: str | None = None
+    backend: Literal["native", "fallback"] | None = Field(
+        None, description="What runs the model: fewshot's own code or the transformers fallback"
+    )
 
 
 class Info(BaseModel):

@@ -40,14 +40,13 @@ _LOAD_BYTES_PER_S = 150e6  # rough read + convert throughput for the estimated_t
 
 def load_llm(source: str, settings: Settings) -> LLM:
     """The default loader: `LLM.load` with the engine settings."""
+    from fewshot.engine.config import EngineConfig
     from fewshot.engine.llm import LLM
 
     return LLM.load(
         source,
         dtype=settings.dtype,
-        threads=settings.threads,
-        prefix_cache_mb=settings.prefix_cache_mb,
-        max_batch_size=settings.max_batch_size,
+        config=EngineConfig.from_settings(settings),
         cache_dir=settings.cache_dir,
         hf_token=settings.hf_token,
     )
@@ -93,6 +92,13 @@ class ServedModel:
         if self.llm is not None:
             return "ready"
         return "failed" if self.error else "loading"
+
+    @property
+    def backend(self) -> str | None:
+        """Which code runs the model: "native" (fewshot's own) or "fallback" (transformers)."""
+        if self.llm is None:
+            return None
+        return "native" if self.llm.native else "fallback"
 
     def names(self) -> set[str]:
         names = {self.name, self.source}

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from fewshot.api import choices
 from fewshot.api import openai_format as fmt
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, ValidationFailed, error_body
@@ -164,6 +165,8 @@ async def completions(
     model = state.resolve(body.model)
     with RequestScope(state, model, "/v1/completions") as scope:
         llm = await _llm(state, request, model)
+        if body.guided_choice is not None:
+            return await _guided_choice(state, llm, body, body.guided_choice, model.name)
         jobs = _completion_jobs(state, llm, body)
         if body.stream:
             stream = Stream(state, scope, llm, jobs, rename=_completion_name)
@@ -178,6 +181,25 @@ async def completions(
         **CompletionResponse.envelope(model.name), choices=choices, usage=fmt.usage(results)
     )
     return JSONResponse(out.body())
+
+
+async def _guided_choice(
+    state: AppState, llm: Any, body: CompletionRequest, options: list[str], model: str
+) -> JSONResponse:
+    """`guided_choice`: the most likely choice per prompt (see fewshot.api.choices)."""
+    if body.stream:
+        raise choices.no_stream("guided_choice")
+    if body.n != 1:
+        raise ValidationFailed.one("n", "must be 1 with guided_choice")
+    prompts = _prompts(body.prompt)
+    if not prompts:
+        raise ValidationFailed.one("prompt", "must not be empty")
+    check_count(prompts, state.settings.max_client_batch_size, "prompt", "prompts per request")
+    texts = [p if isinstance(p, str) else llm.tokenizer.decode(list(p)) for p in prompts]
+    chosen = await choices.choose(
+        state, llm, texts, options, field="guided_choice", input_field="prompt"
+    )
+    return JSONResponse(choices.openai_completion(chosen, model))
 
 
 async def _completion_events(stream: Stream, body: CompletionRequest, model: str) -> Any:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from fewshot import __version__
-from fewshot.api import tgi_format
+from fewshot.api import choices, tgi_format
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, ValidationFailed, error_body
 from fewshot.api.generation import (
@@ -134,6 +134,18 @@ async def _generate(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     model = state.resolve(body.model)
     with RequestScope(state, model, route) as scope:
+        if body.parameters is not None and body.parameters.choices is not None:
+            wait = bool(header_flag(request.headers, "x-wait-for-model"))
+            llm = await state.llm_for(model, wait=wait)
+            chosen = await choices.choose(
+                state,
+                llm,
+                [body.inputs],
+                body.parameters.choices,
+                field="parameters.choices",
+                input_field="inputs",
+            )
+            return choices.tgi_item(chosen[0]), {}
         llm, job, p = await _job(state, model, request, body)
         results = await generate(state, model, llm, [job], rename=_param)
         return _response(job, results[0][0], p, llm), timing_headers(scope, results)
@@ -149,6 +161,8 @@ async def stream_response(
     include_stop: bool = True,
 ) -> EventStream:
     """A /generate_stream answer (also used by `/` and the HF route with `stream: true`)."""
+    if body.parameters is not None and body.parameters.choices is not None:
+        raise choices.no_stream("parameters.choices")
     model = state.resolve(body.model)
     with RequestScope(state, model, route) as scope:
         llm, job, p = await _job(state, model, request, body, wait, include_stop)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fewshot.api.schemas_tgi import Details
+from fewshot.api.schemas_tgi import CHOICES_HELP, Details, choices_field
 from fewshot.api.wire import RequestModel, ResponseModel
 
 
@@ -40,6 +40,12 @@ class HFParameters(RequestModel):
     details: bool = Field(
         False, description="Add TGI-style details (tokens, logprobs, finish reason)"
     )
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -18,7 +18,9 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fewshot import __version__
+from fewshot.api.schemas_tgi import choices_field
 from fewshot.api.wire import RequestModel, ResponseModel
+from fewshot.toolkit.choices import MAX_CHOICE_CHARS, MAX_CHOICES
 
 SYSTEM_FINGERPRINT = f"fewshot-{__version__}"
 
@@ -90,6 +92,19 @@ class CompletionRequest(SamplingFields):
     echo: bool = Field(False, description="Prepend the prompt (with its logprobs when asked)")
     best_of: int | None = Field(None, ge=1, description="Only equal to n (no best-of sampling)")
     suffix: str | None = Field(None, description="Unsupported: must be null")
+    guided_choice: list[str] | None = Field(
+        None,
+        description=(
+            "Extension (vLLM's name): the text is the most likely of these strings (rank "
+            "classification); logprobs.top_logprobs[0] holds every choice's log-probability. "
+            f"1-{MAX_CHOICES} distinct non-empty strings of at most {MAX_CHOICE_CHARS} characters"
+        ),
+    )
+
+    @field_validator("guided_choice", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("suffix")
     @classmethod

@@ -15,6 +15,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fewshot.api.wire import RequestModel, ResponseModel
+from fewshot.toolkit.choices import MAX_CHOICE_CHARS, MAX_CHOICES, check_choices
+
+CHOICES_HELP = (
+    "Extension: answer with the most likely of these strings (rank classification), as "
+    "generated_text, with every choice's log-probability in details.choices; "
+    f"1-{MAX_CHOICES} distinct non-empty strings of at most {MAX_CHOICE_CHARS} characters"
+)
+
+
+def choices_field(value: object) -> object:
+    """Pydantic `before` validator body shared by every wire format's choices field."""
+    return None if value is None else check_choices(value)  # type: ignore[arg-type]
+
 
 TgiFinishReason = Literal["length", "eos_token", "stop_sequence"]
 
@@ -60,6 +73,12 @@ class GenerateParameters(RequestModel):
     typical_p: float | None = Field(None, ge=1, le=1, description="Unsupported: only 1.0")
     watermark: bool = Field(False, description="Unsupported: only false")
     adapter_id: None = Field(None, description="Unsupported: must be null")
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -105,6 +124,13 @@ class PrefillToken(ResponseModel):
     logprob: float | None = None
 
 
+class ChoiceLogprob(ResponseModel):
+    """One choice of a `choices` request and its log-probability after the prompt."""
+
+    text: str
+    logprob: float
+
+
 class FinishDetails(ResponseModel):
     """What /generate's and /generate_stream's details share."""
 
@@ -117,6 +143,9 @@ class Details(FinishDetails):
     prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
     top_tokens: list[list[Token]] | None = None
+    choices: list[ChoiceLogprob] | None = Field(
+        None, description="Extension, with `choices`: every choice's log-probability"
+    )
 
 
 class GenerateResponse(ResponseModel):

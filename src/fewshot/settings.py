@@ -98,6 +98,32 @@ class Settings(BaseSettings):
         15.0, description="Seconds between keep-alive comments on an idle event stream"
     )
 
+    # --- scale-out on Ray Serve (`fewshot serve --replicas N`; see fewshot.serving) ----------
+    replicas: int | None = Field(
+        None, description="Engine replicas on Ray Serve; unset serves in this process"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (unset: start a local Ray for the command)"
+    )
+    min_replicas: int | None = Field(None, description="Autoscaling: fewest replicas")
+    max_replicas: int | None = Field(None, description="Autoscaling: most replicas")
+    target_ongoing_requests: float | None = Field(
+        None, description="Autoscaling: requests in flight per replica to aim for"
+    )
+    replica_cpus: float = Field(1.0, description="Ray CPUs reserved by each replica")
+    router: str = Field("prefix", description="Replica routing: prefix (affinity) | default")
+    affinity_block_chars: int = Field(256, description="Prompt characters per routing block")
+    affinity_max_blocks: int = Field(16, description="Prompt blocks the router looks at")
+    affinity_imbalance: int = Field(
+        4, description="Extra requests in flight a prefix's replica may have before spilling"
+    )
+    ray_health_timeout_s: float = Field(
+        5.0, description="Longest /health (and each replica of /info, /metrics) may wait"
+    )
+    drain_timeout_s: float = Field(
+        30.0, description="On shutdown, how long replicas finish requests in flight"
+    )
+
     def all_api_keys(self) -> list[str]:
         keys = list(self.api_keys)
         if self.api_key_file:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,14 +208,12 @@ def _stream_events(response: requests.Response) -> list[dict[str, Any]]:
 
 def test_killed_replica(service: Service) -> None:
     pids = {r["id"]: r["pid"] for r in service.info()["replicas"]}
-    body = {"inputs": PREFIX, "parameters": {"max_new_tokens": 150}}
+    body = {"inputs": "Hi", "parameters": {"max_new_tokens": 240}}
     with service.post("/generate_stream", body, stream=True) as stream:
         victim = _replica(stream)
-        os.kill(pids[victim], signal.SIGKILL)
-        events = _stream_events(stream)  # ends: finished, or an error event in TGI's format
-    assert events
-    last = events[-1]
-    assert last.get("generated_text") is not None or last.get("error_type") == "generation"
+        os.kill(pids[victim], signal.SIGKILL)  # the stream has just started
+        events = _stream_events(stream)
+    assert events[-1]["error_type"] == "generation" and "died" in events[-1]["error"]
 
     # every later request is answered, the shared prefix's too, until Ray restarted the replica
     for i in range(6):
@@ -236,3 +235,19 @@ def test_api_keys_never_logged(service: Service) -> None:
     for path in logs.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_shutdown_drains_requests_in_flight(service: Service) -> None:
+    """Last: deletes the application. A stream already running finishes normally."""
+    from ray import serve
+
+    from fewshot.serving.launch import APP_NAME
+
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 200}}
+    with service.post("/generate_stream", body, stream=True) as stream:
+        assert stream.status_code == 200
+        deleting = threading.Thread(target=serve.delete, args=(APP_NAME,))
+        deleting.start()
+        events = _stream_events(stream)
+        deleting.join(timeout=60)
+    assert "error" not in events[-1] and events[-1]["generated_text"] is not None

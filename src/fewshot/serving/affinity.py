@@ -2,11 +2,11 @@
 
 A prompt's first characters are cut into fixed blocks; block j's key hashes block j-1's key
 with block j's text (as the engine's prefix cache chains token blocks), so a key names the
-whole prefix up to the block's end. `PrefixTable` remembers, per key, the replica that last
-served a prompt with that prefix (LRU-bounded). `choose` picks the replica holding the
-longest matching prefix unless its load exceeds the least loaded one's by more than
-`imbalance`; a prefix nobody holds goes to the least-loaded replica owning the fewest
-prefixes (ties broken by rendezvous hashing, so equal routers agree).
+whole prefix up to the block's end. `PrefixTable` remembers, per key, the replicas that served
+a prompt with that prefix (LRU-bounded). `choose` picks a replica holding the longest
+matching prefix unless its load exceeds the least loaded one's by more than `imbalance`; a
+prefix nobody holds goes to the least-loaded replica holding the fewest prefixes (ties broken
+by rendezvous hashing).
 
 Characters, not tokens: the router runs in the HTTP gateway, in front of every model; it would
 need each model's tokenizer and to tokenize every prompt twice. Few-shot prompts share their
@@ -52,57 +52,64 @@ def rendezvous(key: int, replicas: Iterable[str]) -> str:
 
 
 @dataclass
-class _Owner:
-    replica: str
+class _Entry:
     depth: int  # block index of the key in its prompt (0: the first block)
+    replicas: list[str]  # replicas holding the prefix, least recent first
 
 
 class PrefixTable:
-    """Prefix key -> replica that last served it, least recently used dropped beyond
-    `max_entries`. Counts, per replica, the first-block keys it owns (its "tenants")."""
+    """Prefix key -> replicas that served it, least recently used keys dropped beyond
+    `max_entries`. Counts, per replica, the first-block keys it holds (its "tenants")."""
 
     def __init__(self, max_entries: int = 65536) -> None:
         self.max_entries = max_entries
-        self._owners: OrderedDict[int, _Owner] = OrderedDict()
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._roots: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._owners)
+        return len(self._entries)
 
     def roots(self, replica: str) -> int:
         return self._roots.get(replica, 0)
 
-    def longest(self, keys: list[int], live: Iterable[str]) -> tuple[str | None, int]:
-        """(owner of the longest prefix of `keys` held by a replica in `live`, blocks matched)."""
+    def longest(self, keys: list[int], live: Iterable[str]) -> tuple[list[str], int]:
+        """(the replicas in `live` holding the longest prefix of `keys`, blocks matched)."""
         alive = set(live)
         for j in range(len(keys) - 1, -1, -1):
-            owner = self._owners.get(keys[j])
-            if owner is not None and owner.replica in alive:
-                return owner.replica, j + 1
-        return None, 0
+            entry = self._entries.get(keys[j])
+            holders = [r for r in entry.replicas if r in alive] if entry is not None else []
+            if holders:
+                return holders, j + 1
+        return [], 0
 
     def record(self, keys: list[int], replica: str) -> None:
         """`replica` now holds every prefix in `keys`."""
         for depth, key in enumerate(keys):
-            old = self._owners.pop(key, None)
-            if old is not None:
-                self._drop_root(old)
-            self._owners[key] = _Owner(replica, depth)
-            if depth == 0:
+            entry = self._entries.pop(key, None) or _Entry(depth, [])
+            if replica in entry.replicas:
+                entry.replicas.remove(replica)
+            elif depth == 0:
                 self._roots[replica] = self._roots.get(replica, 0) + 1
-        while len(self._owners) > self.max_entries:
-            _, old = self._owners.popitem(last=False)
-            self._drop_root(old)
+            entry.replicas.append(replica)
+            self._entries[key] = entry
+        while len(self._entries) > self.max_entries:
+            _, old = self._entries.popitem(last=False)
+            for r in old.replicas:
+                self._drop_root(old, r)
 
     def forget(self, replica: str) -> None:
-        """Drop every prefix of a replica that is gone."""
-        for key in [k for k, o in self._owners.items() if o.replica == replica]:
-            del self._owners[key]
+        """Drop a replica that is gone from every prefix."""
+        for key in list(self._entries):
+            entry = self._entries[key]
+            if replica in entry.replicas:
+                entry.replicas.remove(replica)
+                if not entry.replicas:
+                    del self._entries[key]
         self._roots.pop(replica, None)
 
-    def _drop_root(self, owner: _Owner) -> None:
-        if owner.depth == 0 and self._roots.get(owner.replica, 0) > 0:
-            self._roots[owner.replica] -= 1
+    def _drop_root(self, entry: _Entry, replica: str) -> None:
+        if entry.depth == 0 and self._roots.get(replica, 0) > 0:
+            self._roots[replica] -= 1
 
 
 def choose(
@@ -115,17 +122,21 @@ def choose(
     """Replicas in order of preference for a prompt with prefix `keys` (every replica of
     `loads`, which maps replica -> requests in flight).
 
-    1. the owner of the longest known prefix, unless its load exceeds the minimum by more
-       than `imbalance`;
-    2. else, among replicas within `imbalance` of the minimum load, the one owning the fewest
+    1. of the replicas holding the longest known prefix, the least loaded, unless its load
+       exceeds the minimum by more than `imbalance` (a hot prefix then spills over, and is
+       held by two replicas from then on);
+    2. else, among replicas within `imbalance` of the minimum load, the one holding the fewest
        prefixes, ties by rendezvous hashing of the first key (or `fallback_key`);
     3. the rest by load.
     """
     if not loads:
         return []
     least = min(loads.values())
-    owner, _ = table.longest(keys, loads)
-    if owner is None or loads[owner] - least > imbalance:
+    holders, _ = table.longest(keys, loads)
+    near = [r for r in holders if loads[r] - least <= imbalance]
+    if near:
+        first = min(near, key=lambda r: loads[r])
+    else:
         pool = [r for r, n in loads.items() if n - least <= imbalance]
         key = keys[0] if keys else fallback_key
         if key is None:
@@ -133,7 +144,5 @@ def choose(
         else:
             fewest = min(table.roots(r) for r in pool)
             first = rendezvous(key, [r for r in pool if table.roots(r) == fewest])
-    else:
-        first = owner
     rest = sorted((r for r in loads if r != first), key=lambda r: (loads[r], r))
     return [first, *rest]

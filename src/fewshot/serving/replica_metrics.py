@@ -1,34 +1,47 @@
 """/metrics of a replicated service: every replica's Prometheus exposition in one, each sample
-labelled `replica="<id>"` (so a dashboard sums or splits them, as for any Prometheus target
-set). Families keep their HELP/TYPE once, in first-seen order."""
+labelled `replica="<id>"` (so a dashboard sums or splits them, as for any set of targets).
+
+Works on the text format line by line, so each family keeps exactly the HELP/TYPE lines the
+replicas wrote (once) with all replicas' samples under them, contiguous as the format requires.
+"""
 
 from __future__ import annotations
-
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.utils import floatToGoString
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _help(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n")
+def _with_label(sample: str, label: str) -> str:
+    """`name{a="b"} 1` -> `name{label,a="b"} 1`; `name 1` -> `name{label} 1`."""
+    brace, space = sample.find("{"), sample.find(" ")
+    if brace != -1 and (space == -1 or brace < space):
+        inner = sample[brace + 1 :]
+        sep = "" if inner.startswith("}") else ","
+        return f"{sample[: brace + 1]}{label}{sep}{inner}"
+    return f"{sample[:space]}{{{label}}}{sample[space:]}"
 
 
 def merge_expositions(by_replica: dict[str, str]) -> str:
     """One exposition from {replica id: its exposition text}."""
-    families: dict[str, tuple[str, str, list[str]]] = {}
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
     for replica, text in by_replica.items():
-        for family in text_string_to_metric_families(text):
-            _, _, lines = families.setdefault(family.name, (family.documentation, family.type, []))
-            for sample in family.samples:
-                labels = {"replica": replica, **sample.labels}
-                body = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-                lines.append(f"{sample.name}{{{body}}} {floatToGoString(sample.value)}")
+        label = f'replica="{_escape(replica)}"'
+        family = ""
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                parts = line.split(maxsplit=3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    lines = headers.setdefault(family, [])
+                    if line not in lines:
+                        lines.append(line)
+                continue
+            samples.setdefault(family, []).append(_with_label(line, label))
     out: list[str] = []
-    for name, (doc, kind, lines) in families.items():
-        out.append(f"# HELP {name} {_help(doc)}")
-        out.append(f"# TYPE {name} {kind}")
-        out.extend(lines)
+    for family in dict.fromkeys([*headers, *samples]):
+        out += headers.get(family, []) + samples.get(family, [])
     return "\n".join(out) + "\n"

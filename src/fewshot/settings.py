@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -111,7 +112,9 @@ class Settings(BaseSettings):
         None, description="Autoscaling: requests in flight per replica to aim for"
     )
     replica_cpus: float = Field(1.0, description="Ray CPUs reserved by each replica")
-    router: str = Field("prefix", description="Replica routing: prefix (affinity) | default")
+    router: Literal["prefix", "default"] = Field(
+        "prefix", description="Replica routing: prefix (affinity) | default (Ray's)"
+    )
     affinity_block_chars: int = Field(256, description="Prompt characters per routing block")
     affinity_max_blocks: int = Field(16, description="Prompt blocks the router looks at")
     affinity_imbalance: int = Field(

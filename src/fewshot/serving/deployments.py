@@ -19,6 +19,7 @@ whatever the replicas do. /info adds the replicas; /metrics merges every replica
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -92,7 +93,9 @@ class Engine:
 
     async def __del__(self) -> None:
         # Ray calls this after draining the replica's requests (graceful_shutdown_timeout_s)
-        await self._lifespan.__aexit__(None, None, None)
+        lifespan = getattr(self, "_lifespan", None)  # None: __init__ did not get that far
+        if lifespan is not None:
+            await lifespan.__aexit__(None, None, None)
 
 
 async def _start(engine: Any, request: RoutedRequest) -> tuple[dict[str, Any], Any]:
@@ -176,7 +179,7 @@ class Gateway:
             ids = replica_ids(self.app_name)
         results: dict[str, Any] = {}
         for rid in ids:
-            target = RoutedRequest(**{**request.__dict__, "replica": rid})
+            target = dataclasses.replace(request, replica=rid)
             call = (
                 self.engine.describe.remote(target)
                 if method == "describe"

@@ -40,8 +40,6 @@ def engine_options(settings: Settings) -> dict[str, Any]:
             request_router_class=PrefixAffinityRouter,
             request_router_kwargs={"imbalance": s.affinity_imbalance},
         )
-    elif s.router != "default":
-        raise ValueError(f"router must be prefix or default, not {s.router!r}")
     options: dict[str, Any] = {
         "name": "Engine",
         "ray_actor_options": {"num_cpus": s.replica_cpus},

@@ -10,8 +10,8 @@ Why not `serve.ingress(app)` on the engine: Ray's proxy routes a request before 
 read (the replica pulls it afterwards), so no router could see the prompt; Ray Serve LLM has
 the same split (an OpenAI ingress calling `LLMServer` replicas).
 
-Faults: a request whose replica dies before answering is sent again (at most `_ATTEMPTS`
-times; Ray drops the dead replica from routing and restarts it); a stream cut by a dead replica
+Faults: a request whose replica dies before answering is sent once more (Ray drops the dead
+replica from routing, so the retry goes elsewhere, and restarts it); a stream cut by a dead replica
 ends with an error event in its route's format. /health answers within `health_timeout_s`
 whatever the replicas do. /info adds the replicas; /metrics merges every replica's metrics.
 """
@@ -28,12 +28,13 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from fewshot.api.app import create_app
 from fewshot.api.errors import (
+    ApiError,
     GenerationFailed,
     ModelUnavailable,
     PayloadTooLarge,
@@ -51,7 +52,9 @@ from fewshot.settings import Settings
 log = logging.getLogger("fewshot.serving")
 
 REPLICA_HEADER = "x-fewshot-replica"
-_ATTEMPTS = 3  # tries of a request whose replica died before it answered
+# tries of a request whose replica died before it answered: one retry, so a request that
+# itself kills replicas (a "query of death") takes down at most two
+_ATTEMPTS = 2
 
 
 class Engine:
@@ -72,7 +75,8 @@ class Engine:
             await model.wait(settings.model_wait_timeout_s)
         failed = [f"{m.name}: {m.error or 'still loading'}" for m in state.models if not m.llm]
         if failed:
-            await self._lifespan.__aexit__(None, None, None)
+            lifespan, self._lifespan = self._lifespan, None
+            await lifespan.__aexit__(None, None, None)
             raise RuntimeError("models did not load: " + "; ".join(failed))
         log.info("replica %s ready (pid %d)", self.replica, os.getpid())
 
@@ -82,7 +86,8 @@ class Engine:
             yield message
 
     def describe(self, request: RoutedRequest | None = None) -> dict[str, Any]:
-        """This replica for /info: id, process, node, models and their status."""
+        """This replica for /info: id, process, node, models and their status. (`request`
+        only carries the routing target.)"""
         state = self.app.state.fewshot
         return {
             "id": self.replica,
@@ -147,6 +152,9 @@ class Gateway:
             return await self._forward(request, wire)
         except ModelUnavailable as exc:
             return render(exc, wire)
+        except RayError:  # a bug in a replica: a 500 in the route's format, never a hang
+            log.exception("replica failed on %s %s", request.method, request.path)
+            return render(ApiError("Internal error in a replica", status=500), wire)
 
     async def _forward(self, request: RoutedRequest, wire: str) -> Response:
         start, stream = await _start(self.engine, request)

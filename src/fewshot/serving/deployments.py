@@ -225,17 +225,25 @@ def _keep(headers: dict[str, str]) -> dict[str, str]:
 
 
 async def _body(stream: Any, request: RoutedRequest, wire: Any, sse: bool) -> AsyncIterator[bytes]:
-    """The response body from the replica; a replica dying mid-stream ends an event stream with
-    an error event in the route's format."""
+    """The response body from the replica; a replica dying (or failing) mid-stream ends an
+    event stream with an error event in the route's format."""
     try:
         async for message in stream:
             if message["type"] == "http.response.body" and message.get("body"):
                 yield message["body"]
-    except RayActorError as exc:
-        log.warning("replica died while answering %s %s", request.method, request.path)
+    except RayError as exc:
+        died = isinstance(exc, RayActorError)
+        log.warning(
+            "replica %s while answering %s %s",
+            "died" if died else "failed",
+            request.method,
+            request.path,
+        )
         if sse:
             failure = GenerationFailed(
                 f"The replica serving this request died ({type(exc).__name__})"
+                if died
+                else "Internal error in a replica"
             )
             yield event(error_body(failure, wire)).encode()
     finally:

@@ -29,20 +29,20 @@ def test_owner_of_the_longest_prefix_wins() -> None:
     keys = prefix_keys(SHARED + "cheese =>", 64, 16)
     table.record(keys[:2], "a")
     table.record(keys, "b")  # b served the longer prefix
-    assert choose(keys, None, {"a": 0, "b": 1}, table, imbalance=4)[0] == "b"
+    assert choose(keys, None, {"a": 0, "b": 1}, table, imbalance=4) == (["b", "a"], "held")
     assert table.longest(keys, ["a", "c"]) == (["a"], 2)  # b gone: a still holds 2 blocks
     table.forget("b")
-    assert choose(keys, None, {"a": 1, "c": 0}, table, imbalance=4)[0] == "a"
+    assert choose(keys, None, {"a": 1, "c": 0}, table, imbalance=4)[0][0] == "a"
 
 
 def test_uneven_load_spills_to_the_least_loaded() -> None:
     table = PrefixTable()
     keys = prefix_keys(SHARED, 64, 16)
     table.record(keys, "a")
-    assert choose(keys, None, {"a": 4, "b": 0}, table, imbalance=4)[0] == "a"
-    assert choose(keys, None, {"a": 5, "b": 0}, table, imbalance=4) == ["b", "a"]
+    assert choose(keys, None, {"a": 4, "b": 0}, table, imbalance=4)[0][0] == "a"
+    assert choose(keys, None, {"a": 5, "b": 0}, table, imbalance=4) == (["b", "a"], "spilled")
     table.record(keys, "b")  # the hot prefix spilled: both hold it, the less loaded serves
-    assert choose(keys, None, {"a": 3, "b": 1, "c": 0}, table, imbalance=4)[0] == "b"
+    assert choose(keys, None, {"a": 3, "b": 1, "c": 0}, table, imbalance=4)[0][0] == "b"
 
 
 def test_new_prefixes_go_to_the_replica_with_fewest() -> None:
@@ -51,7 +51,8 @@ def test_new_prefixes_go_to_the_replica_with_fewest() -> None:
     placed = []
     for i in range(6):
         keys = prefix_keys(f"task {i}: " + SHARED, 64, 16)
-        first = choose(keys, None, loads, table, imbalance=4)[0]
+        (first, *_), reason = choose(keys, None, loads, table, imbalance=4)
+        assert reason == "new"
         table.record(keys, first)
         placed.append(first)
     assert sorted(placed) == ["a", "a", "b", "b", "c", "c"]

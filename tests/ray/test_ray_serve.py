@@ -197,6 +197,8 @@ def test_info_health_metrics(service: Service) -> None:
     for replica in info["replicas"]:
         assert f'replica="{replica["id"]}"' in metrics.text
     assert "fewshot_requests_total{" in metrics.text
+    held = [ln for ln in metrics.text.splitlines() if ln.startswith("fewshot_router_decisions")]
+    assert any('reason="held"' in ln and float(ln.split()[-1]) >= 3 for ln in held), held
 
 
 def _stream_events(response: requests.Response) -> list[dict[str, Any]]:

@@ -118,31 +118,33 @@ def choose(
     loads: Mapping[str, int],
     table: PrefixTable,
     imbalance: int,
-) -> list[str]:
+) -> tuple[list[str], str]:
     """Replicas in order of preference for a prompt with prefix `keys` (every replica of
-    `loads`, which maps replica -> requests in flight).
+    `loads`, which maps replica -> requests in flight), and why the first one:
 
-    1. of the replicas holding the longest known prefix, the least loaded, unless its load
-       exceeds the minimum by more than `imbalance` (a hot prefix then spills over, and is
-       held by two replicas from then on);
-    2. else, among replicas within `imbalance` of the minimum load, the one holding the fewest
-       prefixes, ties by rendezvous hashing of the first key (or `fallback_key`);
+    1. "held": of the replicas holding the longest known prefix, the least loaded, unless its
+       load exceeds the minimum by more than `imbalance`;
+    2. "spilled" (a holder is too busy: the hot prefix spills over, and is held by two
+       replicas from then on) or "new" (nobody holds it): among replicas within `imbalance`
+       of the minimum load, the one holding the fewest prefixes, ties by rendezvous hashing
+       of the first key (or `fallback_key`); "unkeyed" without any key: the least loaded;
     3. the rest by load.
     """
     if not loads:
-        return []
+        return [], "none"
     least = min(loads.values())
     holders, _ = table.longest(keys, loads)
     near = [r for r in holders if loads[r] - least <= imbalance]
     if near:
-        first = min(near, key=lambda r: loads[r])
+        first, reason = min(near, key=lambda r: loads[r]), "held"
     else:
         pool = [r for r, n in loads.items() if n - least <= imbalance]
         key = keys[0] if keys else fallback_key
         if key is None:
-            first = min(pool, key=lambda r: (loads[r], r))
+            first, reason = min(pool, key=lambda r: (loads[r], r)), "unkeyed"
         else:
             fewest = min(table.roots(r) for r in pool)
             first = rendezvous(key, [r for r in pool if table.roots(r) == fewest])
+            reason = "spilled" if holders else "new"
     rest = sorted((r for r in loads if r != first), key=lambda r: (loads[r], r))
-    return [first, *rest]
+    return [first, *rest], reason

@@ -45,7 +45,7 @@ from fewshot.api.errors import (
 from fewshot.api.metrics import CONTENT_TYPE
 from fewshot.api.sse import event
 from fewshot.serving.forward import RoutedRequest, call_app
-from fewshot.serving.registry import replica_ids
+from fewshot.serving.registry import decisions_exposition, replica_ids
 from fewshot.serving.replica_metrics import merge_expositions
 from fewshot.settings import Settings
 
@@ -180,11 +180,12 @@ class Gateway:
     async def _fan_out(self, request: RoutedRequest, method: str) -> dict[str, Any]:
         """`method` ("describe" or "collect") on every replica the router sees, one after the
         other (calls made while serving one request share Ray's internal request id, which
-        its routing queue matches on), each within health_timeout_s."""
-        ids = replica_ids(self.app_name)
+        its routing queue matches on), each within health_timeout_s. With a router that
+        publishes no replicas (`--router default`), on the one replica it picks."""
+        ids: list[str | None] = list(replica_ids(self.app_name))
         if not ids:  # the router starts with the first request it routes
             await self.engine.describe.remote(RoutedRequest())
-            ids = replica_ids(self.app_name)
+            ids = list(replica_ids(self.app_name)) or [None]
         results: dict[str, Any] = {}
         for rid in ids:
             target = dataclasses.replace(request, replica=rid)
@@ -194,9 +195,12 @@ class Gateway:
                 else _collect(self.engine, target)
             )
             try:
-                results[rid] = await asyncio.wait_for(call, self.settings.ray_health_timeout_s)
+                result = await asyncio.wait_for(call, self.settings.ray_health_timeout_s)
             except (TimeoutError, RayActorError, ModelUnavailable) as exc:
-                results[rid] = exc
+                result = exc
+            if rid is None and not isinstance(result, BaseException):
+                rid = result["id"] if method == "describe" else result[1].get(REPLICA_HEADER)
+            results[rid or "?"] = result
         return results
 
     async def _info(self, request: RoutedRequest) -> Response:
@@ -217,7 +221,8 @@ class Gateway:
         if not texts:
             raise ModelUnavailable("No replica answered")
         headers = {REPLICA_HEADER: ",".join(sorted(texts))}
-        return Response(merge_expositions(texts), media_type=CONTENT_TYPE, headers=headers)
+        text = merge_expositions(texts) + decisions_exposition(self.app_name)
+        return Response(text, media_type=CONTENT_TYPE, headers=headers)
 
 
 def _keep(headers: dict[str, str]) -> dict[str, str]:

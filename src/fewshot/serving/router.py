@@ -73,7 +73,9 @@ class PrefixAffinityRouter(RequestRouter):
         loads = {rid: self._load(r) for rid, r in by_id.items()}
         keys = request.prefix_keys if request is not None else []
         fallback = request.text_key if request is not None else None
-        ranked = choose(keys, fallback, loads, self._table, self._imbalance)
+        ranked, reason = choose(keys, fallback, loads, self._table, self._imbalance)
+        if reason != "none":
+            registry.count_decision(self.app_name, reason)
         return [[by_id[rid]] for rid in ranked]
 
     def on_request_routed(

@@ -25,8 +25,9 @@ class RoutedRequest:
     method: str = "GET"
     path: str = "/"
     query_string: bytes = b""
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
+    # never in a repr (a log line or an error message): headers carry the API key
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
+    body: bytes = field(default=b"", repr=False)
     client: tuple[str, int] | None = None
     prefix_keys: list[int] = field(default_factory=list)  # chained prompt block keys
     text_key: int | None = None  # key of a prompt shorter than one block

@@ -15,7 +15,6 @@ fan-outs, through `registry` (Ray pickles this module by value: it keeps no stat
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ray.serve.request_router import (
@@ -28,8 +27,6 @@ from ray.serve.request_router import (
 from fewshot.serving import registry
 from fewshot.serving.affinity import PrefixTable, choose
 from fewshot.serving.forward import RoutedRequest
-
-log = logging.getLogger("fewshot.serving")
 
 
 def _routed(pending: PendingRequest | None) -> RoutedRequest | None:
@@ -63,7 +60,8 @@ class PrefixAffinityRouter(RequestRouter):
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
         if pending_request is not None:
-            # nothing accepted this round: back off before the next (Ray's retry loop)
+            # if no ranked replica accepts (all at max_ongoing_requests), Ray's routing loop
+            # backs off before asking again
             pending_request.routing_context.should_backoff = True
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         request = _routed(pending_request)

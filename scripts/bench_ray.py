@@ -183,7 +183,12 @@ def main() -> None:
 
     from fewshot.serving.launch import serving
 
-    ray.init(num_cpus=max(2, args.replicas), include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=max(2, args.replicas),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         port = free_port()  # Serve's proxy keeps the port it started with
         for router in ("prefix", "default"):

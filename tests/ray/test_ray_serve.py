@@ -81,7 +81,7 @@ def service(tiny_gpt_neo_dir: Path) -> Iterator[Service]:
         drain_timeout_s=5,
         cache_dir=Path(tempfile.mkdtemp(prefix="fewshot-ray-cache-")),
     )
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with serving(settings) as url:
             yield Service(url, context.address_info["session_dir"])
@@ -192,6 +192,9 @@ def test_info_health_metrics(service: Service) -> None:
     assert info["model_id"] == "tiny" and len(info["replicas"]) == 2
     assert all(r["pid"] > 0 and r["models"][0]["status"] == "ready" for r in info["replicas"])
     assert requests.get(service.url + "/health", timeout=30).status_code == 200
+    page = requests.get(service.url + "/", timeout=30)  # the playground, and its static files
+    assert page.status_code == 200 and "<html" in page.text.lower() and _replica(page)
+    assert requests.get(service.url + "/static/app.js", timeout=30).status_code == 200
     metrics = requests.get(service.url + "/metrics", timeout=60)
     assert metrics.status_code == 200
     for replica in info["replicas"]:

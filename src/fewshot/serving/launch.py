@@ -103,7 +103,7 @@ def serving(settings: Settings, *, num_cpus: float | None = None) -> Iterator[st
     elif settings.ray_address is None:
         wanted = (settings.max_replicas or settings.replicas or 1) * settings.replica_cpus
         cpus = num_cpus if num_cpus is not None else max(available_cores(), math.ceil(wanted))
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=settings.ray_address, log_to_driver=False)
     own_serve = own_ray and settings.ray_address is None

@@ -10,6 +10,7 @@ from fewshot.cli import build_parser  # noqa: E402
 from fewshot.cli.serve import settings_from_args, uses_ray  # noqa: E402
 from fewshot.serving.launch import engine_options, replica_settings  # noqa: E402
 from fewshot.serving.router import PrefixAffinityRouter  # noqa: E402
+from fewshot.settings import Settings  # noqa: E402
 
 
 def _settings(*flags: str):
@@ -47,5 +48,7 @@ def test_autoscaling_passes_through() -> None:
 
 
 def test_unknown_router_is_refused() -> None:
-    with pytest.raises(ValueError, match="router"):
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
         _settings("--replicas", "2", "--router", "round-robin")
+    with pytest.raises(ValueError, match="router"):  # the environment or a config file
+        Settings(replicas=2, router="round-robin")

@@ -55,6 +55,7 @@ REPLICA_HEADER = "x-fewshot-replica"
 # tries of a request whose replica died before it answered: one retry, so a request that
 # itself kills replicas (a "query of death") takes down at most two
 _ATTEMPTS = 2
+_RETRY_DELAY_S = 0.1
 
 
 class Engine:
@@ -107,14 +108,14 @@ async def _start(engine: Any, request: RoutedRequest) -> tuple[dict[str, Any], A
     """Send `request`; return its response start message and the rest of the stream. A replica
     that dies first costs one attempt."""
     error: Exception | None = None
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
+        if attempt:  # let Ray's router take the dead replica out (it learns on its own loop)
+            await asyncio.sleep(_RETRY_DELAY_S)
         stream = engine.options(stream=True).handle.remote(request)
         try:
             return await stream.__anext__(), stream
         except RayActorError as exc:
-            log.warning(
-                "replica died before answering %s %s; retrying", request.method, request.path
-            )
+            log.warning("replica died before answering %s %s", request.method, request.path)
             error = exc
     raise ModelUnavailable(f"No replica could answer: {type(error).__name__}")
 

@@ -52,3 +52,18 @@ def test_unknown_router_is_refused() -> None:
         _settings("--replicas", "2", "--router", "round-robin")
     with pytest.raises(ValueError, match="router"):  # the environment or a config file
         Settings(replicas=2, router="round-robin")
+
+
+def test_kuberay_manifest_builds_the_application() -> None:
+    """deploy/rayservice.yaml's Serve config: its import path and args build the app."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+    from ray.serve import Application
+
+    manifest = yaml.safe_load((Path(__file__).parents[2] / "deploy/rayservice.yaml").read_text())
+    (app,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    module, _, name = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), name)(app["args"])
+    assert isinstance(built, Application)

@@ -32,7 +32,7 @@ from typing import Any
 import requests
 
 from fewshot.bench.machine import machine_info
-from fewshot.bench.models import build_gpt_neo
+from fewshot.bench.models import prepare
 from fewshot.bench.stats import percentile
 from fewshot.settings import Settings, configure_openmp
 
@@ -163,7 +163,7 @@ def main() -> None:
 
     import ray
 
-    model = build_gpt_neo(args.model, Path(tempfile.gettempdir()) / "fewshot-bench-models")
+    model = prepare(args.model, Path(tempfile.gettempdir()) / "fewshot-bench-models")
     base = {
         "models": [f"model={model.hf_dir}"],
         "threads": 1,

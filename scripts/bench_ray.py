@@ -167,7 +167,7 @@ def main() -> None:
     base = {
         "models": [f"model={model.hf_dir}"],
         "threads": 1,
-        "prefix_cache_mb": 256,
+        "kv_cache_mb": 512,
         "cache_dir": Path(tempfile.mkdtemp(prefix="fewshot-bench-ray-")),
     }
     prompts = few_shot_prompts(args.prefixes, args.queries, args.seed)

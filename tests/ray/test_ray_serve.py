@@ -75,7 +75,7 @@ def service(tiny_gpt_neo_dir: Path) -> Iterator[Service]:
         replicas=2,
         replica_cpus=0.5,
         threads=1,
-        prefix_cache_mb=16,
+        kv_cache_mb=32,
         max_batch_size=8,
         affinity_block_chars=64,
         drain_timeout_s=5,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -123,6 +124,34 @@ class Settings(BaseSettings):
     )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, in-flight requests get this long to finish"
+    )
+
+    # --- scale-out on Ray Serve (`fewshot serve --replicas N`; see fewshot.serving) ----------
+    replicas: int | None = Field(
+        None, description="Engine replicas on Ray Serve; unset serves in this process"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (unset: start a local Ray for the command)"
+    )
+    min_replicas: int | None = Field(None, description="Autoscaling: fewest replicas")
+    max_replicas: int | None = Field(None, description="Autoscaling: most replicas")
+    target_ongoing_requests: float | None = Field(
+        None, description="Autoscaling: requests in flight per replica to aim for"
+    )
+    replica_cpus: float = Field(1.0, description="Ray CPUs reserved by each replica")
+    router: Literal["prefix", "default"] = Field(
+        "prefix", description="Replica routing: prefix (affinity) | default (Ray's)"
+    )
+    affinity_block_chars: int = Field(256, description="Prompt characters per routing block")
+    affinity_max_blocks: int = Field(16, description="Prompt blocks the router looks at")
+    affinity_imbalance: int = Field(
+        4, description="Extra requests in flight a prefix's replica may have before spilling"
+    )
+    ray_health_timeout_s: float = Field(
+        5.0, description="Longest /health (and each replica of /info, /metrics) may wait"
+    )
+    drain_timeout_s: float = Field(
+        30.0, description="On shutdown, how long replicas finish requests in flight"
     )
 
     def all_api_keys(self) -> list[str]:

@@ -3,6 +3,8 @@
     fewshot serve                                   # the offline demo model gemma-3-270m
     fewshot serve --model EleutherAI/gpt-neo-125M --model small=/models/tiny --port 8080
     fewshot serve --api-key KEY --max-concurrent-requests 16
+    fewshot serve --model ./tiny --replicas 2          # 2 replicas on Ray Serve (local Ray)
+    fewshot serve --replicas 4 --ray-address HEAD:6379  # on an existing Ray cluster
 
 Every flag maps to a `Settings` field (environment: FEWSHOT_<FIELD>); flags win.
 """
@@ -22,7 +24,10 @@ _CUSTOM = {"models", "api_keys", "hf_token"}
 
 
 def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
-    """argparse type (or action) for a Settings field annotation: X, X | None, bool."""
+    """argparse type (or action) for a Settings field annotation: X, X | None, bool,
+    Literal[...] (its values are the choices)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, {"choices": list(typing.get_args(annotation))}
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     kind = args[0] if args else annotation
     if kind is bool:
@@ -84,6 +89,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def uses_ray(settings: Settings) -> bool:
+    """Any replica count given: serve on Ray Serve (fewshot.serving), not in this process."""
+    return any(
+        getattr(settings, f) is not None for f in ("replicas", "min_replicas", "max_replicas")
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from fewshot.api.app import create_app
     from fewshot.api.server import run_server
@@ -92,5 +104,9 @@ def run(args: argparse.Namespace) -> int:
     configure_compile_cache(settings.cache_dir)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if uses_ray(settings):
+        from fewshot.serving.launch import run as run_on_ray
+
+        return run_on_ray(settings)
     run_server(create_app(settings), settings)
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -148,8 +149,13 @@ def _apply_dtype(model: CausalLM, dtype: str) -> CausalLM:
 # --------------------------------------------------------------------------- directories
 
 
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
 def read_config(directory: Path) -> Any:
-    from transformers import AutoConfig
+    """The transformers config of a model directory."""
+    with _TRANSFORMERS_IMPORT:  # transformers' lazy first import is not thread-safe
+        from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(str(directory))
 

@@ -63,10 +63,6 @@ class Engine:
 
     async def __init__(self, settings: Settings) -> None:
         self.replica = serve.get_replica_context().replica_id.unique_id
-        # models load in parallel threads; transformers' lazy import is not thread-safe on
-        # first use, so resolve what the loaders import here, once
-        from transformers import AutoConfig  # noqa: F401
-
         self.app = create_app(settings)
         self._header = [(REPLICA_HEADER.encode(), self.replica.encode())]
         self._lifespan = self.app.router.lifespan_context(self.app)

@@ -61,6 +61,7 @@ def test_tokenize_info_health_metrics(api_server) -> None:
     assert info["model_id"] == "tiny" and info["max_total_tokens"] == 256
     assert {m["name"] for m in info["models"]} == {"tiny", "chat"}
     assert [m["backend"] for m in info["models"]] == ["native", "native"]  # GPT-Neo is native
+    assert [m["prefix_sharing"] for m in info["models"]] == [True, True]
     listing = requests.get(api_server.url + "/v1/models").json()["data"]
     assert [m["backend"] for m in listing] == ["native", "native"]
     health = requests.get(api_server.url + "/health")

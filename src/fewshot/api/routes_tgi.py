@@ -272,6 +272,7 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
                 "status": m.status,
                 "error": m.error,
                 "backend": m.backend,
+                "prefix_sharing": m.prefix_sharing,
             }
             for m in state.models
         ],

@@ -191,6 +191,11 @@ class ServedModelInfo(BaseModel):
     backend: Literal["native", "fallback"] | None = Field(
         None, description="What runs the model: fewshot's own code or the transformers fallback"
     )
+    prefix_sharing: bool | None = Field(
+        None,
+        description="Requests share the KV of common prompt prefixes (false for the fallback, "
+        "whose KV cannot live in the paged pool)",
+    )
 
 
 class Info(BaseModel):

@@ -100,6 +100,11 @@ class ServedModel:
             return None
         return "native" if self.llm.native else "fallback"
 
+    @property
+    def prefix_sharing(self) -> bool | None:
+        """Whether requests share cached prompt prefixes (the fallback runs without)."""
+        return None if self.llm is None else bool(self.llm.stats()["prefix_sharing"])
+
     def names(self) -> set[str]:
         names = {self.name, self.source}
         path = Path(self.source)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fewshot.models.attention import AttentionMetadata
+from fewshot.models.layers import load_hf_state_dict
 
 
 @dataclass
@@ -76,9 +77,24 @@ class CausalLM(nn.Module):
         """
         raise NotImplementedError
 
+    tied_key: str | None = None  # state-dict key of the embedding the LM head shares
+
+    def tie_head(self, embedding: nn.Embedding, key: str, tie: bool) -> None:
+        """Share the LM head's weight with the input embedding (`key`) when `tie`."""
+        self.tied_key = key if tie else None
+        if tie:
+            head: nn.Linear = self.get_submodule("lm_head")  # type: ignore[assignment]
+            head.weight = embedding.weight
+
+    @property
+    def tied(self) -> bool:
+        return self.tied_key is not None
+
     def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load a Hugging Face-named state dict (native families)."""
-        raise NotImplementedError
+        """Load a Hugging Face-named state dict: every key must be there with its shape (a
+        tied head may be missing); raises KeyError / ValueError naming the keys."""
+        tied = {"lm_head.weight": self.tied_key} if self.tied_key else {}
+        load_hf_state_dict(self, sd, tied)
 
     def fork(self, src_seq: int, dst_seq: int) -> None:
         """A stateful model copies sequence `src_seq`'s state to `dst_seq` (n > 1)."""

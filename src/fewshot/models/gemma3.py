@@ -14,8 +14,6 @@ Matches transformers' `Gemma3ForCausalLM` (module names equal its state-dict key
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
@@ -27,7 +25,6 @@ from fewshot.models.layers import (
     activation,
     apply_rotary,
     as_id_list,
-    load_hf_state_dict,
     rope_inv_freq,
 )
 
@@ -182,9 +179,11 @@ class Gemma3ForCausalLM(CausalLM):
         layer_types = _layer_types(config)
         self.model = Gemma3TextModel(config, layer_types)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tied:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_head(
+            self.model.embed_tokens,
+            "model.embed_tokens.weight",
+            getattr(config, "tie_word_embeddings", True),
+        )
         self.final_softcap = getattr(config, "final_logit_softcapping", None)
         self.spec = ModelSpec(
             arch="gemma3",
@@ -198,11 +197,6 @@ class Gemma3ForCausalLM(CausalLM):
             eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
-
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF Gemma 3 (text) state dict (raises on missing keys or shape mismatches)."""
-        tied = {"lm_head.weight": "model.embed_tokens.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
 
     def forward(
         self,

@@ -21,7 +21,7 @@ from torch import nn
 
 from fewshot.models.attention import AttentionMetadata, paged_attention
 from fewshot.models.base import CausalLM, ModelSpec, check_positions
-from fewshot.models.layers import activation, as_id_list, load_hf_state_dict
+from fewshot.models.layers import activation, as_id_list
 
 CONV1D_WEIGHTS = (
     "attn.c_attn.weight",
@@ -102,9 +102,11 @@ class GPT2LMHeadModel(CausalLM):
         self.config = config
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tied:
-            self.lm_head.weight = self.transformer.wte.weight
+        self.tie_head(
+            self.transformer.wte,
+            "transformer.wte.weight",
+            getattr(config, "tie_word_embeddings", True),
+        )
         n_layers = config.num_hidden_layers
         self.spec = ModelSpec(
             arch="gpt2",
@@ -129,8 +131,7 @@ class GPT2LMHeadModel(CausalLM):
             if key.endswith(CONV1D_WEIGHTS) and value.dim() == 2:
                 value = value.t()
             out[key] = value
-        tied = {"lm_head.weight": "transformer.wte.weight"} if self.tied else {}
-        load_hf_state_dict(self, out, tied)
+        super().load_hf_state_dict(out)
 
     def forward(
         self,

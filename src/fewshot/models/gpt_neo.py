@@ -9,8 +9,6 @@ Matches transformers' `GPTNeoForCausalLM` (module names equal its state-dict key
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
@@ -19,7 +17,6 @@ from fewshot.models.base import CausalLM, ModelSpec, check_positions
 from fewshot.models.layers import (
     activation,
     as_id_list,
-    load_hf_state_dict,
 )
 
 
@@ -119,9 +116,11 @@ class GPTNeoForCausalLM(CausalLM):
         windows = _layer_windows(config)
         self.transformer = GPTNeoModel(config, windows)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tied:
-            self.lm_head.weight = self.transformer.wte.weight
+        self.tie_head(
+            self.transformer.wte,
+            "transformer.wte.weight",
+            getattr(config, "tie_word_embeddings", True),
+        )
         self.spec = ModelSpec(
             arch="gpt_neo",
             vocab_size=config.vocab_size,
@@ -134,11 +133,6 @@ class GPTNeoForCausalLM(CausalLM):
             eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
-
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF GPT-Neo state dict (raises on missing keys or shape mismatches)."""
-        tied = {"lm_head.weight": "transformer.wte.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
 
     def forward(
         self,

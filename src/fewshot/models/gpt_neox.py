@@ -26,7 +26,6 @@ from fewshot.models.layers import (
     activation,
     apply_partial_rotary,
     as_id_list,
-    load_hf_state_dict,
     rope_inv_freq,
 )
 
@@ -126,9 +125,11 @@ class GPTNeoXForCausalLM(CausalLM):
             raise ValueError(f"{rot} rotary dims: must be even and in (0, {head_dim}]")
         self.gpt_neox = GPTNeoXModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tied:
-            self.lm_head.weight = self.gpt_neox.embed_in.weight
+        self.tie_head(
+            self.gpt_neox.embed_in,
+            "gpt_neox.embed_in.weight",
+            getattr(config, "tie_word_embeddings", False),
+        )
         self.spec = ModelSpec(
             arch="gpt_neox",
             vocab_size=config.vocab_size,
@@ -145,8 +146,7 @@ class GPTNeoXForCausalLM(CausalLM):
     def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
         """Load an HF GPT-NeoX state dict (raises on missing keys or shape mismatches)."""
         sd = {KEY_RENAMES.get(k, k): v for k, v in sd.items()}
-        tied = {"lm_head.weight": "gpt_neox.embed_in.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
+        super().load_hf_state_dict(sd)
 
     def forward(
         self,

@@ -11,8 +11,6 @@ Matches transformers' `GPTJForCausalLM` (module names equal its state-dict keys)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
@@ -24,7 +22,6 @@ from fewshot.models.layers import (
     apply_partial_rotary,
     as_id_list,
     interleaved_rope,
-    load_hf_state_dict,
     rope_inv_freq,
 )
 
@@ -107,9 +104,11 @@ class GPTJForCausalLM(CausalLM):
             raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head dim {head_dim}")
         self.transformer = GPTJModel(config, rotary_dim)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)
-        self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tied:
-            self.lm_head.weight = self.transformer.wte.weight
+        self.tie_head(
+            self.transformer.wte,
+            "transformer.wte.weight",
+            getattr(config, "tie_word_embeddings", False),
+        )
         self.spec = ModelSpec(
             arch="gptj",
             vocab_size=config.vocab_size,
@@ -122,11 +121,6 @@ class GPTJForCausalLM(CausalLM):
             eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
-
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF GPT-J state dict (raises on missing keys or shape mismatches)."""
-        tied = {"lm_head.weight": "transformer.wte.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
 
     def forward(
         self,

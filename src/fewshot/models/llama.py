@@ -6,8 +6,6 @@ tied to the embeddings when `config.tie_word_embeddings` is set.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
@@ -19,7 +17,6 @@ from fewshot.models.layers import (
     activation,
     apply_rotary,
     as_id_list,
-    load_hf_state_dict,
     rope_inv_freq,
 )
 
@@ -123,9 +120,11 @@ class LlamaForCausalLM(CausalLM):
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tied:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_head(
+            self.model.embed_tokens,
+            "model.embed_tokens.weight",
+            getattr(config, "tie_word_embeddings", False),
+        )
         window = getattr(config, "sliding_window", None)
         if window is not None and getattr(config, "use_sliding_window", True):
             raise ValueError("sliding-window Llama variants are not supported")
@@ -141,11 +140,6 @@ class LlamaForCausalLM(CausalLM):
             eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
-
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF Llama state dict (raises on missing keys or shape mismatches)."""
-        tied = {"lm_head.weight": "model.embed_tokens.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
 
     def forward(
         self,

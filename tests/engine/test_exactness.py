@@ -78,3 +78,43 @@ def test_cold_burst_waits_for_the_shared_prefix(neo, gpt2_tokenizer, alone) -> N
         results = [h.wait()[0] for h in handles]
     assert [r.token_ids for r in results] == alone
     assert sorted(r.cached_tokens for r in results) == [0, 288, 288, 288]
+
+
+@pytest.fixture(scope="module")
+def gemma_pair():
+    """A tiny Gemma 3 (sliding window 32, GQA, QK-norm) over the GPT-2 vocabulary."""
+    from transformers import Gemma3ForCausalLM as HFGemma3
+    from transformers import Gemma3TextConfig
+
+    from fewshot.models.gemma3 import Gemma3ForCausalLM
+
+    config = Gemma3TextConfig(
+        vocab_size=50257, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=32,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=1024, query_pre_attn_scalar=32, initializer_range=0.2,
+        eos_token_id=50256, bos_token_id=50256, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    hf = HFGemma3(config).eval()
+    native = Gemma3ForCausalLM(config).eval()
+    native.load_hf_state_dict(hf.state_dict())
+    return hf, native
+
+
+def test_gemma3_sliding_window_batched_and_cached_equals_alone(gemma_pair, gpt2_tokenizer):
+    """Gemma 3 with a 300-token shared prefix (far past its 32-token window): concurrent
+    requests with prefix hits give the tokens each gives alone, and transformers' tokens."""
+    hf, native = gemma_pair
+    with LLM.from_model(native, gpt2_tokenizer, threads=1, prefix_caching=False) as solo:
+        alone = [solo.generate(PREFIX + s, PARAMS).token_ids for s in SUFFIXES]
+    with torch.no_grad():
+        ids = torch.tensor([PREFIX + SUFFIXES[1]])
+        out = hf.generate(ids, max_new_tokens=NEW, do_sample=False, min_new_tokens=NEW)
+    assert out[0, ids.shape[1] :].tolist() == alone[1]
+    with LLM.from_model(native, gpt2_tokenizer, threads=1, kv_cache_mb=16) as llm:
+        llm.generate(PREFIX + SUFFIXES[0], PARAMS)
+        handles = [llm.submit(PREFIX + s, PARAMS) for s in SUFFIXES]
+        results = [h.wait()[0] for h in handles]
+    assert [r.token_ids for r in results] == alone
+    assert all(r.cached_tokens >= 288 for r in results)

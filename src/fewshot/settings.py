@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     )
     api_key_file: Path | None = Field(None, description="File with one API key per line")
     dtype: str = Field("auto", description="Weights: auto | fp32 | bf16 | int8")
+    device: str = Field(
+        "auto", description="auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N"
+    )
     threads: int = Field(default_factory=available_cores, description="Torch intra-op threads")
     max_input_tokens: int = Field(2048, description="Largest prompt accepted, in tokens")
     max_total_tokens: int = Field(4096, description="Prompt + new tokens limit")

@@ -207,3 +207,17 @@ def test_paged_attention_matches_naive_reference(window, softcap, n_kv) -> None:
     # the new keys landed in their slots
     last = tables[1][11 // bs]
     torch.testing.assert_close(pool.k[0][:, last, 11 % bs], ks[1][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@torch.no_grad()
+def test_cuda_forward_equals_cpu(pair) -> None:
+    """The same model on a CUDA device (pool, metadata and all) gives the CPU logits."""
+    import copy
+
+    _, native = pair
+    ids = _prompt(PROMPT_LEN, seed=4, vocab=native.spec.vocab_size)
+    want = _full_logits(native, ids)
+    cuda = copy.deepcopy(native).to("cuda")
+    got = _full_logits(cuda, ids.to("cuda")).cpu()
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)

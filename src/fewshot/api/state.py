@@ -46,6 +46,7 @@ def load_llm(source: str, settings: Settings) -> LLM:
     return LLM.load(
         source,
         dtype=settings.dtype,
+        device=settings.device,
         config=EngineConfig.from_settings(settings),
         cache_dir=settings.cache_dir,
         hf_token=settings.hf_token,

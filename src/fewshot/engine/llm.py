@@ -116,14 +116,26 @@ class LLM:
         source: str,
         *,
         dtype: str = "auto",
+        device: str = "auto",
         config: EngineConfig | None = None,
         cache_dir: str | Path | None = None,
         hf_token: str | None = None,
         name: str | None = None,
         **engine_options: Any,
     ) -> LLM:
-        """Load a model (demo name, directory, hub id or GGUF file) and start its engine."""
+        """Load a model (demo name, directory, hub id or GGUF file) and start its engine on
+        `device` ("cpu", "cuda", "cuda:N"; "auto": CUDA when torch sees a GPU, else CPU)."""
+        import torch
+
         from fewshot.models.loading import load_model
+
+        target = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no CUDA device")
+        if target.type == "cuda" and dtype == "int8":
+            raise ValueError("int8 weights run on the CPU only; use fp32 or bf16 on CUDA")
 
         loaded = load_model(
             source,
@@ -132,7 +144,7 @@ class LLM:
             hf_token=hf_token,
         )
         return cls(
-            loaded.model,
+            loaded.model.to(target),
             loaded.tokenizer,
             name=name or loaded.name,
             source=str(loaded.source),

@@ -221,3 +221,25 @@ def test_cuda_forward_equals_cpu(pair) -> None:
     cuda = copy.deepcopy(native).to("cuda")
     got = _full_logits(cuda, ids.to("cuda")).cpu()
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("fp32", [False, True])
+def test_single_decode_reads_runs_of_blocks_in_place(window, fp32) -> None:
+    """One decoding sequence whose table has three runs of consecutive blocks (a cached
+    prefix, its own blocks, a block elsewhere): attention over views equals the reference."""
+    torch.manual_seed(1)
+    n_kv, n_heads, dim, bs, length = 2, 4, 8, 4, 19
+    pool = KVPool(1, n_kv, dim, num_blocks=16, block_size=bs, dtype=torch.float32)
+    pool.zero_blocks(range(16))
+    table = [9, 10, 3, 4, 12]
+    k_all, v_all = torch.randn(length, n_kv, dim), torch.randn(length, n_kv, dim)
+    for p in range(length - 1):
+        pool.k[0][:, table[p // bs], p % bs] = k_all[p]
+        pool.v[0][:, table[p // bs], p % bs] = v_all[p]
+    q = torch.randn(1, n_heads, dim)
+    attn = AttentionMetadata.build(pool, [table], [length - 1], [1])
+    assert attn.single == table
+    out = paged_attention(q, k_all[-1:], v_all[-1:], attn, 0, scale=0.3, window=window, fp32=fp32)
+    want = _naive_attention(q, k_all, v_all, length - 1, 0.3, window, None)
+    torch.testing.assert_close(out, want.reshape(1, -1), atol=1e-5, rtol=1e-5)

@@ -20,7 +20,7 @@ from fewshot.engine.config import EngineConfig
 from fewshot.engine.request import Sequence
 from fewshot.engine.sampling import Choice, batch_logprobs, top_alternatives
 from fewshot.engine.scheduler import ScheduledChunk
-from fewshot.models.attention import AttentionMetadata, KVPool
+from fewshot.models.attention import AttentionMetadata, KVPool, run_eagerly_under_compile
 from fewshot.models.base import CausalLM
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class ModelRunner:
         self.config = config
         self.forward: Any = model
         if config.compile:
+            run_eagerly_under_compile()
             self.forward = torch.compile(model, dynamic=True)
         self.device = model.device
         cc = config.cache
@@ -125,6 +126,9 @@ class ModelRunner:
 
     def execute(self, chunks: list[ScheduledChunk]) -> list[ChunkLogits]:
         """One forward for all chunks; their logits, in order. Writes their K/V to the pool."""
+        limit = self.model.spec.max_positions
+        if any(c.end > limit for c in chunks):
+            raise ValueError(f"{self.model.spec.arch} cannot go past {limit} positions")
         ids: list[int] = []
         positions: list[int] = []
         rows: list[int] = []

@@ -127,6 +127,7 @@ class AttentionMetadata:
     decode: _Group | None = None
     prefill: _Group | None = None
     order: torch.Tensor | None = None  # [N] output row of each (decode rows, then prefill rows)
+    single: list[int] | None = None  # the block table when the batch is one decoding sequence
 
     @property
     def num_tokens(self) -> int:
@@ -168,6 +169,9 @@ class AttentionMetadata:
             start_pos=list(start_pos),
             seq_ids=list(seq_ids) if seq_ids is not None else list(range(len(num_tokens))),
         )
+        if list(num_tokens) == [1]:  # one decoding sequence: attended over views, no gather
+            meta.single = list(block_tables[0])
+            return meta
         dec = [i for i, n in enumerate(num_tokens) if n == 1]
         pre = [i for i, n in enumerate(num_tokens) if n > 1]
         meta.decode = _group(dec, block_tables, start_pos, num_tokens, offsets, bs, device)
@@ -297,7 +301,61 @@ def _attend_group(
     return out[group.valid]  # [rows, Hq, D]
 
 
-@torch.compiler.disable  # data-dependent gather plans: runs eagerly between compiled regions
+def _runs(table: list[int], first: int, last: int, bs: int) -> list[tuple[int, int]]:
+    """Pool slot ranges [s, e) holding positions first .. last - 1 of a sequence, one per run
+    of consecutive block ids in its table (usually one or two: the cached prefix and the rest)."""
+    out: list[tuple[int, int]] = []
+    pos = first
+    while pos < last:
+        j = pos // bs
+        k = j
+        while (k + 1) * bs < last and table[k + 1] == table[k] + 1:
+            k += 1
+        end = min(last, (k + 1) * bs)
+        start_slot = table[j] * bs + pos % bs
+        out.append((start_slot, start_slot + end - pos))
+        pos = end
+    return out
+
+
+def _attend_single(
+    q: torch.Tensor,
+    attn: AttentionMetadata,
+    flat_k: torch.Tensor,
+    flat_v: torch.Tensor,
+    bs: int,
+    scale: float | None,
+    window: int | None,
+    softcap: float | None,
+    fp32: bool,
+) -> torch.Tensor:
+    """One decoding sequence: its keys are read in place (views of its runs of blocks),
+    scores concatenated, one softmax, the outputs summed over the runs. q [1, Hq, D]."""
+    assert attn.single is not None
+    length = attn.start_pos[0] + 1
+    lo = max(0, length - window) if window is not None else 0
+    n_kv, head_dim = flat_k.shape[0], flat_k.shape[-1]
+    n_heads = q.shape[1]
+    dtype = torch.float32 if fp32 else flat_k.dtype
+    qg = q[0].reshape(n_kv, n_heads // n_kv, head_dim).to(dtype)  # [Hkv, G, D]
+    runs = _runs(attn.single, lo, length, bs)
+    keys = [flat_k[:, s:e].to(dtype) for s, e in runs]  # views when no cast is needed
+    values = [flat_v[:, s:e].to(dtype) for s, e in runs]
+    eff = scale if scale is not None else head_dim**-0.5
+    scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1) * eff
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)  # [Hkv, G, L]
+    out = None
+    at = 0
+    for v in values:
+        part = torch.matmul(probs[..., at : at + v.shape[1]], v)
+        out = part if out is None else out + part
+        at += v.shape[1]
+    assert out is not None
+    return out.to(q.dtype).reshape(1, n_heads * head_dim)
+
+
 def paged_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -326,6 +384,8 @@ def paged_attention(
     flat_v = v_cache.view(n_kv, nblocks * bs, head_dim)
     flat_k.index_copy_(1, attn.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
     flat_v.index_copy_(1, attn.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+    if attn.single is not None:
+        return _attend_single(q, attn, flat_k, flat_v, bs, scale, window, softcap, fp32)
     parts = []
     for group in (attn.decode, attn.prefill):
         if group is None:
@@ -341,3 +401,13 @@ def paged_attention(
         result[attn.order] = out
         out = result
     return out.reshape(n, n_heads * head_dim)
+
+
+def run_eagerly_under_compile() -> None:
+    """Keep `paged_attention` out of torch.compile's graphs (its gather plans depend on tensor
+    values): compiled regions end before it and resume after. Imports torch._dynamo, so only a
+    runner that compiles calls it; the model families look the function up at call time."""
+    global paged_attention
+    if not getattr(paged_attention, "eager_under_compile", False):
+        paged_attention = torch.compiler.disable(paged_attention)
+        paged_attention.eager_under_compile = True  # type: ignore[attr-defined]

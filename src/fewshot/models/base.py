@@ -101,16 +101,3 @@ class CausalLM(nn.Module):
 
     def release(self, seq_id: int) -> None:
         """A stateful model drops sequence `seq_id`'s state."""
-
-
-@torch.compiler.disable  # reads a tensor value: kept out of compiled graphs
-def check_positions(model: CausalLM, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
-    """Raise ValueError unless ids/positions are 1-D, of one length, within the model's range."""
-    if input_ids.dim() != 1 or positions.shape != input_ids.shape:
-        raise ValueError(
-            f"input_ids and positions must be 1-D of one length, got {tuple(input_ids.shape)} "
-            f"and {tuple(positions.shape)}"
-        )
-    limit = model.spec.max_positions
-    if input_ids.numel() and int(positions.max()) >= limit:
-        raise ValueError(f"{model.spec.arch} cannot go past {limit} positions")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewshot.models.attention import AttentionMetadata, paged_attention
-from fewshot.models.base import CausalLM, ModelSpec, check_positions
+from fewshot.models import attention
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import (
     GemmaRMSNorm,
     RotaryEmbedding,
@@ -86,7 +87,7 @@ class Gemma3Attention(nn.Module):
         v = self.v_proj(x).view(n, self.n_kv, self.head_dim)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = paged_attention(
+        out = attention.paged_attention(
             q, k, v, attn, layer, scale=self.scale, window=self.window
         )  # [N, Hq * D]
         return self.o_proj(out)
@@ -205,7 +206,6 @@ class Gemma3ForCausalLM(CausalLM):
         attn: AttentionMetadata,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_positions(self, input_ids, positions)
         m = self.model
         x = m.embed(input_ids)  # [N, C]
         ropes = m.rotary_emb(positions, x.dtype)  # type -> 2 x [N, D]

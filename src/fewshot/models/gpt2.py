@@ -19,8 +19,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fewshot.models.attention import AttentionMetadata, paged_attention
-from fewshot.models.base import CausalLM, ModelSpec, check_positions
+from fewshot.models import attention
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import activation, as_id_list
 
 CONV1D_WEIGHTS = (
@@ -50,7 +51,7 @@ class GPT2Attention(nn.Module):
         """x [N, C] -> [N, C]."""
         shape = (x.shape[0], self.n_heads, self.head_dim)
         q, k, v = (t.reshape(shape) for t in self.c_attn(x).chunk(3, dim=-1))  # [N, H, D]
-        out = paged_attention(q, k, v, attn, layer, scale=self.scale, fp32=self.fp32)
+        out = attention.paged_attention(q, k, v, attn, layer, scale=self.scale, fp32=self.fp32)
         return self.c_proj(out)
 
 
@@ -140,7 +141,6 @@ class GPT2LMHeadModel(CausalLM):
         attn: AttentionMetadata,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_positions(self, input_ids, positions)
         t = self.transformer
         x = t.wte(input_ids) + t.wpe(positions)  # [N, C]
         for layer, block in enumerate(t.h):

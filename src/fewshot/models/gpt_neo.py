@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewshot.models.attention import AttentionMetadata, paged_attention
-from fewshot.models.base import CausalLM, ModelSpec, check_positions
+from fewshot.models import attention
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import (
     activation,
     as_id_list,
@@ -41,7 +42,7 @@ class GPTNeoSelfAttention(nn.Module):
         q = self.q_proj(x).view(shape)  # [N, H, D]
         k = self.k_proj(x).view(shape)
         v = self.v_proj(x).view(shape)
-        out = paged_attention(
+        out = attention.paged_attention(
             q, k, v, attn, layer, scale=1.0, window=self.window, fp32=True
         )  # [N, C]
         return self.out_proj(out)
@@ -141,7 +142,6 @@ class GPTNeoForCausalLM(CausalLM):
         attn: AttentionMetadata,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_positions(self, input_ids, positions)
         t = self.transformer
         x = t.wte(input_ids) + t.wpe(positions)  # [N, C]
         for layer, block in enumerate(t.h):

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fewshot.models.attention import AttentionMetadata, paged_attention
-from fewshot.models.base import CausalLM, ModelSpec, check_positions
+from fewshot.models import attention
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import (
     RotaryEmbedding,
     activation,
@@ -68,7 +69,7 @@ class GPTNeoXAttention(nn.Module):
         q, k, v = qkv.chunk(3, dim=-1)  # each [N, H, D]
         cos, sin = rope
         q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
-        out = paged_attention(q, k, v, attn, layer, scale=self.head_dim**-0.5)
+        out = attention.paged_attention(q, k, v, attn, layer, scale=self.head_dim**-0.5)
         return self.dense(out)  # [N, C]
 
 
@@ -155,7 +156,6 @@ class GPTNeoXForCausalLM(CausalLM):
         attn: AttentionMetadata,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_positions(self, input_ids, positions)
         m = self.gpt_neox
         x = m.embed_in(input_ids)  # [N, C]
         rope = m.rotary_emb(positions, x.dtype)  # 2 x [N, R]

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewshot.models.attention import AttentionMetadata, paged_attention
-from fewshot.models.base import CausalLM, ModelSpec, check_positions
+from fewshot.models import attention
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import (
     RotaryEmbedding,
     activation,
@@ -52,7 +53,7 @@ class GPTJAttention(nn.Module):
         cos, sin = rope
         q = apply_partial_rotary(q, cos, sin, interleaved=True)
         k = apply_partial_rotary(k, cos, sin, interleaved=True)
-        out = paged_attention(q, k, v, attn, layer, scale=self.head_dim**-0.5, fp32=True)
+        out = attention.paged_attention(q, k, v, attn, layer, scale=self.head_dim**-0.5, fp32=True)
         return self.out_proj(out)  # [N, C]
 
 
@@ -129,7 +130,6 @@ class GPTJForCausalLM(CausalLM):
         attn: AttentionMetadata,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_positions(self, input_ids, positions)
         t = self.transformer
         x = t.wte(input_ids)  # [N, C]
         rope = interleaved_rope(*t.rotary_emb(positions, x.dtype))  # 2 x [N, R]

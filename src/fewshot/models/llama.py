@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewshot.models.attention import AttentionMetadata, paged_attention
-from fewshot.models.base import CausalLM, ModelSpec, check_positions
+from fewshot.models import attention
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import (
     RMSNorm,
     RotaryEmbedding,
@@ -62,7 +63,7 @@ class LlamaAttention(nn.Module):
         v = self.v_proj(x).view(n, self.n_kv, self.head_dim)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = paged_attention(q, k, v, attn, layer, scale=self.head_dim**-0.5)
+        out = attention.paged_attention(q, k, v, attn, layer, scale=self.head_dim**-0.5)
         return self.o_proj(out)  # [N, C]
 
 
@@ -148,7 +149,6 @@ class LlamaForCausalLM(CausalLM):
         attn: AttentionMetadata,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_positions(self, input_ids, positions)
         m = self.model
         x = m.embed_tokens(input_ids)  # [N, C]
         rope = m.rotary_emb(positions, x.dtype)  # 2 x [N, D]

@@ -92,7 +92,10 @@ def run(
     arena = caches[0].arena
     if any(c.arena is not arena for c in caches):
         raise ValueError("caches batched together must come from one Arena")
+    limit = model.spec.max_positions
     for c, n in zip(caches, counts, strict=True):
+        if c.length + n > limit:
+            raise ValueError(f"{model.spec.arch} cannot go past {limit} positions")
         c.reserve(c.length + n)
     attn = AttentionMetadata.build(
         arena.pool,

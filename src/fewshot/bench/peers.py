@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewshot.bench.models import BenchModel
-from fewshot.bench.prompts import PromptSet
 
 RUNNER = Path(__file__).with_name("peer_runner.py")
 
@@ -137,18 +136,6 @@ def applies(peer: Peer, model: BenchModel) -> bool:
     if peer.backend == "llamacpp":
         return model.gguf_path is not None
     return model.random_weights  # optimum exports of the GPT-Neo directories
-
-
-def write_prompts(path: Path, prompts: PromptSet) -> Path:
-    """The prompts a peer needs, as JSON for peer_runner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "cold": prompts.cold,
-        "prefix": prompts.prefix,
-        "serving_queries": prompts.serving_queries,
-    }
-    path.write_text(json.dumps(data))
-    return path
 
 
 def run_peer(

@@ -2,15 +2,15 @@
 
 Routes: the Hugging Face Inference API (`/models/{id}`), TGI (`/`, `/generate`,
 `/generate_stream`, `/tokenize`, `/info`, `/health`, `/metrics`), OpenAI (`/v1/...`), the
-toolkit's `/tasks` when its module is present, and the playground (`GET /`, `/static`).
+toolkit's `/tasks` and the playground (`GET /`, `/static`).
 Models load in the lifespan, in background threads: the server answers at once and reports
-503 "currently loading" until they are ready. Nothing is loaded at import time.
+503 "currently loading" until they are ready. Nothing is loaded at import time, and nothing
+heavy is imported before it is used: torch with the first model, the classifier stack
+(sentence-transformers, scikit-learn) with the first /tasks request that needs it.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from fewshot import __version__
-from fewshot.api import routes_hf, routes_openai, routes_tgi
+from fewshot.api import routes_hf, routes_openai, routes_tasks, routes_tgi
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, install_error_handlers
 from fewshot.api.json_body import JsonBodies
@@ -30,29 +30,12 @@ from fewshot.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-log = logging.getLogger("fewshot.api")
-
 DESCRIPTION = """\
 A self-hosted few-shot inference API over fewshot's CPU engine, in three wire formats:
 the Hugging Face Inference API (`POST /models/{model_id}`), Text Generation Inference
 (`/generate`, `/generate_stream`, ...) and OpenAI (`/v1/completions`, `/v1/chat/completions`).
 With API keys configured, inference routes need `Authorization: Bearer <key>`.
 """
-
-
-def _tasks_router() -> APIRouter | None:
-    """The toolkit's /tasks router, when its module exists and imports."""
-    name = "fewshot.api.routes_tasks"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            log.warning("the /tasks routes are disabled: %s", exc)
-        return None
-    except ImportError as exc:
-        log.warning("the /tasks routes are disabled: %s", exc)
-        return None
-    return getattr(module, "router", None)
 
 
 def _playground() -> APIRouter:
@@ -97,9 +80,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.include_router(routes_openai.router)
     app.include_router(routes_tgi.public)
     app.include_router(routes_tgi.router)
-    tasks = _tasks_router()
-    if tasks is not None:
-        app.include_router(tasks, dependencies=[Depends(require_api_key)])
+    app.include_router(routes_tasks.router, dependencies=[Depends(require_api_key)])
     app.include_router(_playground())
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app

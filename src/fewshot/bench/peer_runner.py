@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backend", required=True, choices=["ort", "ov", "ov-int8", "llamacpp"])
     parser.add_argument(
@@ -229,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-new-tokens", type=int, default=25)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--stop", default="###")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         result = run(args)
     except Exception as exc:  # reported to the harness, which notes the peer as failed

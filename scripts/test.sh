@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite: lint, then pytest (browser test in headless Chromium).
+# Set up and run the whole test suite: lint, import contracts, types, then pytest (browser test in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -9,4 +9,6 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
+.venv/bin/lint-imports          # api -> engine -> models; the scheduler never imports torch
+.venv/bin/mypy                  # src/fewshot/engine and src/fewshot/models (pyproject.toml)
 exec .venv/bin/python -m pytest "$@"

@@ -94,3 +94,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "demo_llm_model" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fewshot load-and-fault suite (tests/api/test_load_fault.py)")
+    group.addoption("--load-clients", type=int, default=16, help="concurrent clients")
+    group.addoption("--load-requests", type=int, default=3, help="requests per client")

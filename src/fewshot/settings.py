@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,13 @@ def configure_openmp(environ: dict[str, str] | None = None) -> None:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def configure_compile_cache(cache_dir: Path, environ: dict[str, str] | None = None) -> None:
+    """Keep torch.compile's (Inductor's) artifacts in our cache dir, so a restart reuses them
+    instead of compiling again (unless the user chose another place)."""
+    env = os.environ if environ is None else environ
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+
+
 def default_cache_dir() -> Path:
     """Where fewshot keeps converted models (dequantised GGUF, built tokenizers)."""
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -60,6 +68,9 @@ class Settings(BaseSettings):
     )
     api_key_file: Path | None = Field(None, description="File with one API key per line")
     dtype: str = Field("auto", description="Weights: auto | fp32 | bf16 | int8")
+    device: str = Field(
+        "auto", description="auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N"
+    )
     threads: int = Field(default_factory=available_cores, description="Torch intra-op threads")
     max_input_tokens: int = Field(2048, description="Largest prompt accepted, in tokens")
     max_total_tokens: int = Field(4096, description="Prompt + new tokens limit")
@@ -70,7 +81,19 @@ class Settings(BaseSettings):
     max_top_n_tokens: int = Field(5, description="Most alternatives per token")
     max_client_batch_size: int = Field(8, description="Most prompts in one request")
     max_body_bytes: int = Field(2_000_000, description="Largest request body")
-    prefix_cache_mb: int = Field(512, description="Memory budget of the shared prefix cache")
+    kv_cache_mb: float | None = Field(
+        None,
+        description="KV pool size in MiB (prefix cache included); default: a quarter of free "
+        "memory, at most what max_batch_size sequences of max_total_tokens need",
+    )
+    kv_dtype: str = Field("auto", description="KV cache dtype: auto (the model's) | fp32 | bf16")
+    prefix_caching: bool = Field(True, description="Share prompt prefixes' KV between requests")
+    compile: bool = Field(
+        False, description="torch.compile the model (needs a C++ compiler; compiles at start)"
+    )
+    speculative_tokens: int = Field(
+        0, ge=0, le=16, description="Prompt-lookup draft tokens verified per decode step (0: off)"
+    )
     response_cache_entries: int = Field(1024, description="Entries of the use_cache response cache")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted-model cache")
     hf_token: str | None = Field(None, description="Token for the Hugging Face hub when reachable")
@@ -87,6 +110,51 @@ class Settings(BaseSettings):
     )
     sse_keepalive_s: float = Field(
         15.0, description="Seconds between keep-alive comments on an idle event stream"
+    )
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's headers within this (slow clients)",
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this once reading starts (408)"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections are closed after this"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections (and tasks) beyond which uvicorn answers 503"
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, in-flight requests get this long to finish"
+    )
+
+    # --- scale-out on Ray Serve (`fewshot serve --replicas N`; see fewshot.serving) ----------
+    replicas: int | None = Field(
+        None, description="Engine replicas on Ray Serve; unset serves in this process"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (unset: start a local Ray for the command)"
+    )
+    min_replicas: int | None = Field(None, description="Autoscaling: fewest replicas")
+    max_replicas: int | None = Field(None, description="Autoscaling: most replicas")
+    target_ongoing_requests: float | None = Field(
+        None, description="Autoscaling: requests in flight per replica to aim for"
+    )
+    replica_cpus: float = Field(1.0, description="Ray CPUs reserved by each replica")
+    router: Literal["prefix", "default"] = Field(
+        "prefix", description="Replica routing: prefix (affinity) | default (Ray's)"
+    )
+    affinity_block_chars: int = Field(256, description="Prompt characters per routing block")
+    affinity_max_blocks: int = Field(16, description="Prompt blocks the router looks at")
+    affinity_imbalance: int = Field(
+        4, description="Extra requests in flight a prefix's replica may have before spilling"
+    )
+    ray_health_timeout_s: float = Field(
+        5.0, description="Longest /health (and each replica of /info, /metrics) may wait"
+    )
+    drain_timeout_s: float = Field(
+        30.0, description="On shutdown, how long replicas finish requests in flight"
     )
 
     def all_api_keys(self) -> list[str]:

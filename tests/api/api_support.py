@@ -36,7 +36,7 @@ def from_model_loader(source: str, settings: Settings) -> Any:
         Tokenizer.from_dir(path),
         name=path.name,
         threads=settings.threads,
-        prefix_cache_mb=settings.prefix_cache_mb,
+        kv_cache_mb=settings.kv_cache_mb,
         max_batch_size=settings.max_batch_size,
     )
 
@@ -44,7 +44,7 @@ def from_model_loader(source: str, settings: Settings) -> Any:
 def make_settings(*models: str, **fields: Any) -> Settings:
     base: dict[str, Any] = {
         "threads": 1,
-        "prefix_cache_mb": 16,
+        "kv_cache_mb": 16,
         "max_batch_size": 8,
         "cache_dir": Path(tempfile.mkdtemp(prefix="fewshot-api-cache-")),
     }
@@ -80,15 +80,16 @@ class Server:
 def serve(
     settings: Settings, loader: Callable[..., Any] | None = None, ready: bool = True
 ) -> Iterator[Server]:
-    """Run create_app(settings) under uvicorn on a free 127.0.0.1 port in a thread."""
-    import uvicorn
-
+    """Run create_app(settings) on a free 127.0.0.1 port in a thread, configured as
+    `fewshot serve` configures uvicorn (api/server.py)."""
     from fewshot.api.app import create_app
+    from fewshot.api.server import Server as UvicornServer
+    from fewshot.api.server import uvicorn_config
 
     app = create_app(settings, loader=loader)
     port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning")
+    server = UvicornServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

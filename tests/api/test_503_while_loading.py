@@ -35,7 +35,8 @@ def test_503_while_loading_then_wait_for_model(tiny_gpt_neo_dir) -> None:
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
         health = requests.get(url + "/health")
         assert health.status_code == 503 and health.json()["error"] == "unhealthy"
-        assert requests.get(url + "/info").json()["models"][0]["status"] == "loading"
+        loading = requests.get(url + "/info").json()["models"][0]
+        assert loading["status"] == "loading" and loading["backend"] is None
 
         answers: list[requests.Response] = []
         waiting = threading.Thread(

@@ -60,6 +60,10 @@ def test_tokenize_info_health_metrics(api_server) -> None:
     info = requests.get(api_server.url + "/info").json()
     assert info["model_id"] == "tiny" and info["max_total_tokens"] == 256
     assert {m["name"] for m in info["models"]} == {"tiny", "chat"}
+    assert [m["backend"] for m in info["models"]] == ["native", "native"]  # GPT-Neo is native
+    assert [m["prefix_sharing"] for m in info["models"]] == [True, True]
+    listing = requests.get(api_server.url + "/v1/models").json()["data"]
+    assert [m["backend"] for m in listing] == ["native", "native"]
     health = requests.get(api_server.url + "/health")
     assert health.status_code == 200 and health.text == ""
     requests.post(
@@ -74,6 +78,9 @@ def test_tokenize_info_health_metrics(api_server) -> None:
         'fewshot_generated_tokens_total{model="tiny"}',
         'fewshot_prefix_cache_hit_rate{model="tiny"}',
         'fewshot_engine_running_requests{model="tiny"}',
+        'fewshot_engine_kv_cache_blocks_used{model="tiny"}',
+        'fewshot_engine_kv_cache_blocks_free{model="tiny"}',
+        'fewshot_engine_kv_cache_blocks_cached{model="tiny"}',
         'fewshot_model_ready{model="chat"} 1.0',
     ):
         assert name in m.text, name

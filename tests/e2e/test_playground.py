@@ -64,7 +64,7 @@ def real_server(model_dir: Path, cache_dir: Path, **fields):
     settings = Settings(
         models=[f"{MODEL}={model_dir}"],
         threads=1,
-        prefix_cache_mb=16,
+        kv_cache_mb=16,
         max_batch_size=8,
         cache_dir=cache_dir,
         **fields,

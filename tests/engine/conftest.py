@@ -78,6 +78,6 @@ def neo(hf_neo: HFGPTNeo) -> GPTNeoForCausalLM:
 @pytest.fixture(scope="session")
 def llm(neo: GPTNeoForCausalLM, gpt2_tokenizer: Tokenizer):
     """A shared engine (1 thread, small prefix cache); tests must not rely on its cache state."""
-    engine_llm = LLM.from_model(neo, gpt2_tokenizer, name="tiny-neo", threads=1, prefix_cache_mb=64)
+    engine_llm = LLM.from_model(neo, gpt2_tokenizer, name="tiny-neo", threads=1, kv_cache_mb=64)
     yield engine_llm
     engine_llm.close()

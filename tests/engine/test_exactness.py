@@ -24,7 +24,7 @@ PARAMS = SamplingParams(max_new_tokens=NEW, ignore_eos=True)
 @pytest.fixture(scope="module")
 def alone(neo, gpt2_tokenizer) -> list[list[int]]:
     """Each request run by itself, no prefix cache."""
-    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_cache_mb=0) as solo:
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_caching=False) as solo:
         return [solo.generate(PREFIX + s, PARAMS).token_ids for s in SUFFIXES]
 
 
@@ -38,7 +38,7 @@ def test_alone_equals_transformers_generate(hf_neo, alone) -> None:
 
 def test_concurrent_with_prefix_cache_equals_alone(neo, gpt2_tokenizer, alone) -> None:
     with LLM.from_model(
-        neo, gpt2_tokenizer, threads=1, prefix_cache_mb=64, prefill_chunk=64
+        neo, gpt2_tokenizer, threads=1, kv_cache_mb=64, prefill_chunk=64
     ) as engine_llm:
         # warm the cache with the first request, then start it again with the others at once
         first = engine_llm.generate(PREFIX + SUFFIXES[0], PARAMS)
@@ -56,7 +56,7 @@ def test_concurrent_with_prefix_cache_equals_alone(neo, gpt2_tokenizer, alone) -
 def test_staggered_joins_equal_alone(neo, gpt2_tokenizer, alone) -> None:
     """Requests join while others decode: chunked prefills are mixed into decode steps."""
     with LLM.from_model(
-        neo, gpt2_tokenizer, threads=1, prefix_cache_mb=64, prefill_chunk=32, start=False
+        neo, gpt2_tokenizer, threads=1, kv_cache_mb=64, prefill_chunk=32, start=False
     ) as engine_llm:
         engine = engine_llm.engine
         handles = []
@@ -73,8 +73,48 @@ def test_staggered_joins_equal_alone(neo, gpt2_tokenizer, alone) -> None:
 def test_cold_burst_waits_for_the_shared_prefix(neo, gpt2_tokenizer, alone) -> None:
     """Requests arriving together with a shared, uncached prefix: one prefills it, the others
     wait for it to enter the cache instead of each computing it again."""
-    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_cache_mb=64) as engine_llm:
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, kv_cache_mb=64) as engine_llm:
         handles = [engine_llm.submit(PREFIX + s, PARAMS) for s in SUFFIXES]
         results = [h.wait()[0] for h in handles]
     assert [r.token_ids for r in results] == alone
     assert sorted(r.cached_tokens for r in results) == [0, 288, 288, 288]
+
+
+@pytest.fixture(scope="module")
+def gemma_pair():
+    """A tiny Gemma 3 (sliding window 32, GQA, QK-norm) over the GPT-2 vocabulary."""
+    from transformers import Gemma3ForCausalLM as HFGemma3
+    from transformers import Gemma3TextConfig
+
+    from fewshot.models.gemma3 import Gemma3ForCausalLM
+
+    config = Gemma3TextConfig(
+        vocab_size=50257, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=32,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=1024, query_pre_attn_scalar=32, initializer_range=0.2,
+        eos_token_id=50256, bos_token_id=50256, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    hf = HFGemma3(config).eval()
+    native = Gemma3ForCausalLM(config).eval()
+    native.load_hf_state_dict(hf.state_dict())
+    return hf, native
+
+
+def test_gemma3_sliding_window_batched_and_cached_equals_alone(gemma_pair, gpt2_tokenizer):
+    """Gemma 3 with a 300-token shared prefix (far past its 32-token window): concurrent
+    requests with prefix hits give the tokens each gives alone, and transformers' tokens."""
+    hf, native = gemma_pair
+    with LLM.from_model(native, gpt2_tokenizer, threads=1, prefix_caching=False) as solo:
+        alone = [solo.generate(PREFIX + s, PARAMS).token_ids for s in SUFFIXES]
+    with torch.no_grad():
+        ids = torch.tensor([PREFIX + SUFFIXES[1]])
+        out = hf.generate(ids, max_new_tokens=NEW, do_sample=False, min_new_tokens=NEW)
+    assert out[0, ids.shape[1] :].tolist() == alone[1]
+    with LLM.from_model(native, gpt2_tokenizer, threads=1, kv_cache_mb=16) as llm:
+        llm.generate(PREFIX + SUFFIXES[0], PARAMS)
+        handles = [llm.submit(PREFIX + s, PARAMS) for s in SUFFIXES]
+        results = [h.wait()[0] for h in handles]
+    assert [r.token_ids for r in results] == alone
+    assert all(r.cached_tokens >= 288 for r in results)

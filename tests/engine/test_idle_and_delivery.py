@@ -17,30 +17,26 @@ from fewshot.settings import configure_openmp
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
 
 
-def _frame_names(thread: threading.Thread) -> list[str]:
-    frame = sys._current_frames().get(thread.ident)  # type: ignore[arg-type]
-    names = []
-    while frame is not None:
-        names.append(frame.f_code.co_name)
-        frame = frame.f_back
-    return names
+def _cpu_ticks(thread: threading.Thread) -> int:
+    """User + system clock ticks the thread has used (Linux /proc)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
-def test_idle_step_loop_blocks_on_its_condition(llm) -> None:
+def test_idle_step_loop_parks_without_spinning(llm) -> None:
     llm.generate(random_ids(10, seed=1), GREEDY)
     engine = llm.engine
-    thread = engine._thread
+    thread = engine.thread
     assert thread is not None and thread.is_alive()
     deadline = time.monotonic() + 10
-    names = _frame_names(thread)
-    while "wait" not in names[:3] and time.monotonic() < deadline:  # finishing the last step
+    while not engine.idle and time.monotonic() < deadline:  # finishing its last step
         time.sleep(0.01)
-        names = _frame_names(thread)
-    # innermost frames: threading.Condition.wait called from Engine._loop (not a sleep/poll)
-    assert names[0] == "wait" and names[1] == "_loop", names
-    steps = engine.counters["steps"]
-    assert _frame_names(thread)[:2] == ["wait", "_loop"]
+    assert engine.idle
+    steps, ticks = engine.counters["steps"], _cpu_ticks(thread)
+    time.sleep(0.5)
     assert engine.counters["steps"] == steps
+    assert _cpu_ticks(thread) - ticks <= 2  # a spinning loop would use ~50 ticks
 
 
 def test_non_streaming_handle_gets_only_final_events(llm) -> None:

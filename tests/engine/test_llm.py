@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.engine.llm import make_params
+from fewshot.engine.llm import LLM, make_params
 from fewshot.engine.types import ParameterError
+from fewshot.models.standalone import new_cache, run
 
 PROMPT = "The recipe for a good day:"
 
@@ -35,7 +36,7 @@ def _boundary_stop(llm) -> tuple[str, int]:
             start = free.text.find(stop)
             if start == len("".join(t.text for t in free.tokens[:i])) + len(a) - 2:
                 return stop, start
-    pytest.skip("no suitable token boundary in this generation")
+    raise AssertionError(f"no two ascii tokens to span in {free.text!r}: change PROMPT")
 
 
 @pytest.mark.parametrize("include_stop", [True, False])
@@ -62,7 +63,7 @@ def test_streamed_text_adds_up_to_the_result(llm) -> None:
 def _manual_loglikelihood(neo, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
     ids = torch.tensor(ctx + cont)
     with torch.inference_mode():
-        logits = neo(ids, [neo.new_cache()], [len(ids)], logits="all")
+        logits = run(neo, ids, [new_cache(neo)], [len(ids)], logits="all")
     logprobs = torch.log_softmax(logits, -1)[len(ctx) - 1 : -1]  # [len(cont), V]
     target = torch.tensor(cont)
     total = float(logprobs[torch.arange(len(cont)), target].sum())
@@ -91,12 +92,17 @@ def test_loglikelihood_greedy_continuation(llm) -> None:
     assert lp == pytest.approx(sum(t.logprob for t in greedy.tokens), abs=1e-3)
 
 
-def test_loglikelihood_reuses_a_shared_context(llm) -> None:
+def test_loglikelihood_reuses_a_shared_context(llm, neo, gpt2_tokenizer) -> None:
     shots = "Q: what is one plus one?\nA: two\n" * 12
+    pairs = [(shots + "Q: and two?\nA:", c) for c in (" four", " five", " six")]
+    llm.loglikelihood(pairs[:1])  # the shared context enters the cache
     before = llm.stats()["prefix_cache"]["hit_tokens"]
-    scores = llm.loglikelihood([(shots + "Q: and two?\nA:", c) for c in (" four", " five", " six")])
-    assert len(scores) == 3
-    assert llm.stats()["prefix_cache"]["hit_tokens"] > before
+    cached = llm.loglikelihood(pairs)
+    assert llm.stats()["prefix_cache"]["hit_tokens"] - before >= 3 * 16 * 10
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_caching=False) as plain:
+        uncached = plain.loglikelihood(pairs)
+    for (lp_c, greedy_c), (lp_u, greedy_u) in zip(cached, uncached, strict=True):
+        assert lp_c == pytest.approx(lp_u, abs=1e-4) and greedy_c == greedy_u
 
 
 def test_tokenize_offsets(llm) -> None:

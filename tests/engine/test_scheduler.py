@@ -10,10 +10,12 @@ import pytest
 import torch
 from engine_helpers import random_ids
 
+from fewshot.engine.config import EngineConfig
+from fewshot.engine.core import Engine
 from fewshot.engine.llm import LLM
-from fewshot.engine.scheduler import Engine
 from fewshot.engine.types import GenerationError, ParameterError, SamplingParams
 from fewshot.models.base import CausalLM
+from fewshot.models.standalone import new_cache, run
 
 SAMPLED = SamplingParams(max_new_tokens=10, do_sample=True, temperature=0.9, top_k=40, seed=11)
 
@@ -52,15 +54,16 @@ def test_unseeded_sampling_reports_a_replayable_seed(llm) -> None:
 
 
 def test_cancellation_frees_the_sequence_at_once(neo, gpt2_tokenizer) -> None:
-    engine = Engine(neo, gpt2_tokenizer, threads=1, start=False)
+    engine = Engine(neo, gpt2_tokenizer, EngineConfig(threads=1), start=False)
     handle = engine.submit(random_ids(10, seed=5), SamplingParams(max_new_tokens=500), loop=None)
     for _ in range(3):
         engine.step()
-    request = engine._active[0]
-    assert request.seqs[0].cache is not None
+    stats = engine.stats()
+    assert stats["running_requests"] == 1 and stats["kv_cache"]["blocks_used"] == 1
     handle.cancel()
     engine.step()
-    assert engine._active == [] and request.seqs[0].cache is None
+    stats = engine.stats()
+    assert stats["running_requests"] == 0 and stats["kv_cache"]["blocks_used"] == 0
     (result,) = handle.wait()
     assert result.finish_reason == "aborted" and len(result.token_ids) == 3  # prefill + 2 decodes
     engine.close()
@@ -99,10 +102,10 @@ class Poisoned(CausalLM):
         self.inner = inner
         self.spec = inner.spec
 
-    def forward(self, input_ids, caches, counts, logits="last"):
+    def forward(self, input_ids, positions, attn, logits_indices):
         if bool((input_ids == self.POISON).any()):
             raise RuntimeError("poisoned input")
-        return self.inner(input_ids, caches, counts, logits)
+        return self.inner(input_ids, positions, attn, logits_indices)
 
 
 def test_a_failing_request_fails_alone(neo, gpt2_tokenizer) -> None:
@@ -142,7 +145,7 @@ def test_prompt_logprobs_match_a_full_forward(llm, neo) -> None:
     prompt = random_ids(40, seed=30)
     result = llm.generate(prompt, max_new_tokens=1, prompt_logprobs=True, top_n_tokens=2)
     with torch.inference_mode():
-        logits = neo(torch.tensor(prompt), [neo.new_cache()], [len(prompt)], logits="all")
+        logits = run(neo, torch.tensor(prompt), [new_cache(neo)], [len(prompt)], logits="all")
     ref = torch.log_softmax(logits, -1)[torch.arange(39), torch.tensor(prompt[1:])]
     assert result.prefill is not None and result.prefill[0].logprob is None
     got = torch.tensor([t.logprob for t in result.prefill[1:]])

@@ -1,4 +1,5 @@
-"""load_model: directories, hub ids (HF cache layout, offline errors), GGUF demos, fallback."""
+"""load_model: directories, hub ids (HF cache layout, offline errors), GGUF demos, fallback
+(OPT, which has no native class)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_helpers import save_with_tokenizer
 
 from fewshot.models.base import CausalLM
 from fewshot.models.loading import LoadedModel, ModelNotFoundError, load_model
+from fewshot.models.standalone import Arena, new_cache, run
 
 PROMPT = "Hello world, this is a test of"
 
 
 def greedy(model: CausalLM, ids: list[int], steps: int) -> list[int]:
     """Greedy decoding over the engine-free forward contract (prefill, then one token a step)."""
-    cache = model.new_cache()
+    cache = new_cache(model)
     with torch.inference_mode():
-        logits = model(torch.tensor(ids), [cache], [len(ids)])
+        logits = run(model, torch.tensor(ids), [cache], [len(ids)])
         out: list[int] = []
         for _ in range(steps):
             tok = int(logits[0].argmax())
             out.append(tok)
-            logits = model(torch.tensor([tok]), [cache], [1])
+            logits = run(model, torch.tensor([tok]), [cache], [1])
     return out
 
 
@@ -67,7 +70,7 @@ def test_sharded_and_bin_checkpoints(tiny_gpt_neo_dir: Path, tmp_path: Path) -> 
     hf = HF.from_pretrained(str(tiny_gpt_neo_dir))
     ids = torch.tensor([15496, 995, 11, 428])
     ref = load_model(str(tiny_gpt_neo_dir)).model
-    want = ref(ids, [ref.new_cache()], [4], logits="all")
+    want = run(ref, ids, [new_cache(ref)], [4], logits="all")
 
     sharded = tmp_path / "sharded"
     hf.save_pretrained(sharded, max_shard_size="1MB")
@@ -80,7 +83,7 @@ def test_sharded_and_bin_checkpoints(tiny_gpt_neo_dir: Path, tmp_path: Path) -> 
         for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
             shutil.copy(tiny_gpt_neo_dir / name, d / name)
         m = load_model(str(d)).model
-        got = m(ids, [m.new_cache()], [4], logits="all")
+        got = run(m, ids, [new_cache(m)], [4], logits="all")
         torch.testing.assert_close(got, want)
 
 
@@ -136,62 +139,76 @@ def test_hub_id_from_local_hf_cache(tiny_gpt_neo_dir: Path, tmp_path: Path) -> N
     assert lm2.native
 
 
-# --------------------------------------------------------------------------- fallback
+# --------------------------------------------------------------------------- GPT-2 and fallback
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
+    """OPT: an architecture transformers has and fewshot serves only through the fallback."""
+    from transformers import OPTConfig, OPTForCausalLM
 
-    d = tmp_path_factory.mktemp("tiny_gpt2")
     torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=50257)
-    GPT2LMHeadModel(cfg).eval().save_pretrained(d)
-    for f in gpt2_tokenizer_dir.iterdir():
-        shutil.copy(f, d / f.name)
-    return d
+    cfg = OPTConfig(
+        hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+        word_embed_proj_dim=32, max_position_embeddings=128, vocab_size=50257,
+        bos_token_id=50256, eos_token_id=50256, pad_token_id=1,
+    )  # fmt: skip
+    return save_with_tokenizer(
+        OPTForCausalLM(cfg), tmp_path_factory.mktemp("opt"), gpt2_tokenizer_dir
+    )
+
+
+def test_gpt2_directory_native(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    from fewshot.models.gpt2 import GPT2LMHeadModel
+
+    lm = load_model(str(tiny_gpt2_dir), cache_dir=tmp_path)
+    assert isinstance(lm.model, GPT2LMHeadModel) and lm.native
+    assert lm.model.spec.arch == "gpt2" and lm.model.spec.eos_token_ids == [50256]
+    ids = lm.tokenizer.encode(PROMPT)
+    assert greedy(lm.model, ids, 12) == hf_greedy(tiny_gpt2_dir, ids, 12)
 
 
 def test_fallback_matches_transformers(
-    tiny_gpt2_dir: Path, caplog: pytest.LogCaptureFixture
+    tiny_opt_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from transformers import GPT2LMHeadModel
+    from transformers import OPTForCausalLM
 
     from fewshot.models.fallback import HFFallbackLM
 
     with caplog.at_level(logging.WARNING, logger="fewshot.models.fallback"):
-        lm = load_model(str(tiny_gpt2_dir))
+        lm = load_model(str(tiny_opt_dir))
     assert isinstance(lm.model, HFFallbackLM) and not lm.native
     assert lm.model.spec.arch == "hf_fallback" and lm.model.spec.n_layers == 2
-    assert "gpt2" in caplog.text and "slow" in caplog.text
+    assert "opt" in caplog.text and "slow" in caplog.text
 
-    hf = GPT2LMHeadModel.from_pretrained(str(tiny_gpt2_dir)).eval()
+    hf = OPTForCausalLM.from_pretrained(str(tiny_opt_dir)).eval()
     a = torch.tensor(lm.tokenizer.encode(PROMPT))
     b = torch.tensor(lm.tokenizer.encode("Another, longer prompt for the second sequence"))
     with torch.inference_mode():
         want_a = hf(a[None]).logits[0]
         want_b = hf(b[None]).logits[0]
         m = lm.model
-        ca, cb = m.new_cache(), m.new_cache()
+        arena = Arena(m)
+        ca, cb = arena.new_cache(), arena.new_cache()
         # prefill a and b together, all logits
-        got = m(torch.cat([a[:-1], b[:-1]]), [ca, cb], [len(a) - 1, len(b) - 1], logits="all")
+        got = run(m, torch.cat([a[:-1], b[:-1]]), [ca, cb], [len(a) - 1, len(b) - 1], "all")
         torch.testing.assert_close(got[: len(a) - 1], want_a[:-1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[len(a) - 1 :], want_b[:-1], atol=1e-5, rtol=1e-5)
         # one decode step each, last logits
-        got = m(torch.stack([a[-1], b[-1]]), [ca, cb], [1, 1])
+        got = run(m, torch.stack([a[-1], b[-1]]), [ca, cb], [1, 1])
         torch.testing.assert_close(got, torch.stack([want_a[-1], want_b[-1]]), atol=1e-5, rtol=1e-5)
         assert ca.length == len(a) and cb.length == len(b)
-        # truncate and re-run the last token: same logits
-        ca.truncate(len(a) - 1)
-        got = m(a[-1:], [ca], [1])
-        torch.testing.assert_close(got[0], want_a[-1], atol=1e-5, rtol=1e-5)
-        # prefix copy into a fresh cache
-        ks, vs = ca.slice(0, len(a) - 1)
-        cc = m.new_cache()
-        cc.load_prefix(ks, vs)
-        got = m(a[-1:], [cc], [1])
-        torch.testing.assert_close(got[0], want_a[-1], atol=1e-5, rtol=1e-5)
-    assert greedy(m, a.tolist(), 8) == hf_greedy(tiny_gpt2_dir, a.tolist(), 8)
+        # a forked sequence (n > 1) continues from a copy of the state: same logits as a
+        cc = arena.new_cache()
+        m.fork(ca.seq_id, cc.seq_id)
+        cc.length = ca.length
+        nxt = torch.tensor([int(got[0].argmax())])
+        got_a = run(m, nxt, [ca], [1])
+        got_c = run(m, nxt, [cc], [1])
+        torch.testing.assert_close(got_c, got_a)
+        want_next = hf(torch.cat([a, nxt])[None]).logits[0, -1]
+        torch.testing.assert_close(got_a[0], want_next, atol=1e-5, rtol=1e-5)
+    assert greedy(m, a.tolist(), 8) == hf_greedy(tiny_opt_dir, a.tolist(), 8)
 
 
 # --------------------------------------------------------------------------- GGUF demo models

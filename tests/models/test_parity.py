@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.models.base import CausalLM, KVCache
-from fewshot.models.layers import cached_attention
+from fewshot.models.attention import AttentionMetadata, KVPool, paged_attention
+from fewshot.models.base import CausalLM
+from fewshot.models.standalone import Arena, new_cache, run
 
 ATOL = 1e-4
 RTOL = 1e-4
@@ -25,23 +26,23 @@ def _prompt(n: int, seed: int, vocab: int) -> torch.Tensor:
 
 
 def _full_logits(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
-    cache = model.new_cache()
-    out = model(ids, [cache], [len(ids)], logits="all")
+    cache = new_cache(model)
+    out = run(model, ids, [cache], [len(ids)], logits="all")
     assert cache.length == len(ids)
     return out
 
 
 def _greedy(model: CausalLM, ids: torch.Tensor, steps: int) -> list[int]:
     eos = set(model.spec.eos_token_ids)
-    cache = model.new_cache()
-    logits = model(ids, [cache], [len(ids)])  # [1, vocab]
+    cache = new_cache(model)
+    logits = run(model, ids, [cache], [len(ids)])  # [1, vocab]
     out: list[int] = []
     for _ in range(steps):
         tok = int(logits[0].argmax())
         out.append(tok)
         if tok in eos:
             break
-        logits = model(torch.tensor([tok]), [cache], [1])
+        logits = run(model, torch.tensor([tok]), [cache], [1])
     return out
 
 
@@ -76,10 +77,10 @@ def test_cached_decoding_equals_full_forward(pair) -> None:
     ids = _prompt(PROMPT_LEN, seed=3, vocab=native.spec.vocab_size)
     full = _full_logits(native, ids)  # [T, vocab]
     split = 280
-    cache = native.new_cache(capacity=8)  # forces the cache to grow on the way
-    rows = [native(ids[:split], [cache], [split], logits="all")]
+    cache = Arena(native, blocks=2).new_cache()  # forces the pool to grow on the way
+    rows = [run(native, ids[:split], [cache], [split], logits="all")]
     for pos in range(split, len(ids)):
-        rows.append(native(ids[pos : pos + 1], [cache], [1], logits="all"))
+        rows.append(run(native, ids[pos : pos + 1], [cache], [1], logits="all"))
     assert cache.length == len(ids)
     torch.testing.assert_close(torch.cat(rows), full, atol=ATOL, rtol=RTOL)
 
@@ -91,28 +92,30 @@ def test_mixed_batch_equals_each_alone(pair) -> None:
     prefixes = [_prompt(n, seed=10 + i, vocab=vocab) for i, n in enumerate((300, 5, 40))]
     news = [_prompt(n, seed=20 + i, vocab=vocab) for i, n in enumerate((1, 33, 7))]
 
+    arena = Arena(native)
+
     def primed(prefix: torch.Tensor):
-        cache = native.new_cache()
-        native(prefix, [cache], [len(prefix)])
+        cache = arena.new_cache()
+        run(native, prefix, [cache], [len(prefix)])
         return cache
 
     # each sequence alone
     alone_all, alone_last = [], []
     for prefix, new in zip(prefixes, news, strict=True):
         cache = primed(prefix)
-        alone_all.append(native(new, [cache], [len(new)], logits="all"))
-        cache.truncate(len(prefix))
-        alone_last.append(native(new, [cache], [len(new)], logits="last")[0])
+        alone_all.append(run(native, new, [cache], [len(new)], logits="all"))
+        cache.length = len(prefix)
+        alone_last.append(run(native, new, [cache], [len(new)], logits="last")[0])
     # all three in one flattened batch: a decode, a prefill continuation, a longer chunk
     caches = [primed(p) for p in prefixes]
     counts = [len(n) for n in news]
-    batch_all = native(torch.cat(news), caches, counts, logits="all")
+    batch_all = run(native, torch.cat(news), caches, counts, logits="all")
     assert [c.length for c in caches] == [
         len(p) + len(n) for p, n in zip(prefixes, news, strict=True)
     ]
     for c, p in zip(caches, prefixes, strict=True):
-        c.truncate(len(p))
-    batch_last = native(torch.cat(news), caches, counts, logits="last")
+        c.length = len(p)
+    batch_last = run(native, torch.cat(news), caches, counts, logits="last")
     assert batch_last.shape == (3, vocab)
     torch.testing.assert_close(batch_all, torch.cat(alone_all), atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(batch_last, torch.stack(alone_last), atol=ATOL, rtol=RTOL)
@@ -127,10 +130,11 @@ def test_spec_and_state_dict_keys(pair) -> None:
     assert spec.n_layers == len(spec.windows)
     assert spec.eos_token_ids, "eos taken from the config"
     assert any(w is None for w in spec.windows)
-    if spec.arch != "llama":  # the tiny GPT-Neo and Gemma 3 mix global and windowed layers
+    if spec.arch in ("gpt_neo", "gemma3"):  # these tiny configs mix global and windowed layers
         assert any(w is not None for w in spec.windows)
-    cache = native.new_cache()
-    assert cache.n_kv_heads == spec.n_kv_heads and cache.head_dim == spec.head_dim
+    pool = Arena(native).pool
+    assert pool is not None and pool.k[0].shape[0] == spec.n_kv_heads
+    assert pool.k[0].shape[-1] == spec.head_dim and len(pool.k) == spec.n_layers
 
 
 def test_load_rejects_missing_and_misshapen(pair) -> None:
@@ -171,31 +175,49 @@ def _naive_attention(q, k, v, start, scale, window, softcap):
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("softcap", [None, 2.0])
 @pytest.mark.parametrize("n_kv", [1, 2, 4])
-def test_cached_attention_matches_naive_reference(window, softcap, n_kv) -> None:
+def test_paged_attention_matches_naive_reference(window, softcap, n_kv) -> None:
+    """Scattered, shuffled blocks of 4; a fresh prefill, a decode, a continued prefill and a
+    decode past several blocks, all in one call."""
     torch.manual_seed(0)
-    n_heads, dim = 4, 8
-    lengths, news = [0, 11, 3], [9, 1, 6]  # fresh prefill, decode, continued prefill
-    caches, qs, ks, vs, expected = [], [], [], [], []
+    n_heads, dim, bs = 4, 8, 4
+    lengths, news = [0, 11, 3, 17], [9, 1, 6, 1]
+    pool = KVPool(1, n_kv, dim, num_blocks=32, block_size=bs, dtype=torch.float32)
+    pool.zero_blocks(range(32))
+    order = torch.randperm(32).tolist()
+    tables, qs, ks, vs, expected = [], [], [], [], []
     for length, t in zip(lengths, news, strict=True):
+        n_blocks = -(-(length + t) // bs)
+        table = [order.pop() for _ in range(n_blocks)]
         k_old, v_old = torch.randn(length, n_kv, dim), torch.randn(length, n_kv, dim)
-        cache = KVCache(1, n_kv, dim, torch.float32, capacity=4)
-        cache.load_prefix([k_old.transpose(0, 1)], [v_old.transpose(0, 1)])
+        for p in range(length):  # the sequence's earlier K/V, where the block table says
+            pool.k[0][:, table[p // bs], p % bs] = k_old[p]
+            pool.v[0][:, table[p // bs], p % bs] = v_old[p]
         q, k, v = torch.randn(t, n_heads, dim), torch.randn(t, n_kv, dim), torch.randn(t, n_kv, dim)
         k_all, v_all = torch.cat([k_old, k]), torch.cat([v_old, v])
         expected.append(_naive_attention(q, k_all, v_all, length, 0.3, window, softcap))
-        caches.append(cache)
+        tables.append(table)
         qs.append(q), ks.append(k), vs.append(v)
-    out = cached_attention(
-        torch.cat(qs),
-        torch.cat(ks),
-        torch.cat(vs),
-        caches,
-        news,
-        0,
-        scale=0.3,
-        window=window,
-        softcap=softcap,
-    )
+    attn = AttentionMetadata.build(pool, tables, lengths, news)
+    out = paged_attention(
+        torch.cat(qs), torch.cat(ks), torch.cat(vs), attn, 0,
+        scale=0.3, window=window, softcap=softcap,
+    )  # fmt: skip
     want = torch.cat(expected).reshape(sum(news), n_heads * dim)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
-    assert [c.length for c in caches] == lengths  # the model, not attention, advances
+    # the new keys landed in their slots
+    last = tables[1][11 // bs]
+    torch.testing.assert_close(pool.k[0][:, last, 11 % bs], ks[1][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@torch.no_grad()
+def test_cuda_forward_equals_cpu(pair) -> None:
+    """The same model on a CUDA device (pool, metadata and all) gives the CPU logits."""
+    import copy
+
+    _, native = pair
+    ids = _prompt(PROMPT_LEN, seed=4, vocab=native.spec.vocab_size)
+    want = _full_logits(native, ids)
+    cuda = copy.deepcopy(native).to("cuda")
+    got = _full_logits(cuda, ids.to("cuda")).cpu()
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fewshot.models.quant import Int8Linear, cast_model, quantize_model
+from fewshot.models.standalone import Arena, new_cache, run
 
 
 def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -57,7 +58,7 @@ def test_quantize_model_swaps_linears(gpt_neo_float_and_int8) -> None:
     assert sum(isinstance(m, Int8Linear) for m in quantized.modules()) == n_linear
     # the input embedding stays float (and is the model's first parameter: KV cache dtype)
     assert quantized.transformer.wte.weight.dtype == torch.float32
-    assert quantized.new_cache().dtype == torch.float32
+    assert quantized.kv_dtype == torch.float32
 
 
 @torch.no_grad()
@@ -65,8 +66,8 @@ def test_quantized_gpt_neo_mostly_agrees(gpt_neo_float_and_int8) -> None:
     native, quantized = gpt_neo_float_and_int8
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(0, native.spec.vocab_size - 1, (300,), generator=gen)
-    want = native(ids, [native.new_cache()], [len(ids)], logits="all")
-    got = quantized(ids, [quantized.new_cache()], [len(ids)], logits="all")
+    want = run(native, ids, [new_cache(native)], [len(ids)], logits="all")
+    got = run(quantized, ids, [new_cache(quantized)], [len(ids)], logits="all")
     top1 = (want.argmax(-1) == got.argmax(-1)).float().mean().item()
     assert top1 > 0.85, f"teacher-forced top-1 agreement {top1:.3f}"
     # greedy continuations of 8 prompts, decoded as one flattened batch
@@ -78,14 +79,15 @@ def test_quantized_gpt_neo_mostly_agrees(gpt_neo_float_and_int8) -> None:
 
 
 def _greedy_batch(model, prompts: list[torch.Tensor], steps: int) -> list[list[int]]:
-    caches = [model.new_cache() for _ in prompts]
-    logits = model(torch.cat(prompts), caches, [len(p) for p in prompts])  # [B, vocab]
+    arena = Arena(model)
+    caches = [arena.new_cache() for _ in prompts]
+    logits = run(model, torch.cat(prompts), caches, [len(p) for p in prompts])  # [B, vocab]
     out: list[list[int]] = [[] for _ in prompts]
     for _ in range(steps):
         toks = logits.argmax(-1)  # [B]
         for row, tok in zip(out, toks.tolist(), strict=True):
             row.append(tok)
-        logits = model(toks, caches, [1] * len(prompts))
+        logits = run(model, toks, caches, [1] * len(prompts))
     return out
 
 
@@ -97,12 +99,14 @@ def test_quantized_row_independent_of_batch(gpt_neo_float_and_int8) -> None:
     prefixes = [torch.randint(0, vocab - 1, (n,), generator=gen) for n in (270, 3, 40, 17)]
     new = torch.randint(0, vocab - 1, (4,), generator=gen)
 
+    arena = Arena(quantized)
+
     def primed(prefix: torch.Tensor):
-        cache = quantized.new_cache()
-        quantized(prefix, [cache], [len(prefix)])
+        cache = arena.new_cache()
+        run(quantized, prefix, [cache], [len(prefix)])
         return cache
 
-    alone = [quantized(new[i : i + 1], [primed(p)], [1])[0] for i, p in enumerate(prefixes)]
-    batch = quantized(new, [primed(p) for p in prefixes], [1, 1, 1, 1])
+    alone = [run(quantized, new[i : i + 1], [primed(p)], [1])[0] for i, p in enumerate(prefixes)]
+    batch = run(quantized, new, [primed(p) for p in prefixes], [1, 1, 1, 1])
     for i in range(4):
         assert torch.equal(batch[i], alone[i]), f"row {i} changed with the batch"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,30 +44,60 @@ def test_classify_train_predict_list_delete(
 
 def test_eval_classifier_only_writes_json_markdown_png(tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    code = main(
-        [
-            "eval",
-            "--tasks",
-            "reviews",
-            "--methods",
-            "classifier",
-            "--k",
-            "1,2,4",
-            "--seeds",
-            "2",
-            "--limit",
-            "6",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert code == 0
-    doc = json.loads((out / "results.json").read_text())
-    assert {r["k"] for r in doc["summary"]} == {1, 2, 4}
-    assert all(r["method"] == "classifier" and r["n"] == 6 for r in doc["summary"])
-    assert "| reviews | classifier |" in (out / "results.md").read_text()
+    argv = ["eval", "--tasks", "reviews", "--methods", "classifier", "--k", "1,2,4"]
+    argv += ["--seeds", "2", "--limit", "6", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert {r["k"] for r in rows} == {1, 2, 4}
+    assert all(r["method"] == "classifier" and r["n"] == 12 for r in rows)
+    assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in rows)
+    assert "| reviews | classifier | random |" in (out / "results.md").read_text()
     assert (out / "accuracy_vs_k.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_on_a_csv_through_the_server(
+    tmp_path: Path, real_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, settings = real_server
+    data = tmp_path / "mine.csv"
+    rows = [("good food, kind staff", "yes"), ("cold and late", "no"), ("lovely", "yes")]
+    rows += [("rude waiter", "no"), ("great view", "yes"), ("dirty plates", "no")]
+    data.write_text("review,ok\n" + "".join(f'"{t}",{lab}\n' for t, lab in rows))
+    out = tmp_path / "eval"
+    argv = ["eval", "--url", url, "--token", settings.api_keys[0], "--model", "tiny"]
+    argv += ["--data", str(data), "--text-field", "review", "--label-field", "ok"]
+    argv += [
+        "--task-description",
+        "Did they like it?",
+        "--format",
+        "Review: {input}\\nOK: {output}",
+    ]
+    argv += ["--k", "0,2", "--seeds", "1", "--select", "random,similar", "--calibrate"]
+    argv += ["--methods", "generate,rank", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert set(results[0]) == {
+        "model",
+        "task",
+        "method",
+        "k",
+        "select",
+        "calibrated",
+        "n",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "ms_per_query",
+    }
+    got = {(r["method"], r["k"], r["select"], r["calibrated"]): r["n"] for r in results}
+    assert got[("rank", 2, "similar", True)] == 6 and got[("generate", 0, "random", False)] == 6
+    assert {r["model"] for r in results} == {"tiny"} and {r["task"] for r in results} == {"mine"}
+    run = json.loads((out / "run.json").read_text())
+    assert run["meta"]["notes"] == []  # rank went through the server, not skipped
+    prompts_ok = {p["input"] for p in run["predictions"]} == {t for t, _ in rows}
+    assert prompts_ok and all(
+        p["prediction"] in ("yes", "no") for p in run["predictions"] if p["method"] == "rank"
+    )
 
 
 def test_eval_rejects_unknown_tasks(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from fewshot import Client
 from fewshot.api.errors import install_error_handlers
-from fewshot.api.routes_tasks import router
+from fewshot.api.routes_tasks import open_service, router
 from fewshot.toolkit.classifier import Embedder
 from fewshot.toolkit.client import FewShotAPIError
 
@@ -37,6 +37,7 @@ def app(tmp_path, embedder: Embedder) -> FastAPI:
     app.include_router(router)
     app.state.tasks_dir = tmp_path / "tasks"
     app.state.task_embedder = embedder
+    open_service(app)
     return app
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fewshot.toolkit.scoring import accuracy, exact_match, mean_std, normalize, rank_choice, softmax
+from fewshot.toolkit.choices import best, continuation, rank_groups
+from fewshot.toolkit.scoring import accuracy, exact_match, normalize
 
 
 @pytest.mark.parametrize(
@@ -30,17 +31,31 @@ def test_exact_match_uses_normalisation_and_accepted_answers() -> None:
     assert not exact_match("", "chat")
 
 
-def test_rank_choice_and_ties() -> None:
-    assert rank_choice([-3.0, -1.0, -2.0], ["a", "b", "c"]) == "b"
-    assert rank_choice([-1.0, -1.0], ["first", "second"]) == "first"
+def test_best_choice_ties_and_the_continuation_rule() -> None:
+    assert best([-3.0, -1.0, -2.0]) == 1
+    assert best([-1.0, -1.0]) == 0  # the first one on ties
     with pytest.raises(ValueError):
-        rank_choice([1.0], ["a", "b"])
+        best([])
+    assert continuation("Sentiment:", "positive") == " positive"
+    assert continuation("Sentiment: ", "positive") == "positive"  # the space is the prompt's
+    assert continuation("Sentiment:\n", "positive") == "positive"
+    assert continuation("Sentiment:", " positive") == " positive"  # scored as given
 
 
-def test_aggregates() -> None:
+def test_rank_groups_makes_one_call_and_splits_it() -> None:
+    calls: list[list[tuple[str, str]]] = []
+
+    def score(pairs):  # noqa: ANN001, ANN202
+        calls.append(list(pairs))
+        return [-len(c) for _, c in pairs]  # shorter is likelier
+
+    ranked = rank_groups(score, [("a", [" xx", " x"]), ("b", [" y", " yyy", " yy"])])
+    assert len(calls) == 1 and len(calls[0]) == 5
+    assert [r.index for r in ranked] == [1, 0]
+    assert ranked[1].logprobs == [-2.0, -4.0, -3.0]
+    assert sum(ranked[1].probabilities) == pytest.approx(1.0)
+
+
+def test_accuracy() -> None:
     assert accuracy([True, False, True, True]) == 0.75
     assert accuracy([]) == 0.0
-    assert mean_std([0.5]) == (0.5, 0.0)
-    mean, std = mean_std([0.0, 1.0])
-    assert (mean, std) == (0.5, 0.5)
-    assert sum(softmax([-1000.0, -1000.0])) == pytest.approx(1.0)

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from fewshot import __version__
-from fewshot.api import routes_hf, routes_openai, routes_tasks, routes_tgi
+from fewshot.api import openapi, routes_hf, routes_openai, routes_tasks, routes_tgi
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, install_error_handlers
 from fewshot.api.json_body import JsonBodies
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.start()
+        routes_tasks.open_service(app)
         try:
             yield
         finally:
@@ -73,8 +74,13 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.state.fewshot = state
     app.state.metrics = state.metrics
     install_error_handlers(app)
+    openapi.install(app)
     app.add_middleware(JsonBodies)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+    )
 
     app.include_router(routes_hf.router)
     app.include_router(routes_openai.router)

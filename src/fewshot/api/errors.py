@@ -62,7 +62,7 @@ class ApiError(Exception):
     """An error answered to the client. Subclasses fix the status and the error type."""
 
     status: int = 500
-    error_type: str = "generation"
+    error_type: str = "internal"
     openai_type: str = "server_error"
     openai_code: str | None = None
 
@@ -172,6 +172,17 @@ class ModelUnavailable(ApiError):
     openai_code = "model_unavailable"
 
 
+class ShuttingDown(ApiError):
+    """SIGTERM received: in-flight requests finish, new ones are refused."""
+
+    status = 503
+    error_type = "shutting_down"
+    openai_code = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down", headers={"Retry-After": "1"})
+
+
 class Overloaded(ApiError):
     status = 429
     error_type = "overloaded"
@@ -190,6 +201,28 @@ class PayloadTooLarge(ApiError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body is larger than {limit} bytes", param="body")
+
+
+class RequestTimeout(ApiError):
+    """The client sent its body too slowly (`body_read_timeout_s`)."""
+
+    status = 408
+    error_type = "timeout"
+    openai_type = "invalid_request_error"
+    openai_code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request body was not received within {seconds:g} s", param="body")
+
+
+class BodyReadError(StarletteHTTPException):
+    """An ApiError raised from an ASGI `receive` (the body checks of middlewares). FastAPI
+    re-raises HTTPExceptions from body reads, so the app's handler renders `error` in the
+    route's format and counts it."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.status, error.message)
+        self.error = error
 
 
 class GenerationFailed(ApiError):
@@ -321,6 +354,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyReadError):
+            return respond(request, exc.error)
         if exc.status_code == 413:
             return respond(request, PayloadTooLarge(getattr(exc, "limit", 0)))
         err = ApiError(str(exc.detail), status=exc.status_code, headers=dict(exc.headers or {}))

@@ -65,6 +65,16 @@ def encode(llm: LLM, text: str) -> list[int]:
     return list(llm.tokenizer.encode(text))
 
 
+def tokenize(llm: LLM, text: str) -> list[dict[str, Any]]:
+    """TGI /tokenize tokens of `text`: the ids the engine runs (and the input limit counts),
+    so a BOS the tokenizer adds comes first, as `{id, text: "", start: 0, stop: 0}`."""
+    tokens = list(llm.tokenize(text))
+    ids = encode(llm, text)
+    if len(ids) == len(tokens) + 1 and [t["id"] for t in tokens] == ids[1:]:
+        tokens.insert(0, {"id": ids[0], "text": "", "start": 0, "stop": 0})
+    return tokens
+
+
 def check_prompt(ids: list[int], limits: Limits, field: str) -> None:
     """Empty or over-long prompts are a validation error naming `field`."""
     if not ids:
@@ -113,10 +123,11 @@ def prepare(
             raise ValidationFailed.one(input_field, "must not be empty")
         ids, text = encode(llm, prompt), prompt
     else:
-        ids, text = list(prompt), llm.tokenizer.decode(list(prompt))
         vocab = int(getattr(getattr(llm, "spec", None), "vocab_size", 0) or 0)
-        if vocab and any(not 0 <= t < vocab for t in ids):
-            raise ValidationFailed.one(input_field, f"token ids must be in [0, {vocab})")
+        if any(t < 0 or (vocab and t >= vocab) for t in prompt):
+            bound = f"[0, {vocab})" if vocab else ">= 0"
+            raise ValidationFailed.one(input_field, f"token ids must be in {bound}")
+        ids, text = list(prompt), llm.tokenizer.decode(list(prompt))
     check_prompt(ids, limits, input_field)
     new_field = rename("max_new_tokens")
     params.max_new_tokens = budget_new_tokens(
@@ -142,13 +153,19 @@ def parameter_issue(exc: ParameterError, rename: Rename = same_name) -> Validati
 
 
 class RequestScope:
-    """An admitted request: holds a concurrency slot, counts it and times it until `finish()`."""
+    """An admitted request: holds a concurrency slot, counts it and times it until `finish()`.
+
+    Used as `with RequestScope(...) as scope:` around a whole route: leaving the block
+    finishes it -- unless a `Stream` took it over (the response then finishes it when the
+    stream closes); an exception closes that stream too.
+    """
 
     def __init__(self, state: AppState, model: ServedModel, route: str) -> None:
         self.slot = state.admission.acquire()  # 429 at once when full
         self.state, self.model, self.route = state, model, route
         self.started = time.monotonic()
         self._open = True
+        self.stream: Stream | None = None
         state.metrics.inflight.inc()
         state.metrics.requests.labels(model.name, route).inc()
 
@@ -167,8 +184,11 @@ class RequestScope:
     def __enter__(self) -> RequestScope:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if self.stream is None:
+            self.finish()
+        elif exc_type is not None:
+            self.stream.close()
 
 
 def record(state: AppState, model: ServedModel, results: list[GenerationResult]) -> None:
@@ -260,6 +280,8 @@ class Stream:
     ) -> None:
         self.state, self.scope, self.jobs = state, scope, jobs
         self.handles: list[Any] = []
+        self.finished = False
+        self._closed = False
         try:
             for job in jobs:
                 self.handles.append(submit(llm, job, rename))
@@ -267,10 +289,9 @@ class Stream:
             for h in self.handles:
                 h.cancel()
             raise
-        self.finished = False
-        self._closed = False
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._pumps: list[asyncio.Task[None]] = []
+        scope.stream = self
 
     async def _pump(self, i: int) -> None:
         try:

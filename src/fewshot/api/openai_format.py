@@ -1,17 +1,13 @@
-"""Engine results in OpenAI's shapes: completion logprobs, chat logprobs, finish reasons, usage,
-and the chat prompt (the model's chat template, or a plain fallback format)."""
+"""Engine results in OpenAI's shapes (as the plain dicts the response models of
+schemas_openai.py validate): completion logprobs, chat logprobs, finish reasons, usage, and the
+chat prompt (the model's chat template, or a plain fallback format)."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
-from fewshot import __version__
 from fewshot.api.errors import ValidationFailed
 from fewshot.engine.types import GenerationResult, TokenInfo
-
-SYSTEM_FINGERPRINT = f"fewshot-{__version__}"
 
 # the plain chat format for models without a template; generation stops at the next turn
 FALLBACK_ROLES = {
@@ -22,25 +18,6 @@ FALLBACK_ROLES = {
     "tool": "Tool",
 }
 FALLBACK_STOPS = ["\nUser:", "\nSystem:"]
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-def envelope(id_prefix: str, obj: str, model: str) -> dict[str, Any]:
-    """The fields every completion / chat response or chunk starts with."""
-    return {
-        "id": new_id(id_prefix),
-        "object": obj,
-        "created": now(),
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
 
 
 def finish_reason(result: GenerationResult) -> str:

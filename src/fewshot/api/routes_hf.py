@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from fewshot.api import tgi_format
+from fewshot.api import choices, tgi_format
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ValidationFailed
 from fewshot.api.generation import (
@@ -121,6 +121,10 @@ async def hf_generate(
         if not prompts:
             raise ValidationFailed.one("inputs", "must not be an empty list")
         check_count(prompts, state.settings.max_client_batch_size, "inputs", "inputs per request")
+    if p.choices is not None:
+        if body.stream:
+            raise choices.no_stream("parameters.choices")
+        return await _choose(state, model, body, p.choices, wait)
     if body.stream:
         return await _stream(state, request, model, body, p)
 
@@ -165,13 +169,28 @@ async def hf_generate(
     return JSONResponse(out, headers={**headers, "x-cache": "miss"})
 
 
+async def _choose(
+    state: AppState, model: ServedModel, body: HFRequest, options: list[str], wait: bool
+) -> Response:
+    """`parameters.choices`: the most likely choice per input (see fewshot.api.choices)."""
+    prompts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+    with RequestScope(state, model, ROUTE):
+        llm = await state.llm_for(model, wait=wait)
+        chosen = await choices.choose(
+            state, llm, prompts, options, field="parameters.choices", input_field="inputs"
+        )
+    items = [[choices.tgi_item(c)] for c in chosen]
+    return JSONResponse(items if isinstance(body.inputs, list) else items[0])
+
+
 def _item(
     prompt: str, result: GenerationResult, p: HFParameters, special: set[int]
 ) -> dict[str, Any]:
-    item: dict[str, Any] = {"generated_text": _text(prompt, result, p)}
-    if p.details:
-        item["details"] = tgi_format.details(result, top_n=0, special_ids=special)
-    return item
+    text = _text(prompt, result, p)
+    if not p.details:
+        return GeneratedText(generated_text=text).body()
+    details = tgi_format.details(result, top_n=0, special_ids=special)
+    return GeneratedText(generated_text=text, details=details).body()
 
 
 async def _stream(
@@ -183,7 +202,8 @@ async def _stream(
     if p.num_return_sequences != 1:
         raise ValidationFailed.one("parameters.num_return_sequences", "must be 1 when streaming")
     sampled = sampling(p, state)
-    tgi = GenerateParameters(
+    # already validated against the (narrower) legacy ranges; max_new_tokens 0 is legacy-only
+    tgi = GenerateParameters.model_construct(
         do_sample=sampled.do_sample,
         temperature=sampled.temperature,
         top_k=p.top_k,

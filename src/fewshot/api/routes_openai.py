@@ -9,11 +9,13 @@ adds a last chunk with the usage. Errors are `{"error": {"message", "type", "par
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from fewshot.api import choices
 from fewshot.api import openai_format as fmt
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, ValidationFailed, error_body
@@ -27,12 +29,19 @@ from fewshot.api.generation import (
     header_flag,
     prepare,
 )
+from fewshot.api.openapi import event_stream
 from fewshot.api.schemas_openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatDelta,
+    CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    ModelCard,
     ModelList,
     OpenAIErrorResponse,
     SamplingFields,
@@ -87,19 +96,8 @@ def sampling(body: SamplingFields, state: AppState, stops: list[str], top_n: int
     )
 
 
-async def _admit(
-    state: AppState, request: Request, name: str | None, route: str
-) -> tuple[ServedModel, RequestScope, Any]:
-    model = state.resolve(name)
-    scope = RequestScope(state, model, route)
-    try:
-        llm = await state.llm_for(
-            model, wait=bool(header_flag(request.headers, "x-wait-for-model"))
-        )
-    except BaseException:
-        scope.finish()
-        raise
-    return model, scope, llm
+async def _llm(state: AppState, request: Request, model: ServedModel) -> Any:
+    return await state.llm_for(model, wait=bool(header_flag(request.headers, "x-wait-for-model")))
 
 
 # --- /v1/completions --------------------------------------------------------------------------
@@ -138,7 +136,7 @@ def _completion_jobs(state: AppState, llm: Any, body: CompletionRequest) -> list
     ]
 
 
-def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) -> dict[str, Any]:
+def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) -> CompletionChoice:
     echo = job.prompt if body.echo else ""
     logprobs = None
     if body.logprobs is not None:
@@ -147,82 +145,101 @@ def _completion_choice(body: CompletionRequest, job: Job, r: Any, index: int) ->
         logprobs = fmt.completion_logprobs(
             r.tokens, body.logprobs, start_offset=start, prompt=prompt_infos
         )
-    return {
-        "text": echo + r.text,
-        "index": index,
-        "logprobs": logprobs,
-        "finish_reason": fmt.finish_reason(r),
-    }
+    return CompletionChoice(
+        text=echo + r.text, index=index, logprobs=logprobs, finish_reason=fmt.finish_reason(r)
+    )
 
 
 @router.post(
     "/completions",
     response_model=CompletionResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
+    responses={
+        200: event_stream(CompletionResponse, "Chunks when `stream`; then `data: [DONE]`"),
+        **_ERRORS,
+    },
     summary="Text completion (OpenAI)",
 )
 async def completions(
     body: CompletionRequest, request: Request, state: AppState = Depends(get_state)
 ) -> Response:
-    model, scope, llm = await _admit(state, request, body.model, "/v1/completions")
-    try:
+    model = state.resolve(body.model)
+    with RequestScope(state, model, "/v1/completions") as scope:
+        llm = await _llm(state, request, model)
+        if body.guided_choice is not None:
+            return await _guided_choice(state, llm, body, body.guided_choice, model.name)
         jobs = _completion_jobs(state, llm, body)
         if body.stream:
             stream = Stream(state, scope, llm, jobs, rename=_completion_name)
             return EventStream(_completion_events(stream, body, model.name), on_close=stream.close)
         results = await generate(state, model, llm, jobs, rename=_completion_name)
-    except BaseException:
-        scope.finish()
-        raise
-    scope.finish()
     choices = [
         _completion_choice(body, job, r, i * body.n + j)
         for i, (job, rs) in enumerate(zip(jobs, results, strict=True))
         for j, r in enumerate(rs)
     ]
-    out = {
-        **fmt.envelope("cmpl", "text_completion", model.name),
-        "choices": choices,
-        "usage": fmt.usage(results),
-    }
-    return JSONResponse(out)
+    out = CompletionResponse(
+        **CompletionResponse.envelope(model.name), choices=choices, usage=fmt.usage(results)
+    )
+    return JSONResponse(out.body())
+
+
+async def _guided_choice(
+    state: AppState, llm: Any, body: CompletionRequest, options: list[str], model: str
+) -> JSONResponse:
+    """`guided_choice`: the most likely choice per prompt (see fewshot.api.choices)."""
+    if body.stream:
+        raise choices.no_stream("guided_choice")
+    if body.n != 1:
+        raise ValidationFailed.one("n", "must be 1 with guided_choice")
+    prompts = _prompts(body.prompt)
+    if not prompts:
+        raise ValidationFailed.one("prompt", "must not be empty")
+    check_count(prompts, state.settings.max_client_batch_size, "prompt", "prompts per request")
+    texts = [p if isinstance(p, str) else llm.tokenizer.decode(list(p)) for p in prompts]
+    chosen = await choices.choose(
+        state, llm, texts, options, field="guided_choice", input_field="prompt"
+    )
+    return JSONResponse(choices.openai_completion(chosen, model))
 
 
 async def _completion_events(stream: Stream, body: CompletionRequest, model: str) -> Any:
-    base = fmt.envelope("cmpl", "text_completion", model)
+    base = CompletionResponse.envelope(model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
     results: list[list[Any]] = [[] for _ in stream.jobs]
+
+    def chunk(choices: list[CompletionChoice], **fields: Any) -> str:
+        return event(CompletionResponse(**base, choices=choices, **{**extra, **fields}).body())
+
     try:
         if body.echo:
             for i, job in enumerate(stream.jobs):
                 for j in range(body.n):
-                    choice = {
-                        "text": job.prompt,
-                        "index": i * body.n + j,
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                    yield event({**base, "choices": [choice], **extra})
+                    echo = CompletionChoice(
+                        text=job.prompt, index=i * body.n + j, logprobs=None, finish_reason=None
+                    )
+                    yield chunk([echo])
         async for item in stream.events():
             if item is None:
                 yield KEEPALIVE
                 continue
             i, ev = item
-            choice = {
-                "text": ev.token.text if ev.token else "",
-                "index": i * body.n + ev.index,
-                "logprobs": None,
-                "finish_reason": None,
-            }
+            logprobs = None
             if body.logprobs is not None and ev.token is not None:
-                choice["logprobs"] = fmt.completion_logprobs([ev.token], body.logprobs)
+                logprobs = fmt.completion_logprobs([ev.token], body.logprobs)
+            finish = None
             if ev.result is not None:
                 results[i].append(ev.result)
-                choice["finish_reason"] = fmt.finish_reason(ev.result)
-            yield event({**base, "choices": [choice], **extra})
+                finish = fmt.finish_reason(ev.result)
+            choice = CompletionChoice(
+                text=ev.token.text if ev.token else "",
+                index=i * body.n + ev.index,
+                logprobs=logprobs,
+                finish_reason=finish,
+            )
+            yield chunk([choice])
         if include_usage:
-            yield event({**base, "choices": [], "usage": fmt.usage(results)})
+            yield chunk([], usage=fmt.usage(results))
     except ApiError as exc:
         yield event(error_body(exc, "openai"))
     yield DONE
@@ -262,9 +279,7 @@ def _chat_job(state: AppState, llm: Any, body: ChatCompletionRequest) -> Job:
     "/chat/completions",
     response_model=ChatCompletionResponse,
     responses={
-        200: {
-            "content": {"text/event-stream": {"schema": ChatCompletionChunk.model_json_schema()}}
-        },
+        200: event_stream(ChatCompletionChunk, "Chunks when `stream`; then `data: [DONE]`"),
         **_ERRORS,
     },
     summary="Chat completion (OpenAI)",
@@ -272,37 +287,32 @@ def _chat_job(state: AppState, llm: Any, body: ChatCompletionRequest) -> Job:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: AppState = Depends(get_state)
 ) -> Response:
-    model, scope, llm = await _admit(state, request, body.model, "/v1/chat/completions")
-    try:
+    model = state.resolve(body.model)
+    with RequestScope(state, model, "/v1/chat/completions") as scope:
+        llm = await _llm(state, request, model)
         job = _chat_job(state, llm, body)
         if body.stream:
             stream = Stream(state, scope, llm, [job], rename=_chat_name)
             return EventStream(_chat_events(stream, body, model.name), on_close=stream.close)
         results = await generate(state, model, llm, [job], rename=_chat_name)
-    except BaseException:
-        scope.finish()
-        raise
-    scope.finish()
     k = body.top_logprobs or 0
     choices = [
-        {
-            "index": j,
-            "message": {"role": "assistant", "content": r.text},
-            "logprobs": fmt.chat_logprobs(r.tokens, k) if body.logprobs else None,
-            "finish_reason": fmt.finish_reason(r),
-        }
+        ChatChoice(
+            index=j,
+            message=AssistantMessage(role="assistant", content=r.text),
+            logprobs=fmt.chat_logprobs(r.tokens, k) if body.logprobs else None,
+            finish_reason=fmt.finish_reason(r),
+        )
         for j, r in enumerate(results[0])
     ]
-    out = {
-        **fmt.envelope("chatcmpl", "chat.completion", model.name),
-        "choices": choices,
-        "usage": fmt.usage(results),
-    }
-    return JSONResponse(out)
+    out = ChatCompletionResponse(
+        **ChatCompletionResponse.envelope(model.name), choices=choices, usage=fmt.usage(results)
+    )
+    return JSONResponse(out.body())
 
 
 async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) -> Any:
-    base = fmt.envelope("chatcmpl", "chat.completion.chunk", model)
+    base = ChatCompletionChunk.envelope(model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
     k = body.top_logprobs or 0
@@ -311,8 +321,10 @@ async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) 
     def chunk(
         index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
     ) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return event({**base, "choices": [choice], **extra})
+        choice = ChatChunkChoice(
+            index=index, delta=ChatDelta(**delta), logprobs=logprobs, finish_reason=finish
+        )
+        return event(ChatCompletionChunk(**base, choices=[choice], **extra).body())
 
     try:
         for j in range(body.n):
@@ -330,7 +342,8 @@ async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) 
                 results.append(ev.result)
                 yield chunk(ev.index, {}, fmt.finish_reason(ev.result))
         if include_usage:
-            yield event({**base, "choices": [], "usage": fmt.usage([results])})
+            usage = fmt.usage([results])
+            yield event(ChatCompletionChunk(**base, choices=[], usage=usage).body())
     except ApiError as exc:
         yield event(error_body(exc, "openai"))
     yield DONE
@@ -343,15 +356,9 @@ async def _chat_events(stream: Stream, body: ChatCompletionRequest, model: str) 
     "/models", response_model=ModelList, responses=_ERRORS, summary="Served models (OpenAI)"
 )
 async def list_models(state: AppState = Depends(get_state)) -> JSONResponse:
-    created = fmt.now()
+    created = int(time.time())
     data = [
-        {
-            "id": m.name,
-            "object": "model",
-            "created": created,
-            "owned_by": "fewshot",
-            "status": m.status,
-        }
+        ModelCard(id=m.name, created=created, status=m.status, backend=m.backend)
         for m in state.models
     ]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse(ModelList(data=data).model_dump())

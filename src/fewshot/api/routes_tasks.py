@@ -8,8 +8,12 @@
     GET    /presets                {"presets": [...]}: the shipped few-shot prompts (playground)
 
 Tasks are stored as JSON under `app.state.tasks_dir` if set, else `<settings.cache_dir>/tasks`.
-The embedding model loads on the first request that needs it (not at import), once per app.
-Errors are `ApiError`s, rendered by the app's handlers in the TGI format ({"error", "error_type"}).
+The app's lifespan creates the `TaskService` (`open_service`) and holds it in the app state
+beside the models; the embedding model loads on the first request that needs it (not at
+import), once per app. Creation is exclusive: of concurrent creates of one name without
+`overwrite`, one gets 201 and the others 409. An unreadable task file is a 500 of type
+`storage` naming the task. Errors are `ApiError`s, rendered by the app's handlers in the TGI
+format ({"error", "error_type"}).
 Endpoints are plain functions, so FastAPI runs the CPU-bound embedding in its thread pool.
 """
 
@@ -20,14 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import Field
 
-from fewshot.api.errors import ApiError, ValidationFailed
+from fewshot.api.errors import ApiError, ShuttingDown, ValidationFailed
+from fewshot.api.wire import RequestModel
 from fewshot.toolkit.classifier import (
     Embedder,
     TaskClassifier,
+    TaskCorruptError,
     TaskError,
+    TaskExistsError,
     TaskStore,
     check_name,
     predict,
@@ -52,12 +59,19 @@ class TaskExists(ApiError):
     error_type = "conflict"
 
 
-class LabelledExample(BaseModel):
+class TaskUnreadable(ApiError):
+    """The task file exists but cannot be read back (corrupt, or not a task)."""
+
+    status = 500
+    error_type = "storage"
+
+
+class LabelledExample(RequestModel):
     text: str = Field(min_length=1, max_length=20_000)
     label: str = Field(min_length=1, max_length=200)
 
 
-class CreateTaskRequest(BaseModel):
+class CreateTaskRequest(RequestModel):
     name: str = Field(description="1-64 characters: letters, digits, '_', '-', '.'")
     examples: list[LabelledExample] = Field(min_length=1, max_length=MAX_EXAMPLES)
     overwrite: bool = False
@@ -67,7 +81,7 @@ class CreateTaskRequest(BaseModel):
     cross_validate: bool = True
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(RequestModel):
     inputs: str | list[str]
 
 
@@ -77,41 +91,47 @@ class TaskService:
     def __init__(self, root: Path, embedder: Embedder | None = None) -> None:
         self.store = TaskStore(root)
         self.embedder = embedder or Embedder()
-        self._cache: dict[str, tuple[float, TaskClassifier]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], TaskClassifier]] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> TaskClassifier:
         path = self.store.path(name)
         try:
-            mtime = path.stat().st_mtime
+            st = path.stat()
         except FileNotFoundError:
             raise TaskNotFound(f"Task {name} does not exist") from None
+        version = (st.st_ino, st.st_mtime_ns)  # a rename or a rewrite changes it
         with self._lock:
             hit = self._cache.get(name)
-            if hit and hit[0] == mtime:
+            if hit and hit[0] == version:
                 return hit[1]
         try:
             clf = self.store.load(name)
+        except TaskCorruptError as exc:
+            raise TaskUnreadable(f"Task {name} cannot be read: {exc}") from None
         except TaskError:  # deleted in between
             raise TaskNotFound(f"Task {name} does not exist") from None
         with self._lock:
-            self._cache[name] = (mtime, clf)
+            self._cache[name] = (version, clf)
         return clf
 
 
-_service_lock = threading.Lock()
+def open_service(app: FastAPI) -> TaskService:
+    """Create the app's TaskService (from its lifespan) and hold it in the app state."""
+    state = app.state
+    svc = TaskService(tasks_dir(state), getattr(state, "task_embedder", None))
+    state.fewshot_tasks = svc
+    return svc
 
 
 def service(request: Request) -> TaskService:
-    """The app's TaskService, created on first use."""
-    state = request.app.state
-    svc = getattr(state, "fewshot_tasks", None)
+    """The app's TaskService (made by `open_service`)."""
+    app_state = getattr(request.app.state, "fewshot", None)
+    if app_state is not None and app_state.draining:
+        raise ShuttingDown()
+    svc = getattr(request.app.state, "fewshot_tasks", None)
     if svc is None:
-        with _service_lock:
-            svc = getattr(state, "fewshot_tasks", None)
-            if svc is None:
-                svc = TaskService(tasks_dir(state), getattr(state, "task_embedder", None))
-                state.fewshot_tasks = svc
+        raise ApiError("the /tasks service is not running", status=503)
     return svc
 
 
@@ -139,8 +159,9 @@ def create_task(body: CreateTaskRequest, request: Request) -> dict[str, Any]:
     """Embed the examples, fit the classifier, persist it and return its stats."""
     svc = service(request)
     name = _name(body.name)
+    exists = TaskExists(f"Task {name} exists; send overwrite=true to replace it")
     if svc.store.exists(name) and not body.overwrite:
-        raise TaskExists(f"Task {name} exists; send overwrite=true to replace it")
+        raise exists  # early, before the embedding work; the save below decides races
     texts = [e.text for e in body.examples]
     labels = [e.label.strip() for e in body.examples]
     try:
@@ -149,7 +170,10 @@ def create_task(body: CreateTaskRequest, request: Request) -> dict[str, Any]:
         )
     except TaskError as exc:
         raise ValidationFailed.one("examples", str(exc)) from None
-    svc.store.save(clf, name)
+    try:
+        svc.store.save(clf, name, overwrite=body.overwrite)
+    except TaskExistsError:
+        raise exists from None
     return summary(clf)
 
 

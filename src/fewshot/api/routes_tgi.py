@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from fewshot import __version__
-from fewshot.api import tgi_format
+from fewshot.api import choices, tgi_format
 from fewshot.api.auth import require_api_key
 from fewshot.api.errors import ApiError, ValidationFailed, error_body
 from fewshot.api.generation import (
@@ -28,8 +28,10 @@ from fewshot.api.generation import (
     header_flag,
     prepare,
     timing_headers,
+    tokenize,
 )
 from fewshot.api.metrics import CONTENT_TYPE
+from fewshot.api.openapi import event_stream
 from fewshot.api.schemas_tgi import (
     CompatGenerateRequest,
     ErrorResponse,
@@ -51,7 +53,7 @@ public = APIRouter(tags=["TGI"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 424, 429, 503)
 }
-_SSE = {"content": {"text/event-stream": {"schema": StreamResponse.model_json_schema()}}}
+_SSE = event_stream(StreamResponse, "Events; the last one carries generated_text")
 
 
 def _param(name: str) -> str:
@@ -120,12 +122,11 @@ async def _job(
 
 def _response(job: Job, result: Any, p: GenerateParameters, llm: Any) -> dict[str, Any]:
     text = job.prompt + result.text if p.return_full_text else result.text
-    out: dict[str, Any] = {"generated_text": text}
-    if p.details or p.decoder_input_details:
-        out["details"] = tgi_format.details(
-            result, top_n=p.top_n_tokens or 0, special_ids=tgi_format.special_ids(llm)
-        )
-    return out
+    if not (p.details or p.decoder_input_details):
+        return GenerateResponse(generated_text=text).body()
+    special = tgi_format.special_ids(llm)
+    details = tgi_format.details(result, top_n=p.top_n_tokens or 0, special_ids=special)
+    return GenerateResponse(generated_text=text, details=details).body()
 
 
 async def _generate(
@@ -133,6 +134,18 @@ async def _generate(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     model = state.resolve(body.model)
     with RequestScope(state, model, route) as scope:
+        if body.parameters is not None and body.parameters.choices is not None:
+            wait = bool(header_flag(request.headers, "x-wait-for-model"))
+            llm = await state.llm_for(model, wait=wait)
+            chosen = await choices.choose(
+                state,
+                llm,
+                [body.inputs],
+                body.parameters.choices,
+                field="parameters.choices",
+                input_field="inputs",
+            )
+            return choices.tgi_item(chosen[0]), {}
         llm, job, p = await _job(state, model, request, body)
         results = await generate(state, model, llm, [job], rename=_param)
         return _response(job, results[0][0], p, llm), timing_headers(scope, results)
@@ -148,9 +161,10 @@ async def stream_response(
     include_stop: bool = True,
 ) -> EventStream:
     """A /generate_stream answer (also used by `/` and the HF route with `stream: true`)."""
+    if body.parameters is not None and body.parameters.choices is not None:
+        raise choices.no_stream("parameters.choices")
     model = state.resolve(body.model)
-    scope = RequestScope(state, model, route)
-    try:
+    with RequestScope(state, model, route) as scope:
         llm, job, p = await _job(state, model, request, body, wait, include_stop)
         if p.decoder_input_details:
             raise ValidationFailed.one(
@@ -158,9 +172,6 @@ async def stream_response(
                 "`decoder_input_details` == true is not supported when streaming tokens",
             )
         stream = Stream(state, scope, llm, [job], rename=_param)
-    except BaseException:
-        scope.finish()
-        raise
     return EventStream(
         _tgi_events(stream, job, p, tgi_format.special_ids(llm)), on_close=stream.close
     )
@@ -173,20 +184,16 @@ async def _tgi_events(stream: Stream, job: Job, p: GenerateParameters, special: 
                 yield KEEPALIVE
                 continue
             _, ev = item
-            data: dict[str, Any] = {
-                "index": ev.index,
-                "token": tgi_format.token(ev.token) if ev.token else tgi_format.empty_token(),
-                "generated_text": None,
-                "details": None,
-            }
+            fields: dict[str, Any] = {"generated_text": None, "details": None}
             if p.top_n_tokens and ev.token is not None:
-                data["top_tokens"] = tgi_format.top_tokens(ev.token, special)
+                fields["top_tokens"] = tgi_format.top_tokens(ev.token, special)
             if ev.result is not None:
                 r = ev.result
-                data["generated_text"] = job.prompt + r.text if p.return_full_text else r.text
+                fields["generated_text"] = job.prompt + r.text if p.return_full_text else r.text
                 if p.details:
-                    data["details"] = tgi_format.stream_details(r)
-            yield event(data)
+                    fields["details"] = tgi_format.stream_details(r)
+            token = tgi_format.token(ev.token) if ev.token else tgi_format.empty_token()
+            yield event(StreamResponse(index=ev.index, token=token, **fields).body())
     except ApiError as exc:
         yield event(error_body(exc, "tgi"))
 
@@ -241,7 +248,7 @@ async def tgi_tokenize(
     llm = await state.llm_for(model, wait=bool(header_flag(request.headers, "x-wait-for-model")))
     if not body.inputs:
         raise ValidationFailed.one("inputs", "must not be empty")
-    return JSONResponse(llm.tokenize(body.inputs))
+    return JSONResponse(tokenize(llm, body.inputs))
 
 
 @public.get("/info", response_model=Info, summary="Model and router limits (TGI)")
@@ -259,7 +266,14 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
         max_client_batch_size=s.max_client_batch_size,
         version=__version__,
         models=[
-            {"name": m.name, "source": m.source, "status": m.status, "error": m.error}
+            {
+                "name": m.name,
+                "source": m.source,
+                "status": m.status,
+                "error": m.error,
+                "backend": m.backend,
+                "prefix_sharing": m.prefix_sharing,
+            }
             for m in state.models
         ],
     )
@@ -272,6 +286,9 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
     summary="200 when every model is loaded, else 503 (TGI)",
 )
 async def tgi_health(state: AppState = Depends(get_state)) -> Response:
+    if state.draining:  # load balancers stop sending traffic
+        body = {"error": "unhealthy", "error_type": "shutting_down", "detail": "shutting down"}
+        return JSONResponse(body, status_code=503)
     pending = [m for m in state.models if m.llm is None]
     if not pending:
         return Response(status_code=200)

@@ -1,6 +1,8 @@
 """Legacy Hugging Face Inference API wire format (text-generation task), as the seed blog uses it.
 
-Ranges follow the 2022 API docs and api-inference-community's validation. Defaults follow the
+Ranges follow the 2022 API docs and api-inference-community's validation (every number finite):
+max_new_tokens >= 0, temperature [0, 100], top_k >= 1, top_p (0, 1], repetition_penalty
+(0, 100], num_return_sequences [1, 10], max_time (0, 120] s, seed [0, 2**64). Defaults follow the
 legacy API: `do_sample` true with `temperature` 1.0 (so `temperature` 0.5 samples), and
 `temperature` 0 or `do_sample` false is greedy. `end_sequence` stops generation and is trimmed
 from the text (it is the few-shot example separator); `stop` sequences stop and stay in the
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fewshot.api.schemas_tgi import Details
+from fewshot.api.schemas_tgi import CHOICES_HELP, Details, choices_field
+from fewshot.api.wire import RequestModel, ResponseModel
 
 
-class HFParameters(BaseModel):
+class HFParameters(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     max_new_tokens: int | None = Field(
@@ -37,6 +40,12 @@ class HFParameters(BaseModel):
     details: bool = Field(
         False, description="Add TGI-style details (tokens, logprobs, finish reason)"
     )
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -46,7 +55,7 @@ class HFParameters(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
-class HFOptions(BaseModel):
+class HFOptions(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
     use_cache: bool = Field(
@@ -56,7 +65,7 @@ class HFOptions(BaseModel):
     use_gpu: bool = Field(False, description="Accepted and ignored (CPU engine)")
 
 
-class HFRequest(BaseModel):
+class HFRequest(RequestModel):
     """`POST /models/{model_id}`."""
 
     inputs: str | list[str] = Field(..., description="A prompt, or a list of prompts")
@@ -67,7 +76,7 @@ class HFRequest(BaseModel):
     stream: bool = Field(False, description="Answer with TGI server-sent events (single input)")
 
 
-class GeneratedText(BaseModel):
+class GeneratedText(ResponseModel):
     generated_text: str
     details: Details | None = None
 

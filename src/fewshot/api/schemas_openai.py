@@ -1,8 +1,9 @@
 """OpenAI wire format: /v1/completions, /v1/chat/completions, /v1/models.
 
-Ranges and defaults follow OpenAI's API reference (max_tokens 16 for completions, temperature
-0-2 with 0 greedy, stop up to the server's max_stop_sequences and trimmed from the text,
-logprobs 0-5). Unknown fields are rejected as OpenAI does ("Unrecognized request argument").
+Ranges and defaults follow OpenAI's API reference, every number finite: max_tokens >= 0 (16
+by default for completions), temperature [0, 2] and top_p [0, 1] (0 means greedy), n [1, 16],
+prompt token ids in [0, vocabulary size), repetition_penalty > 0, logprobs [0, 5],
+top_logprobs [0, 20], stop up to the server's max_stop_sequences (trimmed from the text). Unknown fields are rejected as OpenAI does ("Unrecognized request argument").
 Fields OpenAI has but this engine does not implement (suffix, logit_bias, tools,
 presence/frequency penalties, best_of > n) are accepted only at their neutral value;
 `top_k` and `repetition_penalty` are accepted as extensions, as vLLM does.
@@ -10,9 +11,20 @@ presence/frequency penalties, best_of > n) are accepted only at their neutral va
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import time
+import uuid
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fewshot import __version__
+from fewshot.api.schemas_tgi import choices_field
+from fewshot.api.wire import RequestModel, ResponseModel
+from fewshot.toolkit.choices import MAX_CHOICE_CHARS, MAX_CHOICES
+
+SYSTEM_FINGERPRINT = f"fewshot-{__version__}"
+
+TokenId = Annotated[int, Field(ge=0, description="A token id of the model's vocabulary")]
 
 
 def _neutral(value: Any, neutral: Any, what: str) -> Any:
@@ -21,13 +33,13 @@ def _neutral(value: Any, neutral: Any, what: str) -> Any:
     return value
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Served model name or alias")
@@ -70,7 +82,7 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     """`POST /v1/completions`."""
 
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
         ..., description="Prompt(s): text or token ids"
     )
     max_tokens: int | None = Field(16, ge=0, description="Tokens to generate (default 16)")
@@ -80,6 +92,19 @@ class CompletionRequest(SamplingFields):
     echo: bool = Field(False, description="Prepend the prompt (with its logprobs when asked)")
     best_of: int | None = Field(None, ge=1, description="Only equal to n (no best-of sampling)")
     suffix: str | None = Field(None, description="Unsupported: must be null")
+    guided_choice: list[str] | None = Field(
+        None,
+        description=(
+            "Extension (vLLM's name): the text is the most likely of these strings (rank "
+            "classification); logprobs.top_logprobs[0] holds every choice's log-probability. "
+            f"1-{MAX_CHOICES} distinct non-empty strings of at most {MAX_CHOICE_CHARS} characters"
+        ),
+    )
+
+    @field_validator("guided_choice", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("suffix")
     @classmethod
@@ -87,14 +112,14 @@ class CompletionRequest(SamplingFields):
         return _neutral(value, None, "suffix")
 
 
-class ContentPart(BaseModel):
+class ContentPart(RequestModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -109,7 +134,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(RequestModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text"] = "text"
@@ -170,12 +195,39 @@ class Usage(BaseModel):
     )
 
 
-class CompletionResponse(BaseModel):
+class Envelope(ResponseModel):
+    """The fields every completion / chat response and chunk starts with.
+
+    Routes build a response as `Model(**Model.envelope(name), choices=..., ...)` and send
+    `body()`: the fields a route leaves out (a chunk's `usage` without
+    `stream_options.include_usage`) stay out of the JSON, as in OpenAI's answers.
+    """
+
+    id_prefix: ClassVar[str] = "cmpl"
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
     system_fingerprint: str | None = None
+
+    @classmethod
+    def envelope(cls, model: str) -> dict[str, Any]:
+        """Fresh id, this model's `object`, the time and the fingerprint (one per response;
+        every chunk of a stream repeats its stream's)."""
+        return {
+            "id": f"{cls.id_prefix}-{uuid.uuid4().hex}",
+            "object": cls.model_fields["object"].default,
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+
+class CompletionResponse(Envelope):
+    """A completion, and each chunk of a streamed one (with `usage` last when asked)."""
+
+    object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -199,19 +251,20 @@ class AssistantMessage(BaseModel):
     content: str | None = None
 
 
-class ChatChoice(BaseModel):
+class ChatChoiceBase(BaseModel):
     index: int
-    message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatChoice(ChatChoiceBase):
+    message: AssistantMessage
+
+
+class ChatCompletionResponse(Envelope):
+    id_prefix: ClassVar[str] = "chatcmpl"
+
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
 
@@ -221,21 +274,16 @@ class ChatDelta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int
+class ChatChunkChoice(ChatChoiceBase):
     delta: ChatDelta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(Envelope):
     """One `data:` event of a streamed chat completion (the stream ends with `data: [DONE]`)."""
 
-    id: str
+    id_prefix: ClassVar[str] = "chatcmpl"
+
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
@@ -245,6 +293,12 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "fewshot"
+    status: Literal["loading", "ready", "failed"] | None = Field(
+        None, description="Extension: whether the model is loaded"
+    )
+    backend: Literal["native", "fallback"] | None = Field(
+        None, description="What runs the model: fewshot's own code or the transformers fallback"
+    )
 
 
 class ModelList(BaseModel):

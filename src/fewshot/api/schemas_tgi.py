@@ -3,7 +3,9 @@
 Fields TGI has but this engine cannot honour (grammar, watermark, typical_p < 1, best_of > 1,
 frequency_penalty, adapters) are accepted only at their neutral value, so clients that send the
 defaults keep working and anything else is a 422 naming the field. Unknown parameters are
-rejected. `temperature` 0 means greedy here (TGI rejects it).
+rejected. Ranges are TGI's (router `validation.rs`), every number finite: max_new_tokens >= 1,
+temperature >= 0 (0 means greedy here; TGI rejects it), top_k >= 1, top_p (0, 1],
+repetition_penalty > 0, truncate >= 1, seed [0, 2**64), top_n_tokens [0, max_top_n_tokens].
 """
 
 from __future__ import annotations
@@ -12,10 +14,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fewshot.api.wire import RequestModel, ResponseModel
+from fewshot.toolkit.choices import MAX_CHOICE_CHARS, MAX_CHOICES, check_choices
+
+CHOICES_HELP = (
+    "Extension: answer with the most likely of these strings (rank classification), as "
+    "generated_text, with every choice's log-probability in details.choices; "
+    f"1-{MAX_CHOICES} distinct non-empty strings of at most {MAX_CHOICE_CHARS} characters"
+)
+
+
+def choices_field(value: object) -> object:
+    """Pydantic `before` validator body shared by every wire format's choices field."""
+    return None if value is None else check_choices(value)  # type: ignore[arg-type]
+
+
 TgiFinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
-class GenerateParameters(BaseModel):
+class GenerateParameters(RequestModel):
     """Generation parameters of `/generate`, `/generate_stream` and `/`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +50,7 @@ class GenerateParameters(BaseModel):
     grammar: None = Field(None, description="Unsupported: must be null")
     max_new_tokens: int | None = Field(
         None,
-        ge=0,
+        gt=0,
         description="Tokens to generate; default fills the server default within max_total_tokens",
     )
     repetition_penalty: float | None = Field(
@@ -56,6 +73,12 @@ class GenerateParameters(BaseModel):
     typical_p: float | None = Field(None, ge=1, le=1, description="Unsupported: only 1.0")
     watermark: bool = Field(False, description="Unsupported: only false")
     adapter_id: None = Field(None, description="Unsupported: must be null")
+    choices: list[str] | None = Field(None, description=CHOICES_HELP)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices(cls, value: object) -> object:
+        return choices_field(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -70,7 +93,7 @@ class GenerateParameters(BaseModel):
         return value
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     """`POST /generate` and `/generate_stream`."""
 
     inputs: str = Field(..., description="The prompt")
@@ -88,41 +111,56 @@ class CompatGenerateRequest(GenerateRequest):
     stream: bool = Field(False, description="Answer with server-sent events")
 
 
-class Token(BaseModel):
+class Token(ResponseModel):
     id: int
     text: str
     logprob: float | None = None
     special: bool = False
 
 
-class PrefillToken(BaseModel):
+class PrefillToken(ResponseModel):
     id: int
     text: str
     logprob: float | None = None
 
 
-class Details(BaseModel):
+class ChoiceLogprob(ResponseModel):
+    """One choice of a `choices` request and its log-probability after the prompt."""
+
+    text: str
+    logprob: float
+
+
+class FinishDetails(ResponseModel):
+    """What /generate's and /generate_stream's details share."""
+
     finish_reason: TgiFinishReason
     generated_tokens: int
     seed: int | None = None
+
+
+class Details(FinishDetails):
     prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
     top_tokens: list[list[Token]] | None = None
+    choices: list[ChoiceLogprob] | None = Field(
+        None, description="Extension, with `choices`: every choice's log-probability"
+    )
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(ResponseModel):
     generated_text: str
     details: Details | None = None
 
 
-class StreamDetails(BaseModel):
-    finish_reason: TgiFinishReason
-    generated_tokens: int
-    seed: int | None = None
+class StreamDetails(FinishDetails):
     input_length: int
+    prefix_cache_tokens: int | None = Field(
+        None, description="Extension: prompt tokens served from the prefix cache"
+    )
 
 
-class StreamResponse(BaseModel):
+class StreamResponse(ResponseModel):
     """One `data:` event of /generate_stream; the last carries generated_text (and details)."""
 
     index: int
@@ -132,7 +170,7 @@ class StreamResponse(BaseModel):
     details: StreamDetails | None = None
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestModel):
     inputs: str
     parameters: GenerateParameters | None = None
     model: str | None = None
@@ -150,6 +188,14 @@ class ServedModelInfo(BaseModel):
     source: str
     status: Literal["loading", "ready", "failed"]
     error: str | None = None
+    backend: Literal["native", "fallback"] | None = Field(
+        None, description="What runs the model: fewshot's own code or the transformers fallback"
+    )
+    prefix_sharing: bool | None = Field(
+        None,
+        description="Requests share the KV of common prompt prefixes (false for the fallback, "
+        "whose KV cannot live in the paged pool)",
+    )
 
 
 class Info(BaseModel):

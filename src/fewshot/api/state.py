@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from fewshot.api.errors import ModelLoading, ModelNotFound, ModelUnavailable
+from fewshot.api.errors import ModelLoading, ModelNotFound, ModelUnavailable, ShuttingDown
 from fewshot.api.limits import Admission
 from fewshot.api.metrics import Metrics
 from fewshot.api.response_cache import ResponseCache
@@ -40,14 +40,14 @@ _LOAD_BYTES_PER_S = 150e6  # rough read + convert throughput for the estimated_t
 
 def load_llm(source: str, settings: Settings) -> LLM:
     """The default loader: `LLM.load` with the engine settings."""
+    from fewshot.engine.config import EngineConfig
     from fewshot.engine.llm import LLM
 
     return LLM.load(
         source,
         dtype=settings.dtype,
-        threads=settings.threads,
-        prefix_cache_mb=settings.prefix_cache_mb,
-        max_batch_size=settings.max_batch_size,
+        device=settings.device,
+        config=EngineConfig.from_settings(settings),
         cache_dir=settings.cache_dir,
         hf_token=settings.hf_token,
     )
@@ -93,6 +93,18 @@ class ServedModel:
         if self.llm is not None:
             return "ready"
         return "failed" if self.error else "loading"
+
+    @property
+    def backend(self) -> str | None:
+        """Which code runs the model: "native" (fewshot's own) or "fallback" (transformers)."""
+        if self.llm is None:
+            return None
+        return "native" if self.llm.native else "fallback"
+
+    @property
+    def prefix_sharing(self) -> bool | None:
+        """Whether requests share cached prompt prefixes (the fallback runs without)."""
+        return None if self.llm is None else bool(self.llm.stats()["prefix_sharing"])
 
     def names(self) -> set[str]:
         names = {self.name, self.source}
@@ -169,6 +181,7 @@ class AppState:
         self.response_cache = ResponseCache(settings.response_cache_entries)
         self.metrics = Metrics(self._engine_stats)
         self._closed = False
+        self.draining = False
         for m in self.models:
             self.metrics.model_ready.labels(m.name).set(0)
 
@@ -183,6 +196,10 @@ class AppState:
         self.metrics.model_ready.labels(model.name).set(1 if model.llm is not None else 0)
         if self._closed and model.llm is not None:  # finished loading after shutdown
             self._close_model(model)
+
+    def begin_drain(self) -> None:
+        """Shutdown started: refuse new requests (503), let the admitted ones finish."""
+        self.draining = True
 
     def close(self) -> None:
         self._closed = True
@@ -216,7 +233,10 @@ class AppState:
         raise ModelNotFound(name, [m.name for m in self.models])
 
     async def llm_for(self, model: ServedModel, *, wait: bool = False) -> LLM:
-        """The loaded LLM; while loading, 503 with estimated_time unless `wait`."""
+        """The loaded LLM; while loading, 503 with estimated_time unless `wait`; 503 once the
+        server is shutting down."""
+        if self.draining:
+            raise ShuttingDown()
         if model.llm is None and model.error is None and wait:
             await model.wait(self.settings.model_wait_timeout_s)
         if model.llm is not None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from fewshot.models.loading import load_model
+from fewshot.models.standalone import new_cache, run
 
 
 def _prompts(path: Path, limit: int) -> list[str]:
@@ -26,13 +27,13 @@ def _prompts(path: Path, limit: int) -> list[str]:
 
 @torch.inference_mode()
 def _greedy(model: Any, ids: list[int], steps: int) -> list[int]:
-    cache = model.new_cache(len(ids) + steps)
-    logits = model(torch.tensor(ids), [cache], [len(ids)])
+    cache = new_cache(model)
+    logits = run(model, torch.tensor(ids), [cache], [len(ids)])
     out: list[int] = []
     for _ in range(steps):
         nxt = int(logits[0].argmax())
         out.append(nxt)
-        logits = model(torch.tensor([nxt]), [cache], [1])
+        logits = run(model, torch.tensor([nxt]), [cache], [1])
     return out
 
 
@@ -43,8 +44,8 @@ def agreement(source: str, prompts: list[str], greedy_tokens: int = 16) -> dict[
     same = total = greedy_same = 0
     for text in prompts:
         ids = fp32.tokenizer.encode(text)
-        a = fp32.model(torch.tensor(ids), [fp32.model.new_cache(len(ids))], [len(ids)], "all")
-        b = int8.model(torch.tensor(ids), [int8.model.new_cache(len(ids))], [len(ids)], "all")
+        a = run(fp32.model, torch.tensor(ids), [new_cache(fp32.model)], [len(ids)], "all")
+        b = run(int8.model, torch.tensor(ids), [new_cache(int8.model)], [len(ids)], "all")
         same += int((a.argmax(-1) == b.argmax(-1)).sum())
         total += len(ids)
         ga, gb = _greedy(fp32.model, ids, greedy_tokens), _greedy(int8.model, ids, greedy_tokens)

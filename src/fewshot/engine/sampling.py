@@ -9,6 +9,11 @@ temperature -> top-k -> top-p. Differences, on purpose:
   reported when absent), so a seeded request samples the same tokens whatever else is batched
   with it (vLLM #1595, TGI #1041).
 
+Numerics: every positive finite temperature and penalty the validation lets through is safe.
+Temperatures below MIN_SAMPLING_TEMPERATURE are greedy (`SamplingParams.greedy`); when dividing
+by the others would overflow to +inf, the logits are first shifted so their maximum is 0; a repetition penalty's result is clamped to the finite float range (a
+tiny penalty would otherwise turn a logit into +inf and the softmax into NaN).
+
 Reported logprobs (of the chosen token and of the top-n alternatives) come from the *unwarped*
 `log_softmax` of the model's raw logits: no penalty, temperature, top-k or top-p. They describe
 the model, so they are comparable across requests with different sampling settings and equal to
@@ -48,6 +53,8 @@ def apply_repetition_penalty(
         return logits
     score = logits.gather(0, context_ids)  # [T]
     score = torch.where(score < 0, score * penalty, score / penalty)
+    finite = torch.finfo(logits.dtype)
+    score = score.nan_to_num(nan=finite.min, posinf=finite.max, neginf=finite.min)
     return logits.scatter(0, context_ids, score)
 
 
@@ -73,8 +80,11 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, top-k and top-p applied to one row [V] (for sampling only)."""
-    if params.temperature != 1.0:  # 0 never gets here: it means greedy
-        logits = logits / params.temperature
+    if params.temperature != 1.0:  # tiny temperatures never get here: they mean greedy
+        scaled = logits / params.temperature
+        if bool(torch.isposinf(scaled).any()):  # overflow (a clamped penalty logit): shift first
+            scaled = (logits - logits.max()) / params.temperature
+        logits = scaled
     if params.top_k is not None:
         logits = apply_top_k(logits, params.top_k)
     if params.top_p is not None:

@@ -6,8 +6,13 @@ toolkit read them. No torch here, so the API layer can validate without touching
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+#: Below this temperature sampling is greedy: softmax(logits / t) is one-hot to float32
+#: precision, and dividing by a subnormal t would overflow to inf/NaN.
+MIN_SAMPLING_TEMPERATURE = 1e-4
 
 FinishReason = Literal["length", "eos_token", "stop_sequence", "time", "aborted"]
 
@@ -29,7 +34,8 @@ class ParameterError(ValueError):
 class SamplingParams:
     """Everything that controls one generation. Validated by `validate()`.
 
-    Greedy decoding when `do_sample` is false or `temperature == 0`.
+    Greedy decoding when `do_sample` is false or `temperature` is below
+    MIN_SAMPLING_TEMPERATURE (0 included). Every float must be finite.
     """
 
     max_new_tokens: int = 20
@@ -51,12 +57,16 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return (not self.do_sample) or self.temperature == 0
+        return (not self.do_sample) or self.temperature < MIN_SAMPLING_TEMPERATURE
 
     def validate(self) -> SamplingParams:
         """Raise ParameterError naming the first bad field; return self when valid."""
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise ParameterError("max_new_tokens", "must be an integer >= 0")
+        for name in ("temperature", "top_p", "repetition_penalty", "max_time"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ParameterError(name, "must be a finite number")
         if self.temperature < 0:
             raise ParameterError("temperature", "must be >= 0")
         if self.top_k is not None and self.top_k < 1:

@@ -1,18 +1,24 @@
-"""The interface every native model implements, and the per-sequence KV cache they write into.
+"""The interface every model implements: the engine v2 model contract.
 
 A forward pass takes a *flattened* batch: the new tokens of several sequences concatenated into
-one 1-D tensor, with how many tokens belong to each sequence. Linear layers run on all tokens at
-once (so a batch of decodes shares one read of the weights); attention runs per sequence against
-that sequence's own cache, so prefills and decodes can be mixed and no padding is ever needed.
+one 1-D tensor with their absolute positions, plus an `AttentionMetadata` (models/attention.py)
+that says where each sequence's keys and values live in the shared paged `KVPool` and where the
+new ones go. Linear layers run on all tokens at once (a batch of decodes shares one read of the
+weights); each attention layer makes one `paged_attention` call for the whole batch. Logits are
+computed only for the rows the caller asks for (`logits_indices`): each sequence's last token
+when sampling, every prompt token when prompt logprobs are wanted, from the same forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
+
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.layers import load_hf_state_dict
 
 
 @dataclass
@@ -32,119 +38,79 @@ class ModelSpec:
     bos_token_id: int | None = None
 
 
-class KVCache:
-    """Keys and values of one sequence, for every layer: buffers [n_kv_heads, capacity, head_dim].
-
-    `length` counts the positions already written. A forward pass writes its new tokens at
-    `length` in every layer (via `write`) and the model calls `advance` once at the end.
-    """
-
-    def __init__(
-        self,
-        n_layers: int,
-        n_kv_heads: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        capacity: int = 64,
-    ) -> None:
-        self.n_layers = n_layers
-        self.n_kv_heads = n_kv_heads
-        self.head_dim = head_dim
-        self.dtype = dtype
-        self.length = 0
-        self.k = [torch.empty(n_kv_heads, capacity, head_dim, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.empty(n_kv_heads, capacity, head_dim, dtype=dtype) for _ in range(n_layers)]
-
-    @property
-    def capacity(self) -> int:
-        return self.k[0].shape[1]
-
-    def reserve(self, total: int) -> None:
-        """Grow every buffer (doubling) so that `total` positions fit."""
-        if total <= self.capacity:
-            return
-        new_cap = max(total, 2 * self.capacity)
-        for i in range(self.n_layers):
-            for buf in (self.k, self.v):
-                grown = torch.empty(self.n_kv_heads, new_cap, self.head_dim, dtype=self.dtype)
-                grown[:, : self.length] = buf[i][:, : self.length]
-                buf[i] = grown
-
-    def write(
-        self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v of the new tokens [n_kv_heads, t, head_dim] at `length`; return views of
-        all keys and values so far [n_kv_heads, length + t, head_dim]."""
-        t = k_new.shape[1]
-        end = self.length + t
-        self.reserve(end)
-        self.k[layer][:, self.length : end] = k_new
-        self.v[layer][:, self.length : end] = v_new
-        return self.k[layer][:, :end], self.v[layer][:, :end]
-
-    def advance(self, t: int) -> None:
-        self.length += t
-
-    def truncate(self, length: int) -> None:
-        """Forget everything from position `length` on."""
-        self.length = min(self.length, length)
-
-    def load_prefix(self, ks: list[torch.Tensor], vs: list[torch.Tensor]) -> None:
-        """Fill an empty cache with a stored prefix (per layer [n_kv_heads, t, head_dim])."""
-        t = ks[0].shape[1]
-        self.length = 0
-        self.reserve(t)
-        for i in range(self.n_layers):
-            self.k[i][:, :t] = ks[i]
-            self.v[i][:, :t] = vs[i]
-        self.length = t
-
-    def slice(self, start: int, end: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Copies of positions [start, end) for every layer (for the prefix cache)."""
-        return (
-            [k[:, start:end].clone() for k in self.k],
-            [v[:, start:end].clone() for v in self.v],
-        )
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
-
 class CausalLM(nn.Module):
-    """Base class of the native model families.
+    """Base class of the models the engine runs.
 
-    Subclasses set `self.spec` and implement `forward`. Their `state_dict()` keys are the Hugging
-    Face checkpoint's keys for the same architecture, so loading is `load_state_dict` after the
-    loader has mapped a GGUF or other source onto those names.
+    Subclasses set `self.spec` and implement `forward`. Native families keep no per-sequence
+    state (`paged = True`: all K/V lives in the pool the metadata carries); their
+    `state_dict()` keys are the Hugging Face checkpoint's keys for the same architecture.
+    A model that keeps its own per-sequence state (`paged = False`, the transformers fallback)
+    is told when a sequence is forked or released.
     """
 
     spec: ModelSpec
-
-    def new_cache(self, capacity: int = 64) -> KVCache:
-        s = self.spec
-        return KVCache(s.n_layers, s.n_kv_heads, s.head_dim, self.kv_dtype, capacity)
+    paged: bool = True
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        return (
-            next(self.parameters()).dtype
-            if next(self.parameters()).is_floating_point()
-            else torch.float32
-        )
+        p = next(self.parameters())
+        return p.dtype if p.is_floating_point() else torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def forward(
         self,
         input_ids: torch.Tensor,
-        caches: list[KVCache],
-        counts: list[int],
-        logits: Literal["last", "all"] = "last",
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        """Run the new tokens of several sequences.
+        """Run the new tokens of a batch.
 
-        input_ids: [N] long, the new tokens of all sequences concatenated (N = sum(counts)).
-        caches:    one KVCache per sequence; sequence i's tokens take positions
-                   caches[i].length .. caches[i].length + counts[i] - 1.
-        Returns float32 logits: [B, vocab] for each sequence's last token ("last"),
-        or [N, vocab] for every token ("all"). Every cache is advanced by its count.
+        input_ids:      [N] long, the new tokens of all sequences concatenated.
+        positions:      [N] long, each token's absolute position in its sequence.
+        attn:           the batch's attention metadata (pool, block tables, slot mapping).
+        logits_indices: [M] long, rows of the batch whose logits are wanted.
+        Returns float32 logits [M, vocab]. New K/V are written to the pool.
         """
         raise NotImplementedError
+
+    tied_key: str | None = None  # state-dict key of the embedding the LM head shares
+
+    def tie_head(self, embedding: nn.Embedding, key: str, tie: bool) -> None:
+        """Share the LM head's weight with the input embedding (`key`) when `tie`."""
+        self.tied_key = key if tie else None
+        if tie:
+            head: nn.Linear = self.get_submodule("lm_head")  # type: ignore[assignment]
+            head.weight = embedding.weight
+
+    @property
+    def tied(self) -> bool:
+        return self.tied_key is not None
+
+    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Load a Hugging Face-named state dict: every key must be there with its shape (a
+        tied head may be missing); raises KeyError / ValueError naming the keys."""
+        tied = {"lm_head.weight": self.tied_key} if self.tied_key else {}
+        load_hf_state_dict(self, sd, tied)
+
+    def fork(self, src_seq: int, dst_seq: int) -> None:
+        """A stateful model copies sequence `src_seq`'s state to `dst_seq` (n > 1)."""
+
+    def release(self, seq_id: int) -> None:
+        """A stateful model drops sequence `seq_id`'s state."""
+
+
+@torch.compiler.disable  # reads a tensor value: kept out of compiled graphs
+def check_positions(model: CausalLM, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
+    """Raise ValueError unless ids/positions are 1-D, of one length, within the model's range."""
+    if input_ids.dim() != 1 or positions.shape != input_ids.shape:
+        raise ValueError(
+            f"input_ids and positions must be 1-D of one length, got {tuple(input_ids.shape)} "
+            f"and {tuple(positions.shape)}"
+        )
+    limit = model.spec.max_positions
+    if input_ids.numel() and int(positions.max()) >= limit:
+        raise ValueError(f"{model.spec.arch} cannot go past {limit} positions")

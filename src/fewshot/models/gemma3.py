@@ -14,26 +14,18 @@ Matches transformers' `Gemma3ForCausalLM` (module names equal its state-dict key
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
-
 import torch
 from torch import nn
 
-from fewshot.models.base import CausalLM, KVCache, ModelSpec
+from fewshot.models.attention import AttentionMetadata, paged_attention
+from fewshot.models.base import CausalLM, ModelSpec, check_positions
 from fewshot.models.layers import (
     GemmaRMSNorm,
     RotaryEmbedding,
     activation,
-    advance_caches,
     apply_rotary,
     as_id_list,
-    cached_attention,
-    check_batch,
-    load_hf_state_dict,
     rope_inv_freq,
-    select_logits,
-    sequence_positions,
 )
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -84,8 +76,7 @@ class Gemma3Attention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        caches: Sequence[KVCache],
-        counts: Sequence[int],
+        attn: AttentionMetadata,
         layer: int,
     ) -> torch.Tensor:
         """x [N, C], rope = (cos, sin) [N, D] for this layer's type -> [N, C]."""
@@ -95,8 +86,8 @@ class Gemma3Attention(nn.Module):
         v = self.v_proj(x).view(n, self.n_kv, self.head_dim)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = cached_attention(
-            q, k, v, caches, counts, layer, scale=self.scale, window=self.window
+        out = paged_attention(
+            q, k, v, attn, layer, scale=self.scale, window=self.window
         )  # [N, Hq * D]
         return self.o_proj(out)
 
@@ -132,12 +123,11 @@ class Gemma3DecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        caches: Sequence[KVCache],
-        counts: Sequence[int],
+        attn: AttentionMetadata,
         layer: int,
     ) -> torch.Tensor:
         """x [N, C] -> [N, C]."""
-        h = self.self_attn(self.input_layernorm(x), rope, caches, counts, layer)
+        h = self.self_attn(self.input_layernorm(x), rope, attn, layer)
         x = x + self.post_attention_layernorm(h)
         h = self.mlp(self.pre_feedforward_layernorm(x))
         return x + self.post_feedforward_layernorm(h)
@@ -179,7 +169,7 @@ class Gemma3TextModel(nn.Module):
 
 
 class Gemma3ForCausalLM(CausalLM):
-    """Native Gemma 3 text model over the flattened-batch / per-sequence KV cache of base.py."""
+    """Native Gemma 3 text model over the paged-KV model contract of base.py."""
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -189,9 +179,11 @@ class Gemma3ForCausalLM(CausalLM):
         layer_types = _layer_types(config)
         self.model = Gemma3TextModel(config, layer_types)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tied:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_head(
+            self.model.embed_tokens,
+            "model.embed_tokens.weight",
+            getattr(config, "tie_word_embeddings", True),
+        )
         self.final_softcap = getattr(config, "final_logit_softcapping", None)
         self.spec = ModelSpec(
             arch="gemma3",
@@ -201,32 +193,26 @@ class Gemma3ForCausalLM(CausalLM):
             head_dim=config.head_dim,
             max_positions=config.max_position_embeddings,
             hidden_size=config.hidden_size,
-            windows=[blk.self_attn.window for blk in self.model.layers],
+            windows=[int(config.sliding_window) if t == SLIDING else None for t in layer_types],
             eos_token_ids=as_id_list(config.eos_token_id),
             bos_token_id=config.bos_token_id,
         )
 
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF Gemma 3 (text) state dict (raises on missing keys or shape mismatches)."""
-        tied = {"lm_head.weight": "model.embed_tokens.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
-
     def forward(
         self,
         input_ids: torch.Tensor,
-        caches: list[KVCache],
-        counts: list[int],
-        logits: Literal["last", "all"] = "last",
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_batch(input_ids, caches, counts)
+        check_positions(self, input_ids, positions)
         m = self.model
         x = m.embed(input_ids)  # [N, C]
-        ropes = m.rotary_emb(sequence_positions(caches, counts), x.dtype)  # type -> 2 x [N, D]
+        ropes = m.rotary_emb(positions, x.dtype)  # type -> 2 x [N, D]
         for layer, block in enumerate(m.layers):
-            x = block(x, ropes[block.layer_type], caches, counts, layer)
-        x = select_logits(x, counts, logits)  # [B or N, C]
-        out = self.lm_head(m.norm(x)).float()  # [B or N, vocab]
+            x = block(x, ropes[block.layer_type], attn, layer)
+        x = x[logits_indices]  # [M, C]
+        out = self.lm_head(m.norm(x)).float()  # [M, vocab]
         if self.final_softcap is not None:
             out = torch.tanh(out / self.final_softcap) * self.final_softcap
-        advance_caches(caches, counts)
         return out

@@ -8,7 +8,8 @@ much faster than parsing a 262k-entry vocabulary and dequantising again.
 What llama.cpp's converter changed, undone here:
 - tensor names (`blk.N.attn_q.weight` -> `model.layers.N.self_attn.q_proj.weight`, ...);
 - llama: Q and K rows were permuted for llama.cpp's rotary layout (`_unpermute_rotary`);
-- gemma3: every `*norm.weight` was stored as `w + 1` (Gemma's RMSNorm multiplies by `1 + w`).
+- gemma3: every `*norm.weight` was stored as `w + 1` (Gemma's RMSNorm multiplies by `1 + w`);
+- gpt2, gptneox: see `gguf_gpt` (Conv1D transposes, GPT-NeoX's per-head fused QKV).
 Architecture facts GGUF does not store are llama.cpp's own constants: Gemma 3's sliding-window
 pattern (every 6th layer global) and local rope base (10,000).
 """
@@ -32,12 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewshot.models import gguf_gpt
 from fewshot.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1  # bump when the conversion changes, so old cache entries are not reused
-SUPPORTED_ARCHS = ("llama", "gemma3")
+SUPPORTED_ARCHS = ("llama", "gemma3", *gguf_gpt.ARCHS)
 
 # Gemma 3 facts llama.cpp hard-codes rather than storing in the file.
 GEMMA3_SLIDING_PATTERN = 6
@@ -154,7 +156,7 @@ class GGUFFile:
             etype, count = struct.unpack_from("<IQ", self._mm, pos)
             pos += 12
             if etype in _NP:
-                arr = np.frombuffer(self._mm, dtype=_NP[etype], count=count, offset=pos)
+                arr: np.ndarray = np.frombuffer(self._mm, dtype=_NP[etype], count=count, offset=pos)
                 return arr.tolist(), pos + arr.nbytes
             out = []
             for _ in range(count):
@@ -189,13 +191,15 @@ class GGUFFile:
 
 
 def build_config(g: GGUFFile) -> Any:
-    """The transformers config object for the file (LlamaConfig or Gemma3TextConfig)."""
+    """The transformers config object for the file (LlamaConfig, Gemma3TextConfig, ...)."""
     arch = g.arch
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(
             f"{g.path.name}: GGUF architecture {arch!r} is not supported natively "
             f"(supported: {', '.join(SUPPORTED_ARCHS)})"
         )
+    if arch in gguf_gpt.ARCHS:
+        return gguf_gpt.build_config(g)
     md = g.metadata
     n_heads = int(g.arch_value("attention.head_count"))
     n_kv = int(g.arch_value("attention.head_count_kv", n_heads))
@@ -306,6 +310,11 @@ def hf_name(arch: str, gguf_name: str) -> str | None:
     if gguf_name in _IGNORED:
         return None
     m = _LAYER.match(gguf_name)
+    if arch in gguf_gpt.ARCHS:
+        if m:
+            return gguf_gpt.hf_name(arch, *m.groups())
+        base, _, kind = gguf_name.rpartition(".")
+        return gguf_gpt.hf_name(arch, None, base, kind)
     if m:
         layer, part, kind = m.groups()
         target = _BLOCK[arch].get(part)
@@ -340,7 +349,11 @@ def gguf_state_dict(g: GGUFFile, config: Any) -> dict[str, torch.Tensor]:
             t = _unpermute_rotary(t, heads)
         if arch == "gemma3" and name.endswith("norm.weight"):
             t = t - 1.0
+        if arch in gguf_gpt.ARCHS:
+            t = gguf_gpt.restore_tensor(arch, name, t, config)
         sd[key] = t.contiguous()
+    if arch in gguf_gpt.ARCHS:
+        gguf_gpt.restore_state_dict(sd, config)
     return sd
 
 

@@ -9,22 +9,14 @@ Matches transformers' `GPTNeoForCausalLM` (module names equal its state-dict key
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
-
 import torch
 from torch import nn
 
-from fewshot.models.base import CausalLM, KVCache, ModelSpec
+from fewshot.models.attention import AttentionMetadata, paged_attention
+from fewshot.models.base import CausalLM, ModelSpec, check_positions
 from fewshot.models.layers import (
     activation,
-    advance_caches,
     as_id_list,
-    cached_attention,
-    check_batch,
-    load_hf_state_dict,
-    select_logits,
-    sequence_positions,
 )
 
 
@@ -42,17 +34,15 @@ class GPTNeoSelfAttention(nn.Module):
         self.q_proj = nn.Linear(hidden, hidden, bias=False)
         self.out_proj = nn.Linear(hidden, hidden, bias=True)
 
-    def forward(
-        self, x: torch.Tensor, caches: Sequence[KVCache], counts: Sequence[int], layer: int
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn: AttentionMetadata, layer: int) -> torch.Tensor:
         """x [N, C] -> [N, C]."""
         n = x.shape[0]
         shape = (n, self.n_heads, self.head_dim)
         q = self.q_proj(x).view(shape)  # [N, H, D]
         k = self.k_proj(x).view(shape)
         v = self.v_proj(x).view(shape)
-        out = cached_attention(
-            q, k, v, caches, counts, layer, scale=1.0, window=self.window, fp32=True
+        out = paged_attention(
+            q, k, v, attn, layer, scale=1.0, window=self.window, fp32=True
         )  # [N, C]
         return self.out_proj(out)
 
@@ -88,11 +78,9 @@ class GPTNeoBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(hidden, eps=eps)
         self.mlp = GPTNeoMLP(config)
 
-    def forward(
-        self, x: torch.Tensor, caches: Sequence[KVCache], counts: Sequence[int], layer: int
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn: AttentionMetadata, layer: int) -> torch.Tensor:
         """x [N, C] -> [N, C]."""
-        x = x + self.attn.attention(self.ln_1(x), caches, counts, layer)
+        x = x + self.attn.attention(self.ln_1(x), attn, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -120,7 +108,7 @@ def _layer_windows(config) -> list[int | None]:
 
 
 class GPTNeoForCausalLM(CausalLM):
-    """Native GPT-Neo over the flattened-batch / per-sequence KV cache contract of base.py."""
+    """Native GPT-Neo over the paged-KV model contract of base.py."""
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -128,9 +116,11 @@ class GPTNeoForCausalLM(CausalLM):
         windows = _layer_windows(config)
         self.transformer = GPTNeoModel(config, windows)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tied:
-            self.lm_head.weight = self.transformer.wte.weight
+        self.tie_head(
+            self.transformer.wte,
+            "transformer.wte.weight",
+            getattr(config, "tie_word_embeddings", True),
+        )
         self.spec = ModelSpec(
             arch="gpt_neo",
             vocab_size=config.vocab_size,
@@ -144,28 +134,18 @@ class GPTNeoForCausalLM(CausalLM):
             bos_token_id=config.bos_token_id,
         )
 
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF GPT-Neo state dict (raises on missing keys or shape mismatches)."""
-        tied = {"lm_head.weight": "transformer.wte.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
-
     def forward(
         self,
         input_ids: torch.Tensor,
-        caches: list[KVCache],
-        counts: list[int],
-        logits: Literal["last", "all"] = "last",
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_batch(input_ids, caches, counts)
-        limit = self.spec.max_positions
-        if any(c.length + n > limit for c, n in zip(caches, counts, strict=True)):
-            raise ValueError(f"GPT-Neo cannot go past {limit} positions")
+        check_positions(self, input_ids, positions)
         t = self.transformer
-        positions = sequence_positions(caches, counts)  # [N]
         x = t.wte(input_ids) + t.wpe(positions)  # [N, C]
         for layer, block in enumerate(t.h):
-            x = block(x, caches, counts, layer)
-        x = select_logits(x, counts, logits)  # [B or N, C]
-        out = self.lm_head(t.ln_f(x)).float()  # [B or N, vocab]
-        advance_caches(caches, counts)
+            x = block(x, attn, layer)
+        x = x[logits_indices]  # [M, C]
+        out = self.lm_head(t.ln_f(x)).float()  # [M, vocab]
         return out

@@ -1,30 +1,25 @@
 """Building blocks shared by the native model families.
 
 Everything here works on a *flattened* batch: N tokens of several sequences stacked along the
-first dimension ([N, ...]), with `counts[i]` tokens belonging to sequence i and `caches[i]` holding
-that sequence's keys and values. Linear layers and norms never care about the split; only
-attention (`cached_attention`) walks the sequences one by one.
+first dimension ([N, ...]); attention over the paged KV pool is in `attention.py`.
 
 Contents:
 - norms: `RMSNorm` (Llama), `GemmaRMSNorm` (weights stored as w, applied as 1 + w, in float32)
-- rotary embeddings in the Hugging Face "rotate_half" convention: `rope_inv_freq`, `RotaryEmbedding`
-- `sequence_positions`, `last_token_indices`: bookkeeping of the flattened batch
-- `cached_attention`: write new K/V into each sequence's cache and attend its queries against it
-  (causal, optional sliding window from absolute positions, GQA, optional scale / softcap)
+- rotary embeddings in the Hugging Face "rotate_half" convention: `rope_inv_freq`, `RotaryEmbedding`,
+  `apply_rotary`; on the first R dims of each head only (`apply_partial_rotary`, GPT-NeoX), or in
+  GPT-J's interleaved "rotate every two" convention (`interleaved_rope` + `apply_partial_rotary`)
 - `activation`: the MLP activations named by transformers configs
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from fewshot.models.base import KVCache
 
 # ---------------------------------------------------------------------------------------------
 # norms
@@ -128,6 +123,8 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: Mapping[str, Any]) -> torch
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for absolute positions; `inv_freq` is a non-persistent buffer."""
 
+    inv_freq: torch.Tensor
+
     def __init__(self, inv_freq: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
@@ -152,8 +149,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J's rotation: pairs (0, 1), (2, 3), ... of the last dim become (-x1, x0)."""
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def interleaved_rope(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`RotaryEmbedding`'s (cos, sin) [N, R] (frequencies as [f, f]) in GPT-J's interleaved
+    layout (each frequency repeated in place: [f0, f0, f1, f1, ...]), for `apply_partial_rotary`
+    with `interleaved=True`."""
+    half = cos.shape[-1] // 2
+    return cos[:, :half].repeat_interleave(2, -1), sin[:, :half].repeat_interleave(2, -1)
+
+
+def apply_partial_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False
+) -> torch.Tensor:
+    """x [N, H, D], cos/sin [N, R] with R <= D -> x with its first R dims per head rotated and
+    the other D - R dims passed through. `interleaved`: GPT-J's "rotate every two" convention
+    (cos/sin from `interleaved_rope`) instead of rotate_half's."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    turn = rotate_every_two(rot) if interleaved else rotate_half(rot)
+    rot = rot * cos[:, None, :] + turn * sin[:, None, :]
+    return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
+
+
 # ---------------------------------------------------------------------------------------------
-# flattened-batch bookkeeping
+# config helpers
 
 
 def as_id_list(value: int | list[int] | None) -> list[int]:
@@ -161,179 +185,6 @@ def as_id_list(value: int | list[int] | None) -> list[int]:
     if value is None:
         return []
     return [value] if isinstance(value, int) else list(value)
-
-
-def advance_caches(caches: Sequence[KVCache], counts: Sequence[int]) -> None:
-    """After a forward: every sequence's cache now holds its new tokens."""
-    for cache, n in zip(caches, counts, strict=True):
-        cache.advance(n)
-
-
-def check_batch(input_ids: torch.Tensor, caches: Sequence[KVCache], counts: Sequence[int]) -> None:
-    """Raise ValueError unless input_ids [N], caches and counts describe one flattened batch."""
-    if input_ids.dim() != 1:
-        raise ValueError(f"input_ids must be 1-D [N], got shape {tuple(input_ids.shape)}")
-    if len(caches) != len(counts):
-        raise ValueError(f"{len(caches)} caches but {len(counts)} counts")
-    if any(c < 1 for c in counts):
-        raise ValueError(f"every count must be >= 1, got {list(counts)}")
-    if sum(counts) != input_ids.shape[0]:
-        raise ValueError(f"counts sum to {sum(counts)} but input_ids has {input_ids.shape[0]}")
-
-
-def sequence_positions(caches: Sequence[KVCache], counts: Sequence[int]) -> torch.Tensor:
-    """Absolute positions [N] (long): sequence i's tokens start at caches[i].length."""
-    if len(counts) == 1:
-        start = caches[0].length
-        return torch.arange(start, start + counts[0])
-    return torch.cat(
-        [torch.arange(c.length, c.length + n) for c, n in zip(caches, counts, strict=True)]
-    )
-
-
-def last_token_indices(counts: Sequence[int]) -> torch.Tensor:
-    """Index [B] of each sequence's last token in the flattened batch."""
-    return torch.tensor(counts).cumsum(0) - 1
-
-
-def select_logits(hidden: torch.Tensor, counts: Sequence[int], which: str) -> torch.Tensor:
-    """hidden [N, C] -> [B, C] (each sequence's last token) for "last", unchanged for "all"."""
-    if which == "all":
-        return hidden
-    if which != "last":
-        raise ValueError(f"logits must be 'last' or 'all', got {which!r}")
-    if len(counts) == hidden.shape[0]:
-        return hidden
-    return hidden[last_token_indices(counts)]
-
-
-# ---------------------------------------------------------------------------------------------
-# attention
-
-
-def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Boolean mask [t, L]: True where query position q may see key position k."""
-    diff = q_pos[:, None] - k_pos[None, :]  # [t, L]
-    allowed = diff >= 0
-    if window is not None:
-        allowed &= diff < window
-    return allowed
-
-
-def _softcap_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    softcap: float,
-) -> torch.Tensor:
-    """Explicit attention with tanh-capped scores. q [B, H, T, D], k/v [B, H, L, D]."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, T, L]
-    scores = torch.tanh(scores / softcap) * softcap
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v)
-
-
-def _attend_one(
-    q: torch.Tensor,
-    k_all: torch.Tensor,
-    v_all: torch.Tensor,
-    start: int,
-    *,
-    scale: float | None,
-    window: int | None,
-    softcap: float | None,
-    fp32: bool,
-) -> torch.Tensor:
-    """Attention of one sequence.
-
-    q [t, Hq, D] (positions start .. start+t-1); k_all/v_all [Hkv, start+t, D] (the cache).
-    Returns [t, Hq, D].
-    """
-    t, n_heads, head_dim = q.shape
-    n_kv = k_all.shape[0]
-    group = n_heads // n_kv
-    end = start + t
-    # keys older than the window of the first query can never be seen: drop them
-    lo = max(0, start - window + 1) if window is not None else 0
-    k = k_all[:, lo:end]  # [Hkv, L, D]
-    v = v_all[:, lo:end]
-    # GQA without copying K/V: the `group` query heads sharing a KV head become extra query rows
-    qg = q.permute(1, 0, 2).reshape(n_kv, group * t, head_dim)  # [Hkv, G*t, D]
-    out_dtype = v.dtype
-    if fp32:
-        qg, k, v = qg.float(), k.float(), v.float()
-    else:
-        qg = qg.to(k.dtype)
-
-    mask: torch.Tensor | None = None
-    is_causal = False
-    if t > 1:
-        if group == 1 and start == 0 and window is None and softcap is None:
-            # square causal: SDPA's top-left alignment is right (not with grouped query rows)
-            is_causal = True
-        else:
-            q_pos = torch.arange(start, end)
-            k_pos = torch.arange(lo, end)
-            mask = _window_mask(q_pos, k_pos, window).repeat(group, 1)  # [G*t, L]
-    # with t == 1 every key in [lo, end) is visible: no mask needed
-
-    qg, k, v = qg[None], k[None], v[None]  # [1, Hkv, *, D]
-    if softcap is not None:
-        eff_scale = scale if scale is not None else head_dim**-0.5
-        out = _softcap_attention(qg, k, v, mask, eff_scale, softcap)
-    else:
-        out = F.scaled_dot_product_attention(
-            qg, k, v, attn_mask=mask, is_causal=is_causal, scale=scale
-        )
-    out = out[0].to(out_dtype)  # [Hkv, G*t, D]
-    return out.reshape(n_heads, t, head_dim).permute(1, 0, 2)  # [t, Hq, D]
-
-
-def cached_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    caches: Sequence[KVCache],
-    counts: Sequence[int],
-    layer: int,
-    *,
-    scale: float | None = None,
-    window: int | None = None,
-    softcap: float | None = None,
-    fp32: bool = False,
-) -> torch.Tensor:
-    """Write the new K/V of every sequence into its cache and attend its queries against it.
-
-    q [N, Hq, D], k/v [N, Hkv, D] (already rotated where the family uses rotary embeddings).
-    Sequence i owns rows sum(counts[:i]) .. +counts[i] and positions caches[i].length ... .
-    `window`: a query at position p sees keys at positions p - window + 1 .. p (None: all <= p).
-    `scale`: multiplier of q.k (None: 1/sqrt(D)). `fp32`: compute in float32 (GPT-Neo).
-    Returns [N, Hq * D] in v's dtype. Caches are *not* advanced (the model does that once).
-    """
-    n, n_heads, head_dim = q.shape
-    out = torch.empty(n, n_heads, head_dim, dtype=v.dtype)
-    row = 0
-    for cache, t in zip(caches, counts, strict=True):
-        start = cache.length
-        k_all, v_all = cache.write(
-            layer, k[row : row + t].transpose(0, 1), v[row : row + t].transpose(0, 1)
-        )  # [Hkv, start + t, D]
-        out[row : row + t] = _attend_one(
-            q[row : row + t],
-            k_all,
-            v_all,
-            start,
-            scale=scale,
-            window=window,
-            softcap=softcap,
-            fp32=fp32,
-        )
-        row += t
-    return out.reshape(n, n_heads * head_dim)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,26 +6,18 @@ tied to the embeddings when `config.tie_word_embeddings` is set.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
-
 import torch
 from torch import nn
 
-from fewshot.models.base import CausalLM, KVCache, ModelSpec
+from fewshot.models.attention import AttentionMetadata, paged_attention
+from fewshot.models.base import CausalLM, ModelSpec, check_positions
 from fewshot.models.layers import (
     RMSNorm,
     RotaryEmbedding,
     activation,
-    advance_caches,
     apply_rotary,
     as_id_list,
-    cached_attention,
-    check_batch,
-    load_hf_state_dict,
     rope_inv_freq,
-    select_logits,
-    sequence_positions,
 )
 
 
@@ -60,8 +52,7 @@ class LlamaAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        caches: Sequence[KVCache],
-        counts: Sequence[int],
+        attn: AttentionMetadata,
         layer: int,
     ) -> torch.Tensor:
         """x [N, C], rope = (cos, sin) [N, D] -> [N, C]."""
@@ -71,7 +62,7 @@ class LlamaAttention(nn.Module):
         v = self.v_proj(x).view(n, self.n_kv, self.head_dim)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = cached_attention(q, k, v, caches, counts, layer, scale=self.head_dim**-0.5)
+        out = paged_attention(q, k, v, attn, layer, scale=self.head_dim**-0.5)
         return self.o_proj(out)  # [N, C]
 
 
@@ -102,12 +93,11 @@ class LlamaDecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        caches: Sequence[KVCache],
-        counts: Sequence[int],
+        attn: AttentionMetadata,
         layer: int,
     ) -> torch.Tensor:
         """x [N, C] -> [N, C]."""
-        x = x + self.self_attn(self.input_layernorm(x), rope, caches, counts, layer)
+        x = x + self.self_attn(self.input_layernorm(x), rope, attn, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -123,16 +113,18 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(CausalLM):
-    """Native Llama over the flattened-batch / per-sequence KV cache contract of base.py."""
+    """Native Llama over the paged-KV model contract of base.py."""
 
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tied:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_head(
+            self.model.embed_tokens,
+            "model.embed_tokens.weight",
+            getattr(config, "tie_word_embeddings", False),
+        )
         window = getattr(config, "sliding_window", None)
         if window is not None and getattr(config, "use_sliding_window", True):
             raise ValueError("sliding-window Llama variants are not supported")
@@ -149,25 +141,19 @@ class LlamaForCausalLM(CausalLM):
             bos_token_id=config.bos_token_id,
         )
 
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF Llama state dict (raises on missing keys or shape mismatches)."""
-        tied = {"lm_head.weight": "model.embed_tokens.weight"} if self.tied else {}
-        load_hf_state_dict(self, sd, tied)
-
     def forward(
         self,
         input_ids: torch.Tensor,
-        caches: list[KVCache],
-        counts: list[int],
-        logits: Literal["last", "all"] = "last",
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        check_batch(input_ids, caches, counts)
+        check_positions(self, input_ids, positions)
         m = self.model
         x = m.embed_tokens(input_ids)  # [N, C]
-        rope = m.rotary_emb(sequence_positions(caches, counts), x.dtype)  # 2 x [N, D]
+        rope = m.rotary_emb(positions, x.dtype)  # 2 x [N, D]
         for layer, block in enumerate(m.layers):
-            x = block(x, rope, caches, counts, layer)
-        x = select_logits(x, counts, logits)  # [B or N, C]
-        out = self.lm_head(m.norm(x)).float()  # [B or N, vocab]
-        advance_caches(caches, counts)
+            x = block(x, rope, attn, layer)
+        x = x[logits_indices]  # [M, C]
+        out = self.lm_head(m.norm(x)).float()  # [M, vocab]
         return out

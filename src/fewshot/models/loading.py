@@ -15,16 +15,16 @@ fallback (slow path).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -141,19 +141,21 @@ def _apply_dtype(model: CausalLM, dtype: str) -> CausalLM:
         return model.float()
     if dtype == "bf16":
         return model.to(torch.bfloat16)
-    if importlib.util.find_spec("fewshot.models.quant") is None:
-        raise ValueError("dtype 'int8' needs fewshot.models.quant, which is not available")
     from fewshot.models.quant import quantize_model
 
-    out = quantize_model(model)
-    return out if out is not None else model
+    return cast(CausalLM, quantize_model(model))
 
 
 # --------------------------------------------------------------------------- directories
 
 
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
 def read_config(directory: Path) -> Any:
-    from transformers import AutoConfig
+    """The transformers config of a model directory."""
+    with _TRANSFORMERS_IMPORT:  # transformers' lazy first import is not thread-safe
+        from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(str(directory))
 
@@ -216,7 +218,7 @@ def load_directory(directory: str | Path) -> tuple[CausalLM, Tokenizer]:
     config, sd = _text_part(config, sd)
     with _skip_init():  # every parameter is overwritten by the checkpoint
         model = cls(config)
-    model.load_hf_state_dict(sd)  # type: ignore[attr-defined]
+    model.load_hf_state_dict(sd)
     return model, tok
 
 

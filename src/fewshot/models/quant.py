@@ -58,6 +58,9 @@ def _prepack(q: torch.Tensor, scales: torch.Tensor) -> object:
 class Int8Linear(nn.Module):
     """y = x @ (q * scale)^T + bias, q int8 [out, in], scale [out]; batch-independent rows."""
 
+    weight: torch.Tensor
+    scales: torch.Tensor
+
     def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape

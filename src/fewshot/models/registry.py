@@ -21,6 +21,9 @@ from fewshot.models.base import CausalLM
 
 NATIVE_CLASSES: dict[str, str] = {
     "gpt_neo": "fewshot.models.gpt_neo:GPTNeoForCausalLM",
+    "gptj": "fewshot.models.gptj:GPTJForCausalLM",
+    "gpt_neox": "fewshot.models.gpt_neox:GPTNeoXForCausalLM",
+    "gpt2": "fewshot.models.gpt2:GPT2LMHeadModel",
     "llama": "fewshot.models.llama:LlamaForCausalLM",
     "gemma3_text": "fewshot.models.gemma3:Gemma3ForCausalLM",
     "gemma3": "fewshot.models.gemma3:Gemma3ForCausalLM",

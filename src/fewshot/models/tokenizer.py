@@ -153,13 +153,6 @@ class Tokenizer:
             chat_template=_read_chat_template(path, cfg),
         )
 
-    @classmethod
-    def from_gguf(cls, path: str | Path, cache_dir: Path | None = None) -> Tokenizer:
-        """Build from a GGUF file's metadata (converted once, then cached)."""
-        from fewshot.models.gguf_loader import load_gguf_tokenizer
-
-        return load_gguf_tokenizer(Path(path), cache_dir=cache_dir)
-
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json + tokenizer_config.json + generation_config.json (eos ids)."""
         path = Path(path)

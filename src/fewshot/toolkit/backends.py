@@ -2,9 +2,13 @@
 
 * `LocalBackend(llm)`: `llm.generate` (greedy, stop at the separator) and `llm.loglikelihood`.
 * `RemoteBackend(client)`: generation through the HF-format endpoint (`Client.generate`);
-  log-likelihoods through TGI's `/generate` with `decoder_input_details` (the prompt tokens'
-  logprobs). The continuation's tokens are found from the end of the prefill by their text; when
-  the server has no such endpoint, rank classification is skipped with a note.
+  log-likelihoods of the continuations of one context through one `/generate` request with
+  the `choices` extension (the server ranks them with the same code as the local eval), when
+  each continuation is scored exactly as given (it starts with whitespace, or the context ends
+  in whitespace). Otherwise, or on a server without `choices`, through `/generate` with
+  `decoder_input_details` (the prompt tokens' logprobs; the continuation's tokens are found
+  from the end of the prefill by their text). When neither works, rank classification is
+  skipped with a note.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from fewshot.toolkit.choices import continuation
 from fewshot.toolkit.client import Client, FewShotAPIError
 
 
@@ -57,6 +62,7 @@ class RemoteBackend:
         self.model = model or client.model
         self.name = self.model or "remote"
         self._rank_error: str | None = None
+        self._choices_ok = True
 
     def generate(self, prompt: str, max_new_tokens: int, stop: list[str]) -> str:
         return self.client.generate(
@@ -71,7 +77,29 @@ class RemoteBackend:
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         if self._rank_error:
             raise RankUnavailable(self._rank_error)
-        return [self._score(context, continuation) for context, continuation in pairs]
+        out: list[float] = []
+        start = 0
+        while start < len(pairs):  # runs of pairs sharing a context: one request each
+            context = pairs[start][0]
+            end = start
+            while end < len(pairs) and pairs[end][0] == context:
+                end += 1
+            conts = [c for _, c in pairs[start:end]]
+            out += self._score_choices(context, conts)
+            start = end
+        return out
+
+    def _score_choices(self, context: str, conts: list[str]) -> list[float]:
+        exact = all(continuation(context, c) == c for c in conts) and len(set(conts)) == len(conts)
+        if exact and self._choices_ok:
+            try:
+                scored = self.client.choose(context, conts, model=self.model)["logprobs"]
+                return [scored[c] for c in conts]
+            except (FewShotAPIError, KeyError) as exc:
+                if isinstance(exc, FewShotAPIError) and exc.status not in (400, 404, 405, 422):
+                    raise
+                self._choices_ok = False  # an older server: use the prefill logprobs
+        return [self._score(context, c) for c in conts]
 
     def _score(self, context: str, continuation: str) -> float:
         try:

@@ -5,12 +5,19 @@ bundled directory with `local_files_only=True`, never from the hub), and a sciki
 LogisticRegression is fitted on the labelled examples of a task. A task is persisted as JSON
 (labels, coefficients, intercepts, training stats) under a tasks directory: no pickles, so a
 tasks directory can be shared without trusting code in it.
+
+Task files are written atomically and durably (a unique temp file in the same directory,
+fsync, then a rename -- or, for an exclusive create, a hard link that fails when the name
+exists -- and an fsync of the directory), so a crash at any point leaves either the old task,
+the new one, or none, and at most a stray temp file (`.*.part`, ignored).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -21,11 +28,19 @@ from typing import Any
 import numpy as np
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole name: fullmatch
 
 
 class TaskError(ValueError):
     """Invalid task input (bad name, too few examples, unknown task)."""
+
+
+class TaskExistsError(TaskError):
+    """An exclusive save found a task of that name."""
+
+
+class TaskCorruptError(RuntimeError):
+    """A stored task file cannot be read back (not JSON, or not a task)."""
 
 
 class Embedder:
@@ -128,12 +143,19 @@ class TaskClassifier:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskClassifier:
-        return cls(
-            labels=list(data["labels"]),
-            coef=data["coef"],
-            intercept=data["intercept"],
-            meta=dict(data.get("meta", {})),
-        )
+        """The classifier of a stored dict; TaskCorruptError when it is not one."""
+        try:
+            clf = cls(
+                labels=[str(x) for x in data["labels"]],
+                coef=[[float(v) for v in row] for row in data["coef"]],
+                intercept=[float(v) for v in data["intercept"]],
+                meta=dict(data.get("meta", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TaskCorruptError(f"not a task: {type(exc).__name__}: {exc}") from None
+        if not clf.labels or len(clf.coef) != len(clf.intercept):
+            raise TaskCorruptError("not a task: labels, coef and intercept do not agree")
+        return clf
 
 
 def cross_val_accuracy(vectors: np.ndarray, labels: Sequence[str], folds: int = 5) -> float | None:
@@ -201,7 +223,7 @@ def predict(clf: TaskClassifier, texts: Sequence[str], embedder: Embedder) -> li
 
 
 def check_name(name: str) -> str:
-    if not TASK_NAME.match(name or ""):
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
         raise TaskError(
             "task names are 1-64 characters: letters, digits, '_', '-', '.' (not first)"
         )
@@ -221,20 +243,45 @@ class TaskStore:
     def exists(self, name: str) -> bool:
         return self.path(name).exists()
 
-    def save(self, clf: TaskClassifier, name: str | None = None) -> Path:
+    def save(self, clf: TaskClassifier, name: str | None = None, *, overwrite: bool = True) -> Path:
+        """Write the task atomically and durably; `overwrite=False` is an exclusive create
+        (TaskExistsError when the name exists, even against a concurrent writer)."""
         path = self.path(name or clf.meta["name"])
-        with self._lock:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(clf.to_dict()), encoding="utf-8")
-            tmp.replace(path)  # atomic: readers never see a half-written task
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(clf.to_dict(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, path)  # atomic: readers see the old task or the new one
+            else:
+                try:
+                    os.link(tmp, path)  # atomic and exclusive: fails if the name exists
+                except FileExistsError:
+                    raise TaskExistsError(f"task {path.stem} exists") from None
+                tmp.unlink()
+            _fsync_dir(self.root)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def load(self, name: str) -> TaskClassifier:
+        """The stored task: TaskError when absent, TaskCorruptError when unreadable."""
         path = self.path(name)
-        if not path.exists():
-            raise TaskError(f"no task named {name!r}")
-        return TaskClassifier.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TaskError(f"no task named {name!r}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TaskCorruptError(f"task {name} cannot be read: {exc}") from None
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise TaskCorruptError(f"task {name} is not valid JSON: {exc}") from None
+        return TaskClassifier.from_dict(data)
 
     def delete(self, name: str) -> bool:
         path = self.path(name)
@@ -250,11 +297,25 @@ class TaskStore:
         if self.root.is_dir():
             for path in sorted(self.root.glob("*.json")):
                 try:
-                    clf = TaskClassifier.from_dict(json.loads(path.read_text(encoding="utf-8")))
-                except (ValueError, KeyError):
-                    continue
+                    clf = self.load(path.stem)
+                except (TaskError, TaskCorruptError):
+                    continue  # unreadable tasks are reported by GET /tasks/{name}
                 out.append(summary(clf))
         return out
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or link in `path` durable (POSIX; a no-op where directories can't open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def summary(clf: TaskClassifier) -> dict[str, Any]:

@@ -178,6 +178,20 @@ class _Calls:
             body["model"] = model or self.model
         return _Call("POST", "/generate", body, _expect(dict))
 
+    def choose(self, inputs: str, choices: list[str], model: str | None) -> _Call[dict]:
+        """TGI's /generate with the `choices` extension: {"choice", "logprobs": {choice: lp}}."""
+        call = self.tgi_generate(inputs, {"choices": list(choices)}, model)
+
+        def parse(data: Any) -> dict:
+            out = _expect(dict)(data)
+            scored = (out.get("details") or {}).get("choices") or []
+            return {
+                "choice": out["generated_text"],
+                "logprobs": {c["text"]: float(c["logprob"]) for c in scored},
+            }
+
+        return _Call(call.method, call.path, call.body, parse)
+
     def create_task(
         self, name: str, examples: Iterable[Any], options: Mapping[str, Any]
     ) -> _Call[dict]:
@@ -310,6 +324,10 @@ class Client(_ClientBase):
         """TGI's POST /generate (e.g. with decoder_input_details=True for prompt logprobs)."""
         return self._send(self._calls.tgi_generate(inputs, parameters, model))
 
+    def choose(self, inputs: str, choices: list[str], model: str | None = None) -> dict:
+        """The most likely of `choices` after `inputs` and every choice's log-probability."""
+        return self._send(self._calls.choose(inputs, choices, model))
+
     def create_task(self, name: str, examples: Iterable[Any], **options: Any) -> dict:
         """Train (or replace, with overwrite=True) a named embedding classifier on the server."""
         return self._send(self._calls.create_task(name, examples, options))
@@ -391,6 +409,9 @@ class AsyncClient(_ClientBase):
 
     async def tgi_generate(self, inputs: str, model: str | None = None, **parameters: Any) -> dict:
         return await self._send(self._calls.tgi_generate(inputs, parameters, model))
+
+    async def choose(self, inputs: str, choices: list[str], model: str | None = None) -> dict:
+        return await self._send(self._calls.choose(inputs, choices, model))
 
     async def create_task(self, name: str, examples: Iterable[Any], **options: Any) -> dict:
         return await self._send(self._calls.create_task(name, examples, options))

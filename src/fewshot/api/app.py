@@ -2,14 +2,15 @@
 
 Routes: the Hugging Face Inference API (`/models/{id}`), TGI (`/`, `/generate`,
 `/generate_stream`, `/tokenize`, `/info`, `/health`, `/metrics`), OpenAI (`/v1/...`), the
-toolkit's `/tasks` when its module is present, and the playground (`GET /`, `/static`).
+toolkit's `/tasks` and the playground (`GET /`, `/static`).
 Models load in the lifespan, in background threads: the server answers at once and reports
-503 "currently loading" until they are ready. Nothing is loaded at import time.
+503 "currently loading" until they are ready. Nothing is loaded at import time, and nothing
+heavy is imported before it is used: torch with the first model, the classifier stack
+(sentence-transformers, scikit-learn) with the first /tasks request that needs it.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,8 +29,6 @@ from fewshot.api.state import AppState, Loader
 from fewshot.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
-
-log = logging.getLogger("fewshot.api")
 
 DESCRIPTION = """\
 A self-hosted few-shot inference API over fewshot's CPU engine, in three wire formats:

@@ -31,6 +31,19 @@ class MachineInfo:
         return asdict(self)
 
 
+def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """Every instruction-set flag of the first CPU in /proc/cpuinfo (empty where unreadable)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
     """CPU model name and the interesting flags present, from /proc/cpuinfo."""
     model, flags = platform.processor() or "unknown", []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewshot.bench.models import BenchModel
-from fewshot.bench.prompts import PromptSet
+from fewshot.settings import configure_openmp
 
 RUNNER = Path(__file__).with_name("peer_runner.py")
 
@@ -73,10 +73,12 @@ def parse_peer_python(specs: list[str]) -> dict[str, Path]:
 
 
 def peer_env(home: Path, threads: int) -> dict[str, str]:
-    """The explicit environment a peer runs in: offline, its own home, pinned threads."""
+    """The explicit environment a peer runs in: offline, its own home, pinned threads, and the
+    OpenMP wait policy our own server runs with (`configure_openmp`: idle threads sleep; with
+    llama.cpp's OpenMP barriers the spinning default is many times slower on a busy host)."""
     home.mkdir(parents=True, exist_ok=True)
     _opt_out_telemetry(home)
-    return {
+    env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(home),
         "LANG": "C.UTF-8",
@@ -87,6 +89,8 @@ def peer_env(home: Path, threads: int) -> dict[str, str]:
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
     }
+    configure_openmp(env)
+    return env
 
 
 def _opt_out_telemetry(home: Path) -> None:
@@ -137,18 +141,6 @@ def applies(peer: Peer, model: BenchModel) -> bool:
     if peer.backend == "llamacpp":
         return model.gguf_path is not None
     return model.random_weights  # optimum exports of the GPT-Neo directories
-
-
-def write_prompts(path: Path, prompts: PromptSet) -> Path:
-    """The prompts a peer needs, as JSON for peer_runner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "cold": prompts.cold,
-        "prefix": prompts.prefix,
-        "serving_queries": prompts.serving_queries,
-    }
-    path.write_text(json.dumps(data))
-    return path
 
 
 def run_peer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fewshot.bench.runtime_probe import describe_stages
 from fewshot.bench.stats import ratio
 from fewshot.bench.targets import TargetResult, headline, judge
 
@@ -94,7 +95,7 @@ def _serving_table(model: dict[str, Any]) -> list[str]:
             continue
         peer = eng.get("kind") == "peer"
         rows.append([
-            eng.get("label", key) + (" (in-process, batches)" if peer else ""),
+            eng.get("label", key) + (f" (in-process, {s.get('mode', 'batches')})" if peer else ""),
             _num(s.get("requests_per_s"), 2),
             "-" if peer else _ms(s.get("p50_s")),
             "-" if peer else _ms(s.get("p99_s")),
@@ -228,7 +229,8 @@ def _machine_section(results: dict[str, Any]) -> list[str]:
         f"- Memory read bandwidth (torch sum, {meta.get('threads')} threads): {_num(bw)} GB/s at the start, {_num(bw_end)} GB/s at the end",
         f"- Load average at the start: {_num(load, 2) if load is not None else '-'} "
         "(other work on the machine skews absolute numbers; the ratios come from the same run)",
-        f"- Python runtime alone (torch + server stack, no model): {_mb(results.get('runtime_rss'))} RSS",
+        f"- Server process before any weights (`python -m fewshot.bench.runtime_probe`): "
+        f"{_mb(results.get('runtime_rss'))} peak RSS{describe_stages(results.get('runtime'))}",
         f"- Rounds: {meta.get('rounds')} per workload (medians reported); ours in {', '.join(meta.get('dtypes') or [])}; "
         f"run took {_num((meta.get('wall_s') or 0) / 60)} min; started {meta.get('started')}",
         f"- Python {m.get('python')}, torch {m.get('torch')}",

@@ -29,27 +29,22 @@ from fewshot.bench.workloads import Target, prompts_needed, serving, single_requ
 OURS_ALIAS = "bench"
 Log = Callable[[str], None]
 
-_RUNTIME_PROBE = """
-import json, resource
-import torch, fastapi, uvicorn, tokenizers
-print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-"""
-
 
 def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def runtime_rss() -> int | None:
-    """Peak RSS of a Python that imports torch, FastAPI, uvicorn and tokenizers, with no model:
-    the memory any Python server of a torch model pays before its weights."""
-    out = subprocess.run(
-        [sys.executable, "-c", _RUNTIME_PROBE], capture_output=True, text=True, timeout=300
-    )
+def runtime_probe() -> dict[str, Any]:
+    """The server process's memory before any weights, stage by stage (`runtime_probe`): what
+    any Python server of a torch model pays, and what ours adds."""
+    argv = [sys.executable, "-m", "fewshot.bench.runtime_probe"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     try:
-        return int(json.loads(out.stdout.strip().splitlines()[-1])["rss"])
-    except (ValueError, IndexError, KeyError):
-        return None
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {
+            "error": f"runtime probe gave no result (exit {out.returncode}): {out.stderr[-500:]}"
+        }
 
 
 def _run_side(
@@ -298,7 +293,8 @@ def run(cfg: BenchConfig, log: Log = _log) -> dict[str, Any]:
     log("machine and memory bandwidth")
     results["machine"] = machine_info().to_dict()
     results["bandwidth_gbps"] = measure_bandwidth(cfg.threads, cfg.bandwidth_mb)
-    results["runtime_rss"] = runtime_rss()
+    results["runtime"] = runtime_probe()
+    results["runtime_rss"] = results["runtime"].get("rss")
     discovery = bench_peers.discover(
         cfg.peer_pythons, cfg.peer_backends, cfg.work / "peers" / "home", cfg.threads
     )

@@ -13,6 +13,7 @@ FLOOR_GOAL = 2.0  # x the int8 memory-bandwidth floor
 CACHED_TTFT_GOAL = 2.0  # decode steps
 CACHED_COLD_GOAL = 0.1  # x the cold time to first token
 MEMORY_GOAL = 1.5  # x (weights + KV cache)
+LLAMACPP_CONCURRENT_GOAL = 2.0  # ours at 8 concurrent requests, x llama.cpp's single stream
 
 
 @dataclass
@@ -191,4 +192,44 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
             _margin(r, MEMORY_GOAL, False),
         )
     )
+    out.extend(llamacpp_targets(results, ours_key))
+    return out
+
+
+def llamacpp_targets(results: dict[str, Any], ours_key: str) -> list[TargetResult]:
+    """On every model llama.cpp ran (the same GGUF file): batch-1 decode at least as fast, and
+    8 concurrent requests at >= 2x its single-stream tokens/s."""
+    out: list[TargetResult] = []
+    for name, model in results.get("models", {}).items():
+        engines = model.get("engines", {})
+        peer = engines.get("peer-llamacpp")
+        if not peer or "error" in peer:
+            continue
+        ours = engines.get(ours_key, {})
+        ours_step = _get(ours, "single", "decode_s_per_token")
+        peer_step = peer.get("decode_s_per_token")
+        r = ratio(peer_step, ours_step)
+        out.append(
+            TargetResult(
+                f"{name}: batch-1 decode at least as fast as llama.cpp",
+                "-"
+                if r is None
+                else f"{1e3 * ours_step:.1f} vs {1e3 * peer_step:.1f} ms/token ({r:.2f}x)",
+                ">= 1x",
+                None if r is None else r >= 1,
+                _margin(r, 1.0, True),
+            )
+        )
+        ours_tps = _get(ours, "throughput", "levels", "8", "tokens_per_s")
+        peer_tps = peer.get("single_stream_tokens_per_s")
+        r = ratio(ours_tps, peer_tps)
+        out.append(
+            TargetResult(
+                f"{name}: 8 concurrent requests vs llama.cpp's single-stream tokens/s",
+                "-" if r is None else f"{ours_tps:.1f} vs {peer_tps:.1f} tokens/s ({r:.2f}x)",
+                f">= {LLAMACPP_CONCURRENT_GOAL:.0f}x",
+                None if r is None else r >= LLAMACPP_CONCURRENT_GOAL,
+                _margin(r, LLAMACPP_CONCURRENT_GOAL, True),
+            )
+        )
     return out

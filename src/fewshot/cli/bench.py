@@ -70,6 +70,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
         help="a peer venv's python, e.g. ov=/path/to/venv/bin/python (repeatable); missing ones are skipped",
     )
     p.add_argument(
+        "--llamacpp-wheels",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="prebuilt llama-cpp-python wheels (DIR/avx2, DIR/avx512): the build this CPU runs "
+        "is installed into a venv under --work and benchmarked as the llamacpp peer",
+    )
+    p.add_argument(
         "--peers",
         type=_csv,
         default=DEFAULT_BACKENDS,
@@ -115,13 +123,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    work = (args.work or Settings().cache_dir / "bench").resolve()
+    if args.llamacpp_wheels and "llamacpp" not in pythons:
+        from fewshot.bench.peer_setup import ensure_llamacpp_venv
+
+        pythons["llamacpp"] = ensure_llamacpp_venv(args.llamacpp_wheels, work / "peers")
     common = {
         "models": models,
         "rounds": args.rounds or (1 if args.quick else 3),
         "threads": args.threads or available_cores(),
         "dtypes": args.dtype,
         "out": args.out.resolve(),
-        "work": (args.work or Settings().cache_dir / "bench").resolve(),
+        "work": work,
         "peer_pythons": pythons,
         "peer_backends": args.peers,
         "seed": args.seed,

@@ -17,6 +17,7 @@ int8 copy and the embedding stays float.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -87,6 +88,13 @@ class CheckpointReader:
         if key in self._bin:
             return tuple(self._bin[key].shape)
         return tuple(self._entries[key][1]["shape"])
+
+    def dtype_of(self, aliases: list[str], key_of: Callable[[str], str]) -> torch.dtype:
+        """The stored dtype of the first of `aliases` in the checkpoint."""
+        key = next(key_of(a) for a in aliases if key_of(a) in self)
+        if key in self._bin:
+            return self._bin[key].dtype
+        return _ST_DTYPES[self._entries[key][1]["dtype"]]
 
     def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor `key` in `dtype` (default: as stored), in memory of its own."""
@@ -181,6 +189,8 @@ def load_into(
                     want = float_dtype if p.is_floating_point() else None
                     t = _read(reader, names[id(p)], key_of, want)
                     loaded[id(p)] = nn.Parameter(t, requires_grad=False)
+                    if t.dtype != reader.dtype_of(names[id(p)], key_of):
+                        release_free_memory()  # the stored-dtype copy just freed
                 setattr(module, pname, loaded[id(p)])
         for mod_name, linear in linears.items():  # int8: quantize each Linear as it is read
             prefix = f"{mod_name}." if mod_name else ""
@@ -195,6 +205,7 @@ def load_into(
                 bias = _read(reader, names[id(linear.bias)], key_of, torch.float32, prefix)
             _set_module(model, mod_name, quantize(mod_name, weight, bias, tied))  # type: ignore[misc]
             del weight, bias
+            release_free_memory()
         persistent = model.state_dict(keep_vars=True)
         for name, buf in model.named_buffers():
             if name in persistent and key_of(name) in reader:  # e.g. a stored mask
@@ -239,6 +250,25 @@ def _check(
         raise KeyError(f"state dict lacks {len(missing)} expected key(s): {shown}")
     if bad:
         raise ValueError("state dict shape mismatch: " + "; ".join(bad[:8]))
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc keeps freed temporaries otherwise,
+    and the packed int8 weights allocated between them pin that memory in the RSS)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -31,7 +31,8 @@ first one's rounding error: `planes_for`): one per-channel int8 plane alone move
 top-1 agreement with fp32 to 95.9% (its weights come from a 4-bit GGUF, whose block structure a
 per-row grid fits badly); two planes on the projections that write into the residual stream
 bring it to 98.6% for 9% more weight bytes. The LM head has one plane and, when it is tied to
-the float input embedding, recomputes its top 16 outputs per row from that embedding in fp32.
+the float input embedding, recomputes every output that could be the row's maximum from that
+embedding in fp32 (an error bound says which), so its argmax is the float head's.
 
 `quantize_model(model)` swaps every nn.Linear for an Int8Linear, the LM head included (on Gemma 3
 270M it is 168M of the 268M weights); a tied input embedding keeps its float weights.
@@ -110,9 +111,12 @@ class Int8Linear(nn.Module):
     """y = x @ W^T + bias with W = sum over `planes` of q_p * scale_p (q_p int8 [out, in],
     scale_p [out]); every row's result is independent of the rest of the batch.
 
-    `exact`: an optional float copy of W (a tied LM head's input embedding, in memory anyway):
-    the `rescore` largest outputs of each row are then recomputed from it in fp32, so the top
-    of the distribution (argmax, top-k sampling) is what the float model gives.
+    `exact`: an optional float copy of W (a tied LM head's input embedding, in memory anyway).
+    Then the activations go in as one 7-bit limb, and every output that could be the row's
+    maximum is recomputed from `exact` in fp32: those within 2 * bound of the approximate
+    maximum, where bound = |x|_1 * max(scale) / 2 + (a / 2) * max_j |W_j|_1 caps the error of
+    any approximate output (weight rounding plus activation rounding). So the argmax, and the
+    values near the top, are the float model's; outputs far below the top keep the int8 error.
     """
 
     def __init__(
@@ -123,7 +127,6 @@ class Int8Linear(nn.Module):
         *,
         planes: int = 1,
         exact: torch.Tensor | None = None,
-        rescore: int = 16,
         kernel: str | None = None,
     ) -> None:
         super().__init__()
@@ -134,7 +137,11 @@ class Int8Linear(nn.Module):
         self.kernel = kernel or select_kernel()
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), False)
         self.exact = exact  # not a parameter of this module: shared with its owner
-        self.rescore = min(rescore, self.out_features)
+        self.limbs = 1 if exact is not None else 2
+        if exact is not None:  # error bound constants: max(scale) / 2, max_j |W_j|_1
+            l1 = torch.cat([c.abs().sum(1, dtype=torch.int32) for c in q.split(8192)])
+            self._half_scale = float(scales.max()) / 2
+            self._w_l1 = float((l1.float() * scales[: l1.shape[0]]).max())
         if self.kernel == "fbgemm":
             self._packed: object = _pack(q, scales.float())
             self._q: torch.Tensor | None = None
@@ -190,27 +197,35 @@ class Int8Linear(nn.Module):
         m, n = x2.shape[0], self.out_features
         if self.kernel == "fbgemm":
             limbs, a = split_limbs(x2)
+            if self.limbs == 1:
+                limbs = limbs[:m]
             acc = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 limbs, 1.0, _ZERO_POINT, self._packed
-            )  # [2M, planes * out] = integer sums * scale
-            y = (acc[:m] + acc[m:] * (1.0 / (2 * LIMB))) * a
+            )  # [limbs * M, planes * out] = integer sums * scale
+            y = acc * a if self.limbs == 1 else (acc[:m] + acc[m:] * (1.0 / (2 * LIMB))) * a
         else:
             y = torch._weight_int8pack_mm(x2, self._q, self._scales)
         if self.planes == 2:
             y = y[:, :n] + y[:, n:]  # [M, out]
         if self.exact is not None and m:
-            top = y.topk(self.rescore, dim=-1).indices  # [M, k]
-            rows = self.exact.detach()[top].float()  # [M, k, in]
-            y = y.scatter(-1, top, (rows * x2[:, None, :]).sum(-1))
+            y = self._rescore(x2, y)
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype).reshape(*lead, n)
+
+    def _rescore(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Recompute in fp32 every output of y [M, out] that may be its row's maximum."""
+        a = x.abs().amax(dim=1) / LIMB if self.kernel == "fbgemm" else torch.zeros(len(x))
+        bound = x.abs().sum(1) * self._half_scale + a / 2 * self._w_l1  # [M]
+        rows, cols = (y >= (y.amax(dim=1) - 2 * bound)[:, None]).nonzero(as_tuple=True)
+        exact = (self.exact.detach()[cols].float() * x[rows]).sum(-1)
+        return y.index_put((rows, cols), exact)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, planes={self.planes}, kernel={self.kernel}, "
-            f"rescore={self.rescore if self.exact is not None else 0}"
+            f"limbs={self.limbs}, rescored={self.exact is not None}"
         )
 
 

@@ -46,6 +46,7 @@ from functools import cache
 import torch
 from torch import nn
 
+RESCORE_CAP = 64  # most outputs per row recomputed in fp32 by a rescored head
 LIMB = 63  # |q| of one activation limb: 7 bits, safe from int16 saturation on every x86 kernel
 _ZERO_POINT = LIMB + 1  # limbs enter the u8 GEMM as q + 64, in [1, 127]
 
@@ -112,11 +113,13 @@ class Int8Linear(nn.Module):
     scale_p [out]); every row's result is independent of the rest of the batch.
 
     `exact`: an optional float copy of W (a tied LM head's input embedding, in memory anyway).
-    Then the activations go in as one 7-bit limb, and every output that could be the row's
-    maximum is recomputed from `exact` in fp32: those within 2 * bound of the approximate
-    maximum, where bound = |x|_1 * max(scale) / 2 + (a / 2) * max_j |W_j|_1 caps the error of
-    any approximate output (weight rounding plus activation rounding). So the argmax, and the
-    values near the top, are the float model's; outputs far below the top keep the int8 error.
+    Then every output that may be the row's
+    maximum is recomputed from `exact` in fp32: those within 12 sigma of the approximate
+    maximum, sigma being the standard deviation of an output's error when the weight and
+    activation roundings are independent and uniform (|x|_2 * max(scale) and a * max_j |W_j|_2,
+    over sqrt(12)). So the argmax and the values near the top are the float model's (a flip
+    would need a 6-sigma rounding error); outputs far below the top keep the int8 error. When
+    more than RESCORE_CAP outputs per row qualify (a flat top), the RESCORE_CAP largest do.
     """
 
     def __init__(
@@ -134,14 +137,14 @@ class Int8Linear(nn.Module):
             raise ValueError(f"planes must be 1 or 2, got {planes}")
         self.planes = planes
         self.out_features, self.in_features = q.shape[0] // planes, q.shape[1]
+        out_rows = self.out_features
         self.kernel = kernel or select_kernel()
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), False)
         self.exact = exact  # not a parameter of this module: shared with its owner
-        self.limbs = 1 if exact is not None else 2
-        if exact is not None:  # error bound constants: max(scale) / 2, max_j |W_j|_1
-            l1 = torch.cat([c.abs().sum(1, dtype=torch.int32) for c in q.split(8192)])
-            self._half_scale = float(scales.max()) / 2
-            self._w_l1 = float((l1.float() * scales[: l1.shape[0]]).max())
+        if exact is not None:  # error model constants: max(scale), max_j |W_j|_2
+            sq = torch.cat([c.float().square().sum(1) for c in q[:out_rows].split(8192)])
+            self._scale_max = float(scales[:out_rows].max())
+            self._w_l2 = float((sq.sqrt() * scales[:out_rows]).max())
         if self.kernel == "fbgemm":
             self._packed: object = _pack(q, scales.float())
             self._q: torch.Tensor | None = None
@@ -197,12 +200,10 @@ class Int8Linear(nn.Module):
         m, n = x2.shape[0], self.out_features
         if self.kernel == "fbgemm":
             limbs, a = split_limbs(x2)
-            if self.limbs == 1:
-                limbs = limbs[:m]
             acc = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 limbs, 1.0, _ZERO_POINT, self._packed
-            )  # [limbs * M, planes * out] = integer sums * scale
-            y = acc * a if self.limbs == 1 else (acc[:m] + acc[m:] * (1.0 / (2 * LIMB))) * a
+            )  # [2M, planes * out] = integer sums * scale
+            y = (acc[:m] + acc[m:] * (1.0 / (2 * LIMB))) * a
         else:
             y = torch._weight_int8pack_mm(x2, self._q, self._scales)
         if self.planes == 2:
@@ -215,17 +216,27 @@ class Int8Linear(nn.Module):
 
     def _rescore(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Recompute in fp32 every output of y [M, out] that may be its row's maximum."""
-        a = x.abs().amax(dim=1) / LIMB if self.kernel == "fbgemm" else torch.zeros(len(x))
-        bound = x.abs().sum(1) * self._half_scale + a / 2 * self._w_l1  # [M]
-        rows, cols = (y >= (y.amax(dim=1) - 2 * bound)[:, None]).nonzero(as_tuple=True)
-        exact = (self.exact.detach()[cols].float() * x[rows]).sum(-1)
+        fbgemm = self.kernel == "fbgemm"
+        a = x.abs().amax(dim=1) / (LIMB * 2 * LIMB) if fbgemm else torch.zeros(len(x))
+        sigma = torch.hypot(x.norm(dim=1) * self._scale_max, a * self._w_l2) / 12**0.5  # [M]
+        near = y >= (y.amax(dim=1) - 12 * sigma)[:, None]  # [M, out]
+        if int(near.sum()) > RESCORE_CAP * len(x):  # a flat top: the RESCORE_CAP largest
+            top = y.topk(RESCORE_CAP, dim=1).indices
+            near = torch.zeros_like(near).scatter_(1, top, True)
+        rows, cols = near.nonzero(as_tuple=True)
+        exact = torch.cat(
+            [
+                (self.exact.detach()[c].float() * x[r]).sum(-1)
+                for r, c in zip(rows.split(4096), cols.split(4096), strict=True)
+            ]
+        )
         return y.index_put((rows, cols), exact)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, planes={self.planes}, kernel={self.kernel}, "
-            f"limbs={self.limbs}, rescored={self.exact is not None}"
+            f"rescored={self.exact is not None}"
         )
 
 

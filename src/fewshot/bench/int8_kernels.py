@@ -143,8 +143,8 @@ def decode(source: str, rounds: int) -> None:
         state = {}
         for name, model in models.items():
             caches = [model.new_cache(len(ids) + 64 * rounds + 8) for _ in range(batch)]
-            model(ids.repeat(batch), caches, [len(ids)] * batch)
-            state[name] = (model, caches)
+            logits = model(ids.repeat(batch), caches, [len(ids)] * batch)
+            state[name] = [model, caches, logits.argmax(-1)]
 
         fns = {
             name: (lambda name=name, state=state, b=batch: _step(state[name], b)) for name in models
@@ -153,9 +153,10 @@ def decode(source: str, rounds: int) -> None:
         print(json.dumps({"model": source, "batch": batch, "ms_per_step": ms}), flush=True)
 
 
-def _step(state: tuple[nn.Module, list], batch: int) -> None:
-    model, caches = state
-    model(torch.full((batch,), 42), caches, [1] * batch)
+def _step(state: list, batch: int) -> None:
+    """One greedy decode step of every sequence (each model follows its own argmax)."""
+    model, caches, tokens = state
+    state[2] = model(tokens, caches, [1] * batch).argmax(-1)
 
 
 def main(argv: list[str] | None = None) -> int:

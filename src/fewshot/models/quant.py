@@ -12,8 +12,8 @@ with fp32). So the activations are not rounded to 8 bits; they are split into *l
     x = a * (q1 + q2 / 126),  a = absmax(row) / 63,  q1 = round(x / a),  q2 = round((x/a - q1) * 126)
 
 with q1, q2 integers in [-63, 63]. Both limbs go through the GEMM as extra rows of the same call
-(2M rows instead of M: free at decode sizes, where the weight read dominates) and the results are
-recombined in fp32: y = a * (acc1 + acc2 / 126) * scale. The activation error is then at most
+(2M rows instead of M: at decode sizes the weight read dominates, so this costs 10-30% more GEMM
+time, not 2x; measured by `fewshot.bench.int8_kernels`) and the results are recombined in fp32: y = a * (acc1 + acc2 / 126) * scale. The activation error is then at most
 1/(2 * 63 * 126) of the row's absmax (~14 bits), below the weight rounding error, so the result
 is as close to fp32 as weight-only int8 can be.
 
@@ -22,9 +22,10 @@ Properties this gives:
   recombination is elementwise, so a row's output is bitwise the same whatever shares the batch;
 - the same numbers on every x86 host: 7-bit limbs (|q| <= 63, offset by 64 into [1, 127]) never
   saturate the int16 pair sums of the non-VNNI kernels (vpmaddubsw), so AVX2 and VNNI hosts
-  compute identical int32 sums;
+  compute identical int32 sums (by construction; only AVX-512 hosts were measured);
 - one weight copy in memory: the packed fbgemm matrix (the plain int8 weight is released).
-Without fbgemm (non-x86 builds) a reference kernel dequantizes the weight per call.
+Without fbgemm (non-x86 builds) the "reference" kernel (`torch._weight_int8pack_mm` on fp32
+activations) gives the same results up to rounding, slowly.
 
 Weights take one or two int8 planes (w ~= q1 * s1 + q2 * s2, the second plane quantizing the
 first one's rounding error: `planes_for`): one per-channel int8 plane alone moved Gemma 3 270M's
@@ -32,7 +33,7 @@ top-1 agreement with fp32 to 95.9% (its weights come from a 4-bit GGUF, whose bl
 per-row grid fits badly); two planes on the projections that write into the residual stream
 bring it to 98.6% for 9% more weight bytes. The LM head has one plane and, when it is tied to
 the float input embedding, recomputes every output that could be the row's maximum from that
-embedding in fp32 (an error bound says which), so its argmax is the float head's.
+embedding in fp32 (those within 12 sigma of an error model), so its argmax is the float head's.
 
 `quantize_model(model)` swaps every nn.Linear for an Int8Linear, the LM head included (on Gemma 3
 270M it is 168M of the 268M weights); a tied input embedding keeps its float weights.

@@ -24,3 +24,12 @@ def test_agreement_on_tiny_gpt_neo(tiny_gpt_neo_dir, tmp_path) -> None:
     # int8 is an approximation: close to, but not necessarily equal to, fp32
     assert 0.6 <= out["teacher_forced_top1"] <= 1.0
     assert 0.0 <= out["greedy_top1"] <= 1.0
+
+
+def test_default_prompts_mix_few_shot_and_prose() -> None:
+    from fewshot.bench.agreement import default_prompts
+
+    texts = default_prompts(lambda t: len(t.split()), 6)
+    assert len(texts) == 6 and len(set(texts)) == 6
+    assert sum(t.startswith("Request ") for t in texts) == 2  # cold few-shot prompts
+    assert sum(t.startswith("Story ") or " Story " in t for t in texts) == 2  # unrelated prose

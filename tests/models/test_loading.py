@@ -13,7 +13,14 @@ import torch
 from family_helpers import save_with_tokenizer
 
 from fewshot.models.base import CausalLM
-from fewshot.models.loading import LoadedModel, ModelNotFoundError, load_model
+from fewshot.models.loading import (
+    AUTO_DTYPE,
+    DTYPES,
+    LoadedModel,
+    ModelNotFoundError,
+    load_model,
+    resolve_dtype,
+)
 from fewshot.models.standalone import Arena, new_cache, run
 
 PROMPT = "Hello world, this is a test of"
@@ -90,11 +97,70 @@ def test_sharded_and_bin_checkpoints(tiny_gpt_neo_dir: Path, tmp_path: Path) -> 
 def test_dtypes(tiny_gpt_neo_dir: Path) -> None:
     lm = load_model(str(tiny_gpt_neo_dir), dtype="bf16")
     assert next(lm.model.parameters()).dtype == torch.bfloat16
-    assert next(load_model(str(tiny_gpt_neo_dir), dtype="auto").model.parameters()).dtype == (
-        torch.float32
-    )
+    assert resolve_dtype("auto") == AUTO_DTYPE and AUTO_DTYPE in DTYPES
     with pytest.raises(ValueError, match="dtype"):
         load_model(str(tiny_gpt_neo_dir), dtype="fp8")
+
+
+# --------------------------------------------------------------------------- streamed loading
+
+
+@pytest.fixture(scope="module")
+def wide_gpt_neo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random GPT-Neo whose Linear weights dominate (small vocabulary, 4 layers of 128)."""
+    from fewshot.bench.load_memory import write_random_gpt_neo
+
+    return write_random_gpt_neo(tmp_path_factory.mktemp("wide"), 128, 4, 4, vocab=512)
+
+
+def _logits(model: CausalLM) -> torch.Tensor:
+    ids = torch.arange(0, 500, 7)
+    with torch.inference_mode():
+        return run(model, ids, [new_cache(model)], [len(ids)], logits="all")
+
+
+def test_streamed_dtypes_match_converting_after_load(wide_gpt_neo_dir: Path) -> None:
+    from fewshot.models.quant import Int8Linear, quantize_model
+
+    fp32 = load_model(str(wide_gpt_neo_dir), dtype="fp32").model
+    bf16 = load_model(str(wide_gpt_neo_dir), dtype="bf16").model
+    for (name, a), (_, b) in zip(fp32.named_parameters(), bf16.named_parameters(), strict=True):
+        assert torch.equal(a.to(torch.bfloat16), b), name
+    int8 = load_model(str(wide_gpt_neo_dir), dtype="int8").model
+    assert any(isinstance(m, Int8Linear) for m in int8.modules())
+    assert not any(p.device.type == "meta" for p in int8.parameters())
+    assert int8.lm_head.exact is int8.transformer.wte.weight  # tied head rescores from wte
+    assert torch.equal(_logits(int8), _logits(quantize_model(fp32)))
+
+
+def test_int8_load_never_holds_a_float_copy(wide_gpt_neo_dir: Path, monkeypatch) -> None:
+    """Loading int8, the float Linear weights read from the checkpoint are freed one by one as
+    they are quantized: at no point are more than two of them alive (watched at the storage,
+    so wrapping one in a Parameter would keep it counted)."""
+    import weakref
+
+    from fewshot.models.checkpoint import CheckpointReader
+
+    alive: dict[str, int] = {}  # checkpoint key -> bytes, while its storage lives
+    peak = [0]
+    read = CheckpointReader.read
+
+    def watched_read(self, key, dtype=None):
+        t = read(self, key, dtype)
+        if ".h." in key and t.dim() == 2:  # a Linear weight inside the blocks
+            alive[key] = t.untyped_storage().nbytes()
+            weakref.finalize(t.untyped_storage(), alive.pop, key, None)
+            peak[0] = max(peak[0], sum(alive.values()))
+        return t
+
+    monkeypatch.setattr(CheckpointReader, "read", watched_read)
+    model = load_model(str(wide_gpt_neo_dir), dtype="int8").model
+    reader = CheckpointReader(wide_gpt_neo_dir)
+    sizes = [4 * torch.Size(reader.shape(k)).numel() for k in reader.keys() if ".h." in k]
+    assert sum(sizes) > 4 * max(sizes)  # holding them all would fail below
+    assert 0 < peak[0] <= 2 * max(sizes), (peak[0], max(sizes))
+    assert not alive  # none outlives the load
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 0
 
 
 def test_unknown_name() -> None:

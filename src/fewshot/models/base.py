@@ -11,7 +11,7 @@ when sampling, every prompt token when prompt logprobs are wanted, from the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -90,11 +90,26 @@ class CausalLM(nn.Module):
     def tied(self) -> bool:
         return self.tied_key is not None
 
+    def checkpoint_key(self, name: str, has: Callable[[str], bool]) -> str:
+        """The checkpoint key holding parameter `name` (`has` tells which keys exist); families
+        whose checkpoints name things otherwise override it."""
+        return name
+
+    def checkpoint_transposed(self, name: str) -> bool:
+        """Whether checkpoints store parameter `name` transposed (GPT-2's Conv1D weights)."""
+        return False
+
     def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
         """Load a Hugging Face-named state dict: every key must be there with its shape (a
         tied head may be missing); raises KeyError / ValueError naming the keys."""
+        own: dict[str, torch.Tensor] = {}
+        for name in self.state_dict():
+            key = self.checkpoint_key(name, sd.__contains__)
+            if key in sd:
+                t = sd[key]
+                own[name] = t.t() if self.checkpoint_transposed(name) and t.dim() == 2 else t
         tied = {"lm_head.weight": self.tied_key} if self.tied_key else {}
-        load_hf_state_dict(self, sd, tied)
+        load_hf_state_dict(self, own, tied)
 
     def fork(self, src_seq: int, dst_seq: int) -> None:
         """A stateful model copies sequence `src_seq`'s state to `dst_seq` (n > 1)."""

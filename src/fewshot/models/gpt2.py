@@ -14,7 +14,7 @@ computed in float32 when `reorder_and_upcast_attn`. MLP: c_fc -> activation -> c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -122,17 +122,14 @@ class GPT2LMHeadModel(CausalLM):
             bos_token_id=config.bos_token_id,
         )
 
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF GPT-2 state dict, Conv1D weights as [in, out] (raises on missing keys or
-        shape mismatches)."""
-        out: dict[str, torch.Tensor] = {}
-        for key, value in sd.items():
-            if not key.startswith(("transformer.", "lm_head.")):
-                key = "transformer." + key
-            if key.endswith(CONV1D_WEIGHTS) and value.dim() == 2:
-                value = value.t()
-            out[key] = value
-        super().load_hf_state_dict(out)
+    def checkpoint_key(self, name: str, has: Callable[[str], bool]) -> str:
+        """Checkpoints saved from the bare GPT2Model lack the `transformer.` prefix."""
+        if not has(name) and name.startswith("transformer."):
+            return name[len("transformer.") :]
+        return name
+
+    def checkpoint_transposed(self, name: str) -> bool:
+        return name.endswith(CONV1D_WEIGHTS)  # Conv1D stores [in, out]
 
     def forward(
         self,

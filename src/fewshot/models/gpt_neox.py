@@ -14,7 +14,7 @@ checkpoints' `embed_out.weight` is read as `lm_head.weight`, as transformers 5 d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -31,7 +31,6 @@ from fewshot.models.layers import (
 )
 
 Rope = tuple[torch.Tensor, torch.Tensor]
-KEY_RENAMES = {"embed_out.weight": "lm_head.weight"}  # pre-transformers-5 checkpoints
 
 
 def _rope_params(config) -> dict:
@@ -144,10 +143,11 @@ class GPTNeoXForCausalLM(CausalLM):
             bos_token_id=config.bos_token_id,
         )
 
-    def load_hf_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load an HF GPT-NeoX state dict (raises on missing keys or shape mismatches)."""
-        sd = {KEY_RENAMES.get(k, k): v for k, v in sd.items()}
-        super().load_hf_state_dict(sd)
+    def checkpoint_key(self, name: str, has: Callable[[str], bool]) -> str:
+        """Checkpoints from before transformers 5 call the head `embed_out`."""
+        if name == "lm_head.weight" and not has(name) and has("embed_out.weight"):
+            return "embed_out.weight"
+        return name
 
     def forward(
         self,

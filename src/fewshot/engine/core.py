@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from fewshot.engine.config import EngineConfig
-from fewshot.engine.handle import RequestHandle
+from fewshot.engine.handle import RequestHandle, running_loop
 from fewshot.engine.kv_manager import KVCacheManager
 from fewshot.engine.output import OutputProcessor
 from fewshot.engine.request import Request, Sequence
@@ -83,8 +83,8 @@ class Engine:
             self.runner.num_blocks, cc.block_size, cc.prefix_caching and model.paged
         )
         self.scheduler = Scheduler(self.config, self.kv, self.spec.max_positions)
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.output = OutputProcessor(tokenizer, self.eos_ids, self.spec.max_positions)
+        self.output = OutputProcessor(tokenizer, model.spec)
+        self.eos_ids = self.output.eos_ids
         self._lock = threading.Condition()
         self._inbox: deque[Request] = deque()
         self._requests: dict[int, Request] = {}  # submitted, not yet closed
@@ -92,15 +92,8 @@ class Engine:
         self._seq_ids = itertools.count()
         self._closed = False
         self._parked = False
-        self.counters = {
-            "requests": 0,
-            "finished": 0,
-            "failed": 0,
-            "prompt_tokens": 0,
-            "steps": 0,
-            "spec_drafted": 0,
-            "spec_accepted": 0,
-        }
+        names = ("requests", "finished", "failed", "prompt_tokens", "steps")
+        self.counters = dict.fromkeys((*names, "spec_drafted", "spec_accepted"), 0)
         self._thread: threading.Thread | None = None
         _ENGINES.add(self)
         if start:
@@ -130,7 +123,7 @@ class Engine:
         prompt_ids = [int(t) for t in prompt_ids]
         self._check(prompt_ids, params)
         if isinstance(loop, _Auto):
-            loop = _running_loop()
+            loop = running_loop()
         if logprobs_from is None and params.prompt_logprobs:
             logprobs_from = 1
         rid = next(self._ids)
@@ -152,20 +145,7 @@ class Engine:
     def _check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         if not prompt_ids:
             raise ParameterError("inputs", "the prompt must have at least one token")
-        limit = self.spec.max_positions
-        if len(prompt_ids) >= limit:
-            raise ParameterError(
-                "inputs",
-                f"the prompt has {len(prompt_ids)} tokens; this model takes fewer than {limit}",
-            )
-        if params.n > self.config.max_batch_size:
-            raise ParameterError("n", f"must be <= max_batch_size ({self.config.max_batch_size})")
-        if self.kv.blocks_for(len(prompt_ids) + 1) > self.kv.num_blocks:
-            raise ParameterError(
-                "inputs",
-                f"the prompt needs more KV memory than the pool has "
-                f"({self.kv.num_blocks * self.kv.block_size} tokens)",
-            )
+        self.scheduler.check(len(prompt_ids), params.n)
         vocab = self.spec.vocab_size
         if any(t < 0 or t >= vocab for t in prompt_ids):
             raise ParameterError("inputs", f"token ids must be in [0, {vocab})")
@@ -412,19 +392,3 @@ class Engine:
         self.output.fail(request, exc)
         request.closed = True
         self._requests.pop(request.request_id, None)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _eos_ids(model: CausalLM, tokenizer: Any) -> set[int]:
-    ids = set(model.spec.eos_token_ids or ())
-    tok_eos = getattr(tokenizer, "eos_token_ids", None)
-    if callable(tok_eos):
-        tok_eos = tok_eos()
-    ids.update(int(i) for i in (tok_eos or ()))
-    return ids

@@ -111,3 +111,11 @@ class RequestHandle:
         async for _ in self:
             pass
         return self._ordered()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

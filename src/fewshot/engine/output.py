@@ -17,16 +17,17 @@ from fewshot.engine.request import Request, Sequence
 from fewshot.engine.sampling import SEED_LIMIT, Choice, Sampler
 from fewshot.engine.stopping import StoppingCriteria
 from fewshot.engine.types import FinishReason, GenerationResult, StreamEvent, TokenInfo, TopToken
+from fewshot.models.base import ModelSpec
 
 
 class OutputProcessor:
     """Token text, stop checks and event delivery for every sequence of one engine."""
 
-    def __init__(self, tokenizer: Any, eos_ids: set[int], max_positions: int) -> None:
+    def __init__(self, tokenizer: Any, spec: ModelSpec) -> None:
         self.tokenizer = tokenizer
-        self.eos_ids = eos_ids
-        self.special_ids = eos_ids | set(getattr(tokenizer, "special_ids", None) or ())
-        self.max_positions = max_positions
+        self.eos_ids = _eos_ids(spec, tokenizer)
+        self.special_ids = self.eos_ids | set(getattr(tokenizer, "special_ids", None) or ())
+        self.max_positions = spec.max_positions
         self._pieces: dict[int, str] = {}
         self.generated_tokens = 0
 
@@ -151,3 +152,13 @@ class OutputProcessor:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
+
+
+def _eos_ids(spec: ModelSpec, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids: the model config's and the tokenizer's."""
+    ids = set(spec.eos_token_ids or ())
+    tok_eos = getattr(tokenizer, "eos_token_ids", None)
+    if callable(tok_eos):
+        tok_eos = tok_eos()
+    ids.update(int(i) for i in (tok_eos or ()))
+    return ids

@@ -30,6 +30,7 @@ from fewshot.engine.config import EngineConfig
 from fewshot.engine.kv_manager import KVCacheManager
 from fewshot.engine.request import Request, SeqStatus, Sequence
 from fewshot.engine.speculation import propose
+from fewshot.engine.types import ParameterError
 
 
 @dataclass
@@ -84,6 +85,23 @@ class Scheduler:
     def add(self, request: Request) -> None:
         """Queue a request: its first sequence prefills; the others are forked from it later."""
         self.waiting.append(request.seqs[0])
+
+    def check(self, prompt_tokens: int, n: int) -> None:
+        """Raise ParameterError for a request that could never be scheduled."""
+        if self.max_positions is not None and prompt_tokens >= self.max_positions:
+            raise ParameterError(
+                "inputs",
+                f"the prompt has {prompt_tokens} tokens; "
+                f"this model takes fewer than {self.max_positions}",
+            )
+        if n > self.config.max_batch_size:
+            raise ParameterError("n", f"must be <= max_batch_size ({self.config.max_batch_size})")
+        if self.kv.blocks_for(prompt_tokens + 1) > self.kv.num_blocks:
+            raise ParameterError(
+                "inputs",
+                "the prompt needs more KV memory than the pool has "
+                f"({self.kv.num_blocks * self.kv.block_size} tokens)",
+            )
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

@@ -243,3 +243,37 @@ def test_single_decode_reads_runs_of_blocks_in_place(window, fp32) -> None:
     out = paged_attention(q, k_all[-1:], v_all[-1:], attn, 0, scale=0.3, window=window, fp32=fp32)
     want = _naive_attention(q, k_all, v_all, length - 1, 0.3, window, None)
     torch.testing.assert_close(out, want.reshape(1, -1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("consecutive", [True, False])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap) -> None:
+    """Three decoding sequences whose tables start with the same blocks (a cached few-shot
+    prefix): the cascade (shared keys read once for all queries) equals the reference."""
+    torch.manual_seed(2)
+    n_kv, n_heads, dim, bs = 2, 4, 8, 4
+    pool = KVPool(1, n_kv, dim, num_blocks=32, block_size=bs, dtype=torch.float32)
+    pool.zero_blocks(range(32))
+    prefix = [3, 4, 5] if consecutive else [7, 2, 11]
+    own = [[20, 21], [22], [24, 25, 26]]
+    lengths = [19, 14, 23]  # positions before each sequence's new token
+    prefix_k, prefix_v = torch.randn(12, n_kv, dim), torch.randn(12, n_kv, dim)
+    tables, ks, vs, qs, expected = [], [], [], [], []
+    for blocks, length in zip(own, lengths, strict=True):
+        table = prefix + blocks
+        k_all = torch.cat([prefix_k, torch.randn(length + 1 - 12, n_kv, dim)])
+        v_all = torch.cat([prefix_v, torch.randn(length + 1 - 12, n_kv, dim)])
+        for p in range(length):
+            pool.k[0][:, table[p // bs], p % bs] = k_all[p]
+            pool.v[0][:, table[p // bs], p % bs] = v_all[p]
+        q = torch.randn(1, n_heads, dim)
+        expected.append(_naive_attention(q, k_all, v_all, length, 0.3, None, softcap))
+        tables.append(table)
+        qs.append(q), ks.append(k_all[-1:]), vs.append(v_all[-1:])
+    attn = AttentionMetadata.build(pool, tables, lengths, [1, 1, 1])
+    out = paged_attention(
+        torch.cat(qs), torch.cat(ks), torch.cat(vs), attn, 0, scale=0.3, softcap=softcap
+    )
+    assert attn.decode is not None and attn.decode.plans[None].shared is not None
+    want = torch.cat(expected).reshape(3, n_heads * dim)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)

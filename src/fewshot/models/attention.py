@@ -97,6 +97,10 @@ class _Plan:
 
     blocks: torch.Tensor  # [B, nb] block ids to gather
     mask: torch.Tensor  # [B, 1, T, nb * bs] True where the query may see the key
+    # cascade: leading blocks every sequence of a decode group shares (a few-shot prefix), read
+    # once for all queries instead of once per sequence; `blocks`/`mask` then cover the rest
+    shared: torch.Tensor | None = None  # [c] block ids
+    shared_first: int | None = None  # first block id when the shared blocks are consecutive
 
 
 @dataclass
@@ -227,8 +231,9 @@ def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
         return plan
     first_q = group.q_pos[:, 0]  # [B]
     last_block = group.n_blocks - 1  # [B]
+    shared = _shared_blocks(group) if window is None else 0
     if window is None:
-        lo = torch.zeros_like(first_q)
+        lo = torch.full_like(first_q, shared)
     else:
         lo = torch.clamp(first_q - window + 1, min=0) // bs  # first block any query can see
     count = last_block - lo + 1
@@ -245,8 +250,25 @@ def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
     allowed &= group.valid[:, :, None]
     allowed[:, :, 0] |= ~group.valid  # padding queries see one key (avoids an all-masked row)
     plan = _Plan(blocks=blocks, mask=allowed[:, None])
+    if shared:
+        plan.shared = group.tables[0, :shared]
+        steps = plan.shared[1:] - plan.shared[:-1]
+        if bool((steps == 1).all()):
+            plan.shared_first = int(plan.shared[0])
     group.plans[window] = plan
     return plan
+
+
+def _shared_blocks(group: _Group) -> int:
+    """Leading blocks that every sequence of a decode group (two or more) has in common; each
+    keeps at least its last block (being written) to itself."""
+    if group.size < 2 or group.rows.shape[1] != 1:
+        return 0
+    limit = int(group.n_blocks.min()) - 1
+    if limit <= 0:
+        return 0
+    same = (group.tables[:, :limit] == group.tables[:1, :limit]).all(0)  # [limit]
+    return limit if bool(same.all()) else int((~same).nonzero()[0, 0])
 
 
 def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
@@ -263,6 +285,49 @@ def _softcap_sdpa(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs, v)
+
+
+def _cascade(
+    qb: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: _Plan,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    scale: float | None,
+    softcap: float | None,
+    fp32: bool,
+) -> torch.Tensor:
+    """Decodes sharing leading blocks: every query against the shared keys in one matmul (read
+    once, in place when the blocks are consecutive), against its own keys k/v [B, Hkv, L, D]
+    under the plan's mask; one softmax over both. qb [B, Hkv, G, D] -> [B, Hq, D]."""
+    assert plan.shared is not None
+    b, n_kv, g, head_dim = qb.shape
+    bs = k_cache.shape[2]
+    if plan.shared_first is not None:  # a view of the pool
+        s0 = plan.shared_first * bs
+        kp = k_cache.view(n_kv, -1, head_dim)[:, s0 : s0 + len(plan.shared) * bs]
+        vp = v_cache.view(n_kv, -1, head_dim)[:, s0 : s0 + len(plan.shared) * bs]
+    else:  # one copy for all sequences
+        kp = k_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
+        vp = v_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
+    dtype = torch.float32 if fp32 else k_cache.dtype
+    q_all = qb.to(dtype).permute(1, 0, 2, 3).reshape(n_kv, b * g, head_dim)  # [Hkv, B*G, D]
+    kp, vp, k, v = kp.to(dtype), vp.to(dtype), k.to(dtype), v.to(dtype)
+    eff = scale if scale is not None else head_dim**-0.5
+    s_shared = torch.matmul(q_all, kp.transpose(1, 2)).view(n_kv, b, g, -1).permute(1, 0, 2, 3)
+    s_own = torch.matmul(qb.to(dtype), k.transpose(-1, -2))  # [B, Hkv, G, L]
+    scores = torch.cat([s_shared, s_own], dim=-1) * eff  # [B, Hkv, G, Lp + L]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    lp = kp.shape[1]
+    scores[..., lp:].masked_fill_(~plan.mask, float("-inf"))  # mask [B, 1, 1, L] broadcasts
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+    p_shared = probs[..., :lp].permute(1, 0, 2, 3).reshape(n_kv, b * g, lp)
+    out = torch.matmul(p_shared, vp).view(n_kv, b, g, head_dim).permute(1, 0, 2, 3)
+    out = out + torch.matmul(probs[..., lp:], v)  # [B, Hkv, G, D]
+    return out.to(qb.dtype).reshape(b, n_kv * g, head_dim)
 
 
 def _attend_group(
@@ -286,6 +351,8 @@ def _attend_group(
     qb = qb.permute(0, 2, 1, 3).reshape(b, n_kv, g * t, head_dim)
     k = _gather(k_cache, plan.blocks)  # [B, Hkv, L, D]
     v = _gather(v_cache, plan.blocks)
+    if plan.shared is not None:
+        return _cascade(qb, k, v, plan, k_cache, v_cache, scale=scale, softcap=softcap, fp32=fp32)
     mask = plan.mask if g == 1 else plan.mask.repeat(1, 1, g, 1)  # [B, 1, G*T, L]
     out_dtype = q.dtype
     if fp32:

@@ -247,7 +247,8 @@ def test_single_decode_reads_runs_of_blocks_in_place(window, fp32) -> None:
 
 @pytest.mark.parametrize("consecutive", [True, False])
 @pytest.mark.parametrize("softcap", [None, 2.0])
-def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap) -> None:
+@pytest.mark.parametrize("window", [None, 10, 3])
+def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap, window) -> None:
     """Three decoding sequences whose tables start with the same blocks (a cached few-shot
     prefix): the cascade (shared keys read once for all queries) equals the reference."""
     torch.manual_seed(2)
@@ -267,13 +268,16 @@ def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap) -> None:
             pool.k[0][:, table[p // bs], p % bs] = k_all[p]
             pool.v[0][:, table[p // bs], p % bs] = v_all[p]
         q = torch.randn(1, n_heads, dim)
-        expected.append(_naive_attention(q, k_all, v_all, length, 0.3, None, softcap))
+        expected.append(_naive_attention(q, k_all, v_all, length, 0.3, window, softcap))
         tables.append(table)
         qs.append(q), ks.append(k_all[-1:]), vs.append(v_all[-1:])
     attn = AttentionMetadata.build(pool, tables, lengths, [1, 1, 1])
     out = paged_attention(
-        torch.cat(qs), torch.cat(ks), torch.cat(vs), attn, 0, scale=0.3, softcap=softcap
-    )
-    assert attn.decode is not None and attn.decode.plans[None].shared is not None
+        torch.cat(qs), torch.cat(ks), torch.cat(vs), attn, 0,
+        scale=0.3, softcap=softcap, window=window,
+    )  # fmt: skip
+    assert attn.decode is not None
+    # window 3: every query's window starts past the shared blocks: no cascade needed
+    assert (attn.decode.plans[window].shared is None) == (window == 3)
     want = torch.cat(expected).reshape(3, n_heads * dim)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)

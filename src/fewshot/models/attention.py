@@ -101,6 +101,7 @@ class _Plan:
     # once for all queries instead of once per sequence; `blocks`/`mask` then cover the rest
     shared: torch.Tensor | None = None  # [c] block ids
     shared_first: int | None = None  # first block id when the shared blocks are consecutive
+    shared_mask: torch.Tensor | None = None  # [B, 1, 1, c * bs] (windowed layers only)
 
 
 @dataclass
@@ -231,11 +232,14 @@ def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
         return plan
     first_q = group.q_pos[:, 0]  # [B]
     last_block = group.n_blocks - 1  # [B]
-    shared = _shared_blocks(group) if window is None else 0
     if window is None:
-        lo = torch.full_like(first_q, shared)
+        lo = torch.zeros_like(first_q)
     else:
         lo = torch.clamp(first_q - window + 1, min=0) // bs  # first block any query can see
+    shared = _shared_blocks(group)
+    s0 = min(int(lo.min()), shared)
+    if shared > s0:  # cascade: blocks s0..shared once for all, each sequence's own from there
+        lo = torch.clamp(lo, min=shared)
     count = last_block - lo + 1
     nb = int(count.max())
     j = torch.arange(nb, device=first_q.device)
@@ -250,11 +254,14 @@ def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
     allowed &= group.valid[:, :, None]
     allowed[:, :, 0] |= ~group.valid  # padding queries see one key (avoids an all-masked row)
     plan = _Plan(blocks=blocks, mask=allowed[:, None])
-    if shared:
-        plan.shared = group.tables[0, :shared]
+    if shared > s0:
+        plan.shared = group.tables[0, s0:shared]
         steps = plan.shared[1:] - plan.shared[:-1]
         if bool((steps == 1).all()):
             plan.shared_first = int(plan.shared[0])
+        if window is not None:  # each query sees the shared keys inside its own window
+            pos = s0 * bs + torch.arange((shared - s0) * bs, device=first_q.device)
+            plan.shared_mask = (pos[None, :] > (first_q - window)[:, None])[:, None, None, :]
     group.plans[window] = plan
     return plan
 
@@ -323,6 +330,8 @@ def _cascade(
         scores = torch.tanh(scores / softcap) * softcap
     lp = kp.shape[1]
     scores[..., lp:].masked_fill_(~plan.mask, float("-inf"))  # mask [B, 1, 1, L] broadcasts
+    if plan.shared_mask is not None:
+        scores[..., :lp].masked_fill_(~plan.shared_mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
     p_shared = probs[..., :lp].permute(1, 0, 2, 3).reshape(n_kv, b * g, lp)
     out = torch.matmul(p_shared, vp).view(n_kv, b, g, head_dim).permute(1, 0, 2, 3)

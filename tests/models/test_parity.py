@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.models.attention import AttentionMetadata, KVPool, paged_attention
+from fewshot.models.attention import AttentionMetadata, paged_attention
 from fewshot.models.base import CausalLM
+from fewshot.models.kv_pool import KVPool
 from fewshot.models.standalone import Arena, new_cache, run
 
 ATOL = 1e-4

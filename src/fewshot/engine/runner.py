@@ -20,8 +20,9 @@ from fewshot.engine.config import EngineConfig
 from fewshot.engine.request import Sequence
 from fewshot.engine.sampling import Choice, batch_logprobs, top_alternatives
 from fewshot.engine.scheduler import ScheduledChunk
-from fewshot.models.attention import AttentionMetadata, KVPool, run_eagerly_under_compile
+from fewshot.models.attention import AttentionMetadata, run_eagerly_under_compile
 from fewshot.models.base import CausalLM
+from fewshot.models.kv_pool import KVPool
 
 log = logging.getLogger(__name__)
 

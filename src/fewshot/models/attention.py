@@ -34,61 +34,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-
-class KVPool:
-    """Every layer's K and V blocks: `k[layer]`, `v[layer]` are [Hkv, num_blocks, bs, D]."""
-
-    def __init__(
-        self,
-        n_layers: int,
-        n_kv_heads: int,
-        head_dim: int,
-        num_blocks: int,
-        block_size: int,
-        dtype: torch.dtype,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if num_blocks < 1 or block_size < 1:
-            raise ValueError("num_blocks and block_size must be >= 1")
-        self.num_blocks = num_blocks
-        self.block_size = block_size
-        self.dtype = dtype
-        self.device = torch.device(device)
-        shape = (n_kv_heads, num_blocks, block_size, head_dim)
-        # allocated lazily by the OS; blocks are zeroed when handed out (`zero_blocks`)
-        self.k = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
-        self.copied_bytes = 0  # K/V bytes moved between blocks (copy-on-write); tests read it
-
-    @staticmethod
-    def block_bytes(n_layers: int, n_kv_heads: int, head_dim: int, bs: int, dtype) -> int:
-        """Bytes of one block over all layers, K and V."""
-        return 2 * n_layers * n_kv_heads * bs * head_dim * torch.empty((), dtype=dtype).itemsize
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
-    def _index(self, ids: Sequence[int]) -> torch.Tensor:
-        return torch.tensor(list(ids), dtype=torch.long, device=self.device)
-
-    def zero_blocks(self, ids: Sequence[int]) -> None:
-        """Clear newly handed-out blocks, so padding read by attention is finite."""
-        if not ids:
-            return
-        index = self._index(ids)
-        for t in self.k + self.v:
-            t.index_fill_(1, index, 0)
-
-    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
-        """Copy block src -> dst in every layer (copy-on-write of a shared partial block)."""
-        if not pairs:
-            return
-        src = self._index([s for s, _ in pairs])
-        dst = self._index([d for _, d in pairs])
-        for t in self.k + self.v:
-            t.index_copy_(1, dst, t.index_select(1, src))
-            self.copied_bytes += t[:, : len(pairs)].numel() * t.element_size()
+from fewshot.models.attention_decode import attend_single, cascade
+from fewshot.models.kv_pool import KVPool
 
 
 @dataclass
@@ -294,51 +241,6 @@ def _softcap_sdpa(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
     return torch.matmul(probs, v)
 
 
-def _cascade(
-    qb: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    plan: _Plan,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    *,
-    scale: float | None,
-    softcap: float | None,
-    fp32: bool,
-) -> torch.Tensor:
-    """Decodes sharing leading blocks: every query against the shared keys in one matmul (read
-    once, in place when the blocks are consecutive), against its own keys k/v [B, Hkv, L, D]
-    under the plan's mask; one softmax over both. qb [B, Hkv, G, D] -> [B, Hq, D]."""
-    assert plan.shared is not None
-    b, n_kv, g, head_dim = qb.shape
-    bs = k_cache.shape[2]
-    if plan.shared_first is not None:  # a view of the pool
-        s0 = plan.shared_first * bs
-        kp = k_cache.view(n_kv, -1, head_dim)[:, s0 : s0 + len(plan.shared) * bs]
-        vp = v_cache.view(n_kv, -1, head_dim)[:, s0 : s0 + len(plan.shared) * bs]
-    else:  # one copy for all sequences
-        kp = k_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
-        vp = v_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
-    dtype = torch.float32 if fp32 else k_cache.dtype
-    q_all = qb.to(dtype).permute(1, 0, 2, 3).reshape(n_kv, b * g, head_dim)  # [Hkv, B*G, D]
-    kp, vp, k, v = kp.to(dtype), vp.to(dtype), k.to(dtype), v.to(dtype)
-    eff = scale if scale is not None else head_dim**-0.5
-    s_shared = torch.matmul(q_all, kp.transpose(1, 2)).view(n_kv, b, g, -1).permute(1, 0, 2, 3)
-    s_own = torch.matmul(qb.to(dtype), k.transpose(-1, -2))  # [B, Hkv, G, L]
-    scores = torch.cat([s_shared, s_own], dim=-1) * eff  # [B, Hkv, G, Lp + L]
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    lp = kp.shape[1]
-    scores[..., lp:].masked_fill_(~plan.mask, float("-inf"))  # mask [B, 1, 1, L] broadcasts
-    if plan.shared_mask is not None:
-        scores[..., :lp].masked_fill_(~plan.shared_mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
-    p_shared = probs[..., :lp].permute(1, 0, 2, 3).reshape(n_kv, b * g, lp)
-    out = torch.matmul(p_shared, vp).view(n_kv, b, g, head_dim).permute(1, 0, 2, 3)
-    out = out + torch.matmul(probs[..., lp:], v)  # [B, Hkv, G, D]
-    return out.to(qb.dtype).reshape(b, n_kv * g, head_dim)
-
-
 def _attend_group(
     q: torch.Tensor,
     group: _Group,
@@ -361,7 +263,7 @@ def _attend_group(
     k = _gather(k_cache, plan.blocks)  # [B, Hkv, L, D]
     v = _gather(v_cache, plan.blocks)
     if plan.shared is not None:
-        return _cascade(qb, k, v, plan, k_cache, v_cache, scale=scale, softcap=softcap, fp32=fp32)
+        return cascade(qb, k, v, plan, k_cache, v_cache, scale=scale, softcap=softcap, fp32=fp32)
     mask = plan.mask if g == 1 else plan.mask.repeat(1, 1, g, 1)  # [B, 1, G*T, L]
     out_dtype = q.dtype
     if fp32:
@@ -375,61 +277,6 @@ def _attend_group(
         out = F.scaled_dot_product_attention(qb, k, v, attn_mask=mask, scale=scale)
     out = out.to(out_dtype).reshape(b, n_heads, t, head_dim).transpose(1, 2)  # [B, T, Hq, D]
     return out[group.valid]  # [rows, Hq, D]
-
-
-def _runs(table: list[int], first: int, last: int, bs: int) -> list[tuple[int, int]]:
-    """Pool slot ranges [s, e) holding positions first .. last - 1 of a sequence, one per run
-    of consecutive block ids in its table (usually one or two: the cached prefix and the rest)."""
-    out: list[tuple[int, int]] = []
-    pos = first
-    while pos < last:
-        j = pos // bs
-        k = j
-        while (k + 1) * bs < last and table[k + 1] == table[k] + 1:
-            k += 1
-        end = min(last, (k + 1) * bs)
-        start_slot = table[j] * bs + pos % bs
-        out.append((start_slot, start_slot + end - pos))
-        pos = end
-    return out
-
-
-def _attend_single(
-    q: torch.Tensor,
-    attn: AttentionMetadata,
-    flat_k: torch.Tensor,
-    flat_v: torch.Tensor,
-    bs: int,
-    scale: float | None,
-    window: int | None,
-    softcap: float | None,
-    fp32: bool,
-) -> torch.Tensor:
-    """One decoding sequence: its keys are read in place (views of its runs of blocks),
-    scores concatenated, one softmax, the outputs summed over the runs. q [1, Hq, D]."""
-    assert attn.single is not None
-    length = attn.start_pos[0] + 1
-    lo = max(0, length - window) if window is not None else 0
-    n_kv, head_dim = flat_k.shape[0], flat_k.shape[-1]
-    n_heads = q.shape[1]
-    dtype = torch.float32 if fp32 else flat_k.dtype
-    qg = q[0].reshape(n_kv, n_heads // n_kv, head_dim).to(dtype)  # [Hkv, G, D]
-    runs = _runs(attn.single, lo, length, bs)
-    keys = [flat_k[:, s:e].to(dtype) for s, e in runs]  # views when no cast is needed
-    values = [flat_v[:, s:e].to(dtype) for s, e in runs]
-    eff = scale if scale is not None else head_dim**-0.5
-    scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1) * eff
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)  # [Hkv, G, L]
-    out = None
-    at = 0
-    for v in values:
-        part = torch.matmul(probs[..., at : at + v.shape[1]], v)
-        out = part if out is None else out + part
-        at += v.shape[1]
-    assert out is not None
-    return out.to(q.dtype).reshape(1, n_heads * head_dim)
 
 
 def paged_attention(
@@ -461,7 +308,7 @@ def paged_attention(
     flat_k.index_copy_(1, attn.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
     flat_v.index_copy_(1, attn.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
     if attn.single is not None:
-        return _attend_single(q, attn, flat_k, flat_v, bs, scale, window, softcap, fp32)
+        return attend_single(q, attn, flat_k, flat_v, bs, scale, window, softcap, fp32)
     parts = []
     for group in (attn.decode, attn.prefill):
         if group is None:

@@ -14,8 +14,9 @@ from typing import Literal
 
 import torch
 
-from fewshot.models.attention import AttentionMetadata, KVPool
+from fewshot.models.attention import AttentionMetadata
 from fewshot.models.base import CausalLM
+from fewshot.models.kv_pool import KVPool
 
 
 class Arena:

@@ -1,0 +1,119 @@
+"""The two decode paths of `paged_attention` that avoid gathering every sequence's keys.
+
+- `attend_single`: the batch is one decoding sequence; its keys are read in place, as views of
+  its runs of consecutive blocks (usually two: the cached prefix and its own blocks).
+- `cascade`: decoding sequences share leading blocks (a cached few-shot prefix); every query
+  meets the shared keys in one matmul (read once, in place when the blocks are consecutive),
+  its own gathered keys in another, and one softmax covers both.
+Both compute exactly the attention of `attention.py`'s gather path (tests compare them to a
+naive reference).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from fewshot.models.attention import AttentionMetadata, _Plan
+
+
+def runs(table: list[int], first: int, last: int, bs: int) -> list[tuple[int, int]]:
+    """Pool slot ranges [s, e) holding positions first .. last - 1 of a sequence, one per run
+    of consecutive block ids in its table (usually one or two: the cached prefix and the rest)."""
+    out: list[tuple[int, int]] = []
+    pos = first
+    while pos < last:
+        j = pos // bs
+        k = j
+        while (k + 1) * bs < last and table[k + 1] == table[k] + 1:
+            k += 1
+        end = min(last, (k + 1) * bs)
+        start_slot = table[j] * bs + pos % bs
+        out.append((start_slot, start_slot + end - pos))
+        pos = end
+    return out
+
+
+def attend_single(
+    q: torch.Tensor,
+    attn: AttentionMetadata,
+    flat_k: torch.Tensor,
+    flat_v: torch.Tensor,
+    bs: int,
+    scale: float | None,
+    window: int | None,
+    softcap: float | None,
+    fp32: bool,
+) -> torch.Tensor:
+    """One decoding sequence: its keys are read in place (views of its runs of blocks),
+    scores concatenated, one softmax, the outputs summed over the runs. q [1, Hq, D]."""
+    assert attn.single is not None
+    length = attn.start_pos[0] + 1
+    lo = max(0, length - window) if window is not None else 0
+    n_kv, head_dim = flat_k.shape[0], flat_k.shape[-1]
+    n_heads = q.shape[1]
+    dtype = torch.float32 if fp32 else flat_k.dtype
+    qg = q[0].reshape(n_kv, n_heads // n_kv, head_dim).to(dtype)  # [Hkv, G, D]
+    spans = runs(attn.single, lo, length, bs)
+    keys = [flat_k[:, s:e].to(dtype) for s, e in spans]  # views when no cast is needed
+    values = [flat_v[:, s:e].to(dtype) for s, e in spans]
+    eff = scale if scale is not None else head_dim**-0.5
+    scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1) * eff
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)  # [Hkv, G, L]
+    out = None
+    at = 0
+    for v in values:
+        part = torch.matmul(probs[..., at : at + v.shape[1]], v)
+        out = part if out is None else out + part
+        at += v.shape[1]
+    assert out is not None
+    return out.to(q.dtype).reshape(1, n_heads * head_dim)
+
+
+def cascade(
+    qb: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: _Plan,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    scale: float | None,
+    softcap: float | None,
+    fp32: bool,
+) -> torch.Tensor:
+    """Decodes sharing leading blocks: every query against the shared keys in one matmul (read
+    once, in place when the blocks are consecutive), against its own keys k/v [B, Hkv, L, D]
+    under the plan's mask; one softmax over both. qb [B, Hkv, G, D] -> [B, Hq, D]."""
+    assert plan.shared is not None
+    b, n_kv, g, head_dim = qb.shape
+    bs = k_cache.shape[2]
+    if plan.shared_first is not None:  # a view of the pool
+        s0 = plan.shared_first * bs
+        kp = k_cache.view(n_kv, -1, head_dim)[:, s0 : s0 + len(plan.shared) * bs]
+        vp = v_cache.view(n_kv, -1, head_dim)[:, s0 : s0 + len(plan.shared) * bs]
+    else:  # one copy for all sequences
+        kp = k_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
+        vp = v_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
+    dtype = torch.float32 if fp32 else k_cache.dtype
+    q_all = qb.to(dtype).permute(1, 0, 2, 3).reshape(n_kv, b * g, head_dim)  # [Hkv, B*G, D]
+    kp, vp, k, v = kp.to(dtype), vp.to(dtype), k.to(dtype), v.to(dtype)
+    eff = scale if scale is not None else head_dim**-0.5
+    s_shared = torch.matmul(q_all, kp.transpose(1, 2)).view(n_kv, b, g, -1).permute(1, 0, 2, 3)
+    s_own = torch.matmul(qb.to(dtype), k.transpose(-1, -2))  # [B, Hkv, G, L]
+    scores = torch.cat([s_shared, s_own], dim=-1) * eff  # [B, Hkv, G, Lp + L]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    lp = kp.shape[1]
+    scores[..., lp:].masked_fill_(~plan.mask, float("-inf"))  # mask [B, 1, 1, L] broadcasts
+    if plan.shared_mask is not None:
+        scores[..., :lp].masked_fill_(~plan.shared_mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+    p_shared = probs[..., :lp].permute(1, 0, 2, 3).reshape(n_kv, b * g, lp)
+    out = torch.matmul(p_shared, vp).view(n_kv, b, g, head_dim).permute(1, 0, 2, 3)
+    out = out + torch.matmul(probs[..., lp:], v)  # [B, Hkv, G, D]
+    return out.to(qb.dtype).reshape(b, n_kv * g, head_dim)

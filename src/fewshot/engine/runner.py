@@ -150,21 +150,13 @@ class ModelRunner:
             seq_ids=[c.seq.seq_id for c in chunks],
             device=self.device,
         )
-        logits = torch.empty(0)
-        if rows:
-            logits = self.forward(
-                torch.tensor(ids, dtype=torch.long, device=self.device),
-                torch.tensor(positions, dtype=torch.long, device=self.device),
-                attn,
-                torch.tensor(rows, dtype=torch.long, device=self.device),
-            ).cpu()
-        else:  # prefill chunks with nothing to read: still write their K/V
-            self.forward(
-                torch.tensor(ids, dtype=torch.long, device=self.device),
-                torch.tensor(positions, dtype=torch.long, device=self.device),
-                attn,
-                torch.zeros(0, dtype=torch.long, device=self.device),
-            )
+        # rows may be empty (prefill chunks with nothing to read): their K/V is still written
+        logits = self.forward(
+            torch.tensor(ids, dtype=torch.long, device=self.device),
+            torch.tensor(positions, dtype=torch.long, device=self.device),
+            attn,
+            torch.tensor(rows, dtype=torch.long, device=self.device),
+        ).cpu()
         out: list[ChunkLogits] = []
         at = 0
         for chunk in chunks:

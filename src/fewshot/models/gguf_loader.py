@@ -1,5 +1,7 @@
 """GGUF -> Hugging Face-named float state dict + transformers config + tokenizer, cached.
 
+(Reading the file itself, header and tensors, is `gguf_file.GGUFFile`.)
+
 A GGUF file is converted once into an ordinary model directory under the fewshot cache
 (`config.json`, `model.safetensors` with float32 weights, `tokenizer.json`,
 `tokenizer_config.json`, `generation_config.json`); every later load reads that directory, which is
@@ -19,21 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
 import os
 import re
 import shutil
-import struct
 import tempfile
-from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fewshot.models import gguf_gpt
+from fewshot.models.gguf_file import GGUFFile
 from fewshot.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,123 +67,6 @@ GEMMA3_DEFAULT_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )
-
-# --------------------------------------------------------------------------- reading the file
-
-_SCALAR = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-_NP = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
-       6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    name: str
-    shape: tuple[int, ...]  # torch order (rows first)
-    ggml_type: int
-    offset: int  # absolute, in the file
-    nbytes: int
-
-
-class GGUFFile:
-    """Metadata and tensor table of a GGUF file; tensors are dequantised on demand.
-
-    Parsing is done here (memory-mapped, struct-based) because the `gguf` package's reader builds
-    an object per string and takes a minute on a 262k-entry vocabulary; dequantisation uses
-    `gguf.quants.dequantize`.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        with open(self.path, "rb") as f:
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        mm = self._mm
-        if mm[:4] != b"GGUF":
-            raise ValueError(f"{self.path} is not a GGUF file (bad magic)")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
-        if version not in (2, 3):
-            raise ValueError(f"{self.path}: unsupported GGUF version {version}")
-        pos = 24
-        self.metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key, pos = self._string(pos)
-            (vtype,) = struct.unpack_from("<I", mm, pos)
-            self.metadata[key], pos = self._value(pos + 4, vtype)
-        raw = []
-        for _ in range(n_tensors):
-            name, pos = self._string(pos)
-            (ndim,) = struct.unpack_from("<I", mm, pos)
-            dims = struct.unpack_from(f"<{ndim}Q", mm, pos + 4)
-            gtype, off = struct.unpack_from("<IQ", mm, pos + 4 + 8 * ndim)
-            pos += 4 + 8 * ndim + 12
-            raw.append((name, tuple(reversed(dims)), gtype, off))
-        align = int(self.metadata.get("general.alignment", 32))
-        data_start = (pos + align - 1) // align * align
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-        self.tensors: dict[str, TensorEntry] = {}
-        for name, shape, gtype, off in raw:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(gtype)]
-            nbytes = prod(shape) // block * type_size
-            self.tensors[name] = TensorEntry(name, shape, gtype, data_start + off, nbytes)
-
-    def _string(self, pos: int) -> tuple[str, int]:
-        (n,) = struct.unpack_from("<Q", self._mm, pos)
-        return self._mm[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace"), pos + 8 + n
-
-    def _value(self, pos: int, vtype: int) -> tuple[Any, int]:
-        if vtype in _SCALAR:
-            (v,) = struct.unpack_from(_SCALAR[vtype], self._mm, pos)
-            if vtype == 6:  # shortest decimal of the float32 (1e-06, not 9.99999997e-07)
-                v = float(str(np.float32(v)))
-            return v, pos + struct.calcsize(_SCALAR[vtype])
-        if vtype == 8:
-            return self._string(pos)
-        if vtype == 9:
-            etype, count = struct.unpack_from("<IQ", self._mm, pos)
-            pos += 12
-            if etype in _NP:
-                arr: np.ndarray = np.frombuffer(self._mm, dtype=_NP[etype], count=count, offset=pos)
-                return arr.tolist(), pos + arr.nbytes
-            out = []
-            for _ in range(count):
-                v, pos = self._value(pos, etype)
-                out.append(v)
-            return out, pos
-        raise ValueError(f"{self.path}: unknown GGUF metadata type {vtype}")
-
-    @property
-    def arch(self) -> str:
-        return str(self.metadata["general.architecture"])
-
-    def arch_value(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(f"{self.arch}.{key}", default)
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """Dequantise tensor `name` to a float32 torch tensor of its HF shape."""
-        from gguf.constants import GGMLQuantizationType
-        from gguf.quants import dequantize
-
-        e = self.tensors[name]
-        raw = np.frombuffer(self._mm, dtype=np.uint8, count=e.nbytes, offset=e.offset)
-        rows = prod(e.shape[:-1]) if len(e.shape) > 1 else 1
-        arr = dequantize(raw.reshape(rows, -1), GGMLQuantizationType(e.ggml_type))
-        return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(e.shape))
-
-    def close(self) -> None:
-        self._mm.close()
-
 
 # --------------------------------------------------------------------------- config
 

@@ -95,12 +95,8 @@ def load_model(
         gguf = path
         name = path.stem
     if gguf is not None:
-        from fewshot.models.gguf_loader import (
-            SUPPORTED_ARCHS,
-            GGUFFile,
-            convert_gguf,
-            converted_dir,
-        )
+        from fewshot.models.gguf_file import GGUFFile
+        from fewshot.models.gguf_loader import SUPPORTED_ARCHS, convert_gguf, converted_dir
 
         directory = converted_dir(gguf, cache_dir)
         if not (directory / "model.safetensors").is_file():  # not converted yet

@@ -67,7 +67,7 @@ def test_run_peer_passes_the_gguf_and_reads_the_last_json_line(tmp_path: Path) -
         tmp_path / "python",
         "import json, sys, os\nprint('loading...')\n"
         "print(json.dumps({'argv': sys.argv[1:], 'omp': os.environ['OMP_NUM_THREADS'],"
-        " 'wait': os.environ['OMP_WAIT_POLICY']}))",
+        " 'spin': os.environ['GOMP_SPINCOUNT']}))",
     )
     model = _model(tmp_path)
     res = peers.run_peer(
@@ -81,7 +81,7 @@ def test_run_peer_passes_the_gguf_and_reads_the_last_json_line(tmp_path: Path) -
     assert flags["--backend"] == "llamacpp"
     assert flags["--model"] == str(model.gguf_path)  # the GGUF file, not the converted dir
     assert (flags["--threads"], flags["--serving-requests"], flags["--stop"]) == ("2", "48", "###")
-    assert (res["omp"], res["wait"]) == ("2", "PASSIVE")  # as our own server runs
+    assert (res["omp"], res["spin"]) == ("2", "3000")  # as our own server runs
     assert peers.applies(peers.Peer("llamacpp", echo), model)
     no_gguf = BenchModel(**{**model.__dict__, "gguf_path": None})
     assert not peers.applies(peers.Peer("llamacpp", echo), no_gguf)

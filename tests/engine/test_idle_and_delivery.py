@@ -12,7 +12,7 @@ import time
 from engine_helpers import random_ids
 
 from fewshot.engine.types import SamplingParams
-from fewshot.settings import configure_openmp
+from fewshot.settings import OPENMP_SPIN_COUNT, configure_openmp
 
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
 
@@ -77,13 +77,16 @@ def test_non_streaming_async_handle_wakes_the_loop_once_per_sequence(llm) -> Non
     assert calls <= 2  # the final event (+ at most one wake-up of the engine by cancel)
 
 
-def test_openmp_workers_sleep_unless_the_user_chose() -> None:
+def test_openmp_workers_spin_briefly_unless_the_user_chose() -> None:
     env: dict[str, str] = {}
     configure_openmp(env)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env == {"GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)}
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
     configure_openmp(env)
-    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}  # a chosen policy keeps its own spin count
+    env = {"GOMP_SPINCOUNT": "0"}
+    configure_openmp(env)
+    assert env == {"GOMP_SPINCOUNT": "0"}
 
 
 def test_cli_sets_the_wait_policy_before_torch_loads() -> None:
@@ -91,12 +94,13 @@ def test_cli_sets_the_wait_policy_before_torch_loads() -> None:
 
     code = (
         "import os, sys\n"
-        "os.environ.pop('OMP_WAIT_POLICY', None)\n"
+        "os.environ.pop('GOMP_SPINCOUNT', None)\n"
         "import fewshot.cli as cli\n"
         "cli.build_parser = lambda: (_ for _ in ()).throw(SystemExit("
-        "'torch' in sys.modules or os.environ.get('OMP_WAIT_POLICY') != 'PASSIVE'))\n"
+        "'torch' in sys.modules or os.environ.get('GOMP_SPINCOUNT') != '3000'))\n"
         "cli.main([])\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in drop}
     proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=60)
     assert proc.returncode == 0

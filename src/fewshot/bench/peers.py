@@ -74,8 +74,9 @@ def parse_peer_python(specs: list[str]) -> dict[str, Path]:
 
 def peer_env(home: Path, threads: int) -> dict[str, str]:
     """The explicit environment a peer runs in: offline, its own home, pinned threads, and the
-    OpenMP wait policy our own server runs with (`configure_openmp`: idle threads sleep; with
-    llama.cpp's OpenMP barriers the spinning default is many times slower on a busy host)."""
+    OpenMP wait policy our own server runs with (`configure_openmp`: idle threads spin briefly,
+    then sleep; with llama.cpp's OpenMP barriers the default long spin is many times slower on
+    a busy host)."""
     home.mkdir(parents=True, exist_ok=True)
     _opt_out_telemetry(home)
     env = {

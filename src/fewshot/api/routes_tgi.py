@@ -258,7 +258,7 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
     limits = Limits.of(state, default.llm) if default.llm is not None else None
     info = Info(
         model_id=default.name,
-        model_dtype=s.dtype,
+        model_dtype=default.llm.dtype if default.llm is not None else s.dtype,
         max_concurrent_requests=s.max_concurrent_requests,
         max_stop_sequences=s.max_stop_sequences,
         max_input_tokens=limits.max_input if limits else s.max_input_tokens,
@@ -273,6 +273,7 @@ async def tgi_info(state: AppState = Depends(get_state)) -> JSONResponse:
                 "error": m.error,
                 "backend": m.backend,
                 "prefix_sharing": m.prefix_sharing,
+                "dtype": m.llm.dtype if m.llm is not None else None,
             }
             for m in state.models
         ],

@@ -196,6 +196,9 @@ class ServedModelInfo(BaseModel):
         description="Requests share the KV of common prompt prefixes (false for the fallback, "
         "whose KV cannot live in the paged pool)",
     )
+    dtype: str | None = Field(
+        None, description="Weights' dtype once loaded (fp32, bf16 or int8; `auto` resolved)"
+    )
 
 
 class Info(BaseModel):

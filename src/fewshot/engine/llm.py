@@ -93,6 +93,7 @@ class LLM:
         source: str | None = None,
         native: bool = True,
         load_seconds: float = 0.0,
+        dtype: str | None = None,
         config: EngineConfig | None = None,
         start: bool = True,
         **engine_options: Any,
@@ -103,6 +104,7 @@ class LLM:
         self.source = source or name
         self.native = native
         self.load_seconds = load_seconds
+        self.dtype = dtype or _dtype_name(model)  # of the weights: "fp32", "bf16" or "int8"
         self.tokenizer = tokenizer
         self.model = model
         config = (config or EngineConfig()).replace(**engine_options)
@@ -127,13 +129,14 @@ class LLM:
         `device` ("cpu", "cuda", "cuda:N"; "auto": CUDA when torch sees a GPU, else CPU)."""
         import torch
 
-        from fewshot.models.loading import load_model
+        from fewshot.models.loading import load_model, resolve_dtype
 
         target = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         )
         if target.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: torch sees no CUDA device")
+        dtype = resolve_dtype(dtype, target.type)
         if target.type == "cuda" and dtype == "int8":
             raise ValueError("int8 weights run on the CPU only; use fp32 or bf16 on CUDA")
 
@@ -150,6 +153,7 @@ class LLM:
             source=str(loaded.source),
             native=loaded.native,
             load_seconds=loaded.load_seconds,
+            dtype=loaded.dtype,
             config=config,
             **engine_options,
         )
@@ -293,6 +297,16 @@ class LLM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dtype_name(model: CausalLM) -> str:
+    """The weights' dtype name of a model built outside `load_model`."""
+    import torch
+
+    loaded = getattr(model, "loaded_dtype", None)
+    if isinstance(loaded, str):
+        return loaded
+    return "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32"
 
 
 def _score(result: GenerationResult, start: int) -> tuple[float, bool]:

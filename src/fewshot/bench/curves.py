@@ -77,6 +77,7 @@ def scaling(
             reason = f"the {c}-client point took {max(walls):.0f} s > {time_cap_s:.0f} s"
     return {
         "levels": points,
+        "requested": sorted(levels),
         "skipped": skipped,
         "new_tokens": new_tokens,
         "time_cap_s": time_cap_s,
@@ -105,7 +106,12 @@ def prompt_length(
         spent = warm.latency + sum(ttft)
         if spent > time_cap_s:
             reason = f"the {length}-token point took {spent:.0f} s > {time_cap_s:.0f} s"
-    return {"lengths": points, "skipped": skipped, "time_cap_s": time_cap_s}
+    return {
+        "lengths": points,
+        "requested": sorted(by_length),
+        "skipped": skipped,
+        "time_cap_s": time_cap_s,
+    }
 
 
 def max_positions(hf_dir: Path) -> int | None:

@@ -102,8 +102,8 @@ class BenchConfig:
     curve_baseline_concurrency: tuple[int, ...] = (1, 2, 4, 8)  # it serialises requests
     curve_lengths: tuple[int, ...] = (128, 256, 512, 1024, 2048)  # capped at max positions - 1
     curve_new_tokens: int = 32  # per request of the scaling curve, no stop string
-    curve_requests_min: int = 8  # a scaling point sends max(C, this) requests per round
-    curve_rounds: int = 1  # rounds of the scaling curve (prompt length uses `rounds`)
+    curve_requests_min: int = 4  # a scaling point sends max(C, this) requests per round
+    curve_rounds: int = 1  # rounds of both curves (about 4 minutes at 125M, int8 and fp32)
     curve_point_s: float = 30.0  # no new request after this; a slower point ends its curve
 
     def workloads(self, side: SidePlan) -> tuple[str, ...]:
@@ -130,7 +130,7 @@ class BenchConfig:
             "curve_baseline_concurrency": (1, 4),
             "curve_lengths": (64, 256),
             "curve_new_tokens": 8,
-            "curve_requests_min": 4,
+            "curve_requests_min": 2,
             "quick": True,
         }
         sizes.update(kwargs)

@@ -198,7 +198,7 @@ def run_curves(
         log(f"  {label}: time to first token against {list(prompts.by_length)} prompt tokens")
         try:
             res["prompt_length"] = prompt_length(
-                target, prompts.by_length, cfg.rounds, cfg.curve_point_s
+                target, prompts.by_length, cfg.curve_rounds, cfg.curve_point_s
             )
         except Exception as exc:
             res["prompt_length"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -228,7 +228,7 @@ def plan_curve_prompts(
     lengths, notes = fit_lengths(cfg.curve_lengths, positions) if any_length else ([], [])
     scaling_count = 1 + cfg.curve_rounds * max(scaling_sums) if scaling_sums else 0
     built = build_curve_prompts(
-        count, scaling_count, cfg.unrelated_tokens, lengths, cfg.rounds + 1, skip
+        count, scaling_count, cfg.unrelated_tokens, lengths, cfg.curve_rounds + 1, skip
     )
     info = {"max_positions": positions, "lengths": lengths, "notes": notes, **built.tokens}
     return built, info

@@ -58,12 +58,13 @@ def curve_points(engine: dict[str, Any], key: str, points: str, value: str, scal
 
 
 def _scale_y(ax: Any, values: list[float], headroom: bool) -> None:
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     lo, hi = min(values), max(values)
     if hi / lo > LOG_RANGE:
         ax.set_yscale("log")
         ax.set_ylim(lo / 2, hi * (6 if headroom else 2))
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         ax.set_ylim(0, hi * (1.3 if headroom else 1.1))
@@ -150,7 +151,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     fig = plt.figure(figsize=(16, height))
     grid = fig.add_gridspec(
         1 + len(with_curves), 6, height_ratios=[1.25] + [1.0] * len(with_curves),
-        hspace=0.5, top=1 - 0.8 / height,
+        hspace=0.4, top=1 - 0.8 / height,
     )  # fmt: skip
     bar_axes = [fig.add_subplot(grid[0, 2 * i : 2 * i + 2]) for i in range(len(BARS))]
     for ax, spec in zip(bar_axes, BARS, strict=True):

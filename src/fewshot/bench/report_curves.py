@@ -159,6 +159,10 @@ def curve_sections(model: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _list(values: list[int] | None) -> str:
+    return ", ".join(map(str, values or [])) or "-"
+
+
 def curve_workload_notes(meta: dict[str, Any], first: int) -> list[str]:
     """The curves' entries of the workload list, numbered from `first`."""
     c = meta.get("curves") or {}
@@ -168,11 +172,11 @@ def curve_workload_notes(meta: dict[str, Any], first: int) -> list[str]:
     return [
         f"{first}. **Concurrent clients**: C clients each send unrelated prompts (~{s.get('unrelated_prompt_tokens')} "
         f"tokens) back to back, {c.get('new_tokens')} new tokens each, no stop string; max(C, {c.get('requests_min')}) "
-        f"requests per point, {c.get('scaling_rounds')} round(s); generated tokens/s over the wall time. "
-        f"C in {c.get('concurrency')} for our server, {c.get('baseline_concurrency')} for the baseline. "
+        f"requests per point, {c.get('rounds')} round(s); generated tokens/s over the wall time. "
+        f"C in {_list(c.get('concurrency'))} for our server, {_list(c.get('baseline_concurrency'))} for the baseline. "
         f"No new request starts after {num(c.get('point_s'), 0)} s, and a point that takes longer ends its curve.",
         f"{first + 1}. **Prompt length**: time to first token (a 1-token request) on a fresh prompt of each length "
-        f"in {c.get('lengths')} tokens (capped at the model's positions - 1), after one warm-up request of that length; "
-        f"median of {c.get('length_rounds')} round(s). A length whose requests take longer than "
+        f"in {_list(c.get('lengths'))} tokens (capped at the model's positions - 1), after one warm-up request of that length; "
+        f"median of {c.get('rounds')} round(s). A length whose requests take longer than "
         f"{num(c.get('point_s'), 0)} s ends the curve.",
     ]

@@ -137,7 +137,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
         "--curve-rounds",
         type=int,
         default=1,
-        help="rounds of the concurrency curve (default 1; the length curve runs --rounds)",
+        help="rounds of both curves, medians reported (default 1)",
     )
     p.add_argument(
         "--render",

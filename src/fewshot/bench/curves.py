@@ -52,7 +52,10 @@ def scaling(
             skipped[str(c)] = reason
             continue
         planned = scaling_requests(c, requests_min)
-        rates, walls, done, latencies = [], [], [], []
+        rates: list[float] = []
+        walls: list[float] = []
+        done: list[int] = []
+        latencies: list[float] = []
         for _ in range(rounds):
             batch = list(prompts[cursor : cursor + planned])
             cursor += planned

@@ -13,7 +13,7 @@ BARS = (  # metric, title, higher is better
     ("decode", "batch-1 decode, ms/token (lower is better)", False),
     ("throughput", "throughput, best tokens/s (higher is better)", True),
 )
-CURVES = (  # result key, points key, value key, scale to the plotted unit, y label, title
+CURVE_PANELS = (  # result key, points key, value key, scale to the plotted unit, y label, title
     ("scaling", "levels", "tokens_per_s", 1.0, "generated tokens/s",
      "generated tokens/s against concurrent clients (higher is better)"),
     ("prompt_length", "lengths", "ttft_s", 1e3, "time to first token, ms",
@@ -50,7 +50,9 @@ def bar_label(value: float, base: float | None, higher_is_better: bool, is_base:
     return f"{short(value)}\n{speedup:.1f}x" if speedup >= 1 else f"{short(value)}\n{speedup:.2f}x"
 
 
-def curve_points(engine: dict[str, Any], key: str, points: str, value: str, scale: float):
+def curve_points(
+    engine: dict[str, Any], key: str, points: str, value: str, scale: float
+) -> list[tuple[int, float]]:
     """(x, y) of one engine's curve, sorted by x; empty where it did not run."""
     got = ((engine.get(key) or {}).get(points)) or {}
     pairs = [(int(k), p.get(value)) for k, p in got.items() if p.get(value)]
@@ -71,7 +73,14 @@ def _scale_y(ax: Any, values: list[float], headroom: bool) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-def _bars(ax: Any, results: dict[str, Any], models: list[str], keys: list[str], spec, colors):
+def _bars(
+    ax: Any,
+    results: dict[str, Any],
+    models: list[str],
+    keys: list[str],
+    spec: tuple[str, str, bool],
+    colors: dict[str, Any],
+) -> None:
     metric, title, higher = spec
     width = 0.8 / max(1, len(keys))
     crowded = len(models) * len(keys) > 8
@@ -103,7 +112,14 @@ def _bars(ax: Any, results: dict[str, Any], models: list[str], keys: list[str], 
         _scale_y(ax, values, headroom=True)
 
 
-def _curve(ax: Any, model: str, engines: dict[str, Any], spec, colors, labels) -> None:
+def _curve(
+    ax: Any,
+    model: str,
+    engines: dict[str, Any],
+    spec: tuple[str, str, str, float, str, str],
+    colors: dict[str, Any],
+    labels: dict[str, str],
+) -> None:
     key, points, value, scale, ylabel, title = spec
     xs_all: set[int] = set()
     ys_all: list[float] = []
@@ -143,7 +159,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     with_curves = [
         n
         for n in models
-        if any(e.get(c[0]) for e in results["models"][n]["engines"].values() for c in CURVES)
+        if any(e.get(c[0]) for e in results["models"][n]["engines"].values() for c in CURVE_PANELS)
     ]
     palette = plt.get_cmap("tab10")
     colors = {k: palette(i % 10) for i, k in enumerate(keys)}
@@ -154,8 +170,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         hspace=0.4, top=1 - 0.8 / height,
     )  # fmt: skip
     bar_axes = [fig.add_subplot(grid[0, 2 * i : 2 * i + 2]) for i in range(len(BARS))]
-    for ax, spec in zip(bar_axes, BARS, strict=True):
-        _bars(ax, results, models, keys, spec, colors)
+    for ax, bar_spec in zip(bar_axes, BARS, strict=True):
+        _bars(ax, results, models, keys, bar_spec, colors)
     shown = {nm for ax in bar_axes for nm in ax.get_legend_handles_labels()[1]}
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in keys if k in shown]
     bar_axes[1].legend(
@@ -164,7 +180,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         fontsize=8,
     )  # fmt: skip
     for row, n in enumerate(with_curves, start=1):
-        for col, spec in enumerate(CURVES):
+        for col, spec in enumerate(CURVE_PANELS):
             ax = fig.add_subplot(grid[row, 3 * col : 3 * col + 3])
             _curve(ax, n, results["models"][n]["engines"], spec, colors, labels)
     threads = results.get("meta", {}).get("threads")

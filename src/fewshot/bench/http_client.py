@@ -98,6 +98,32 @@ def run_concurrent(
     return replies, time.perf_counter() - t0
 
 
+def run_closed_loop(
+    send: Callable[[str], Reply], prompts: Sequence[str], concurrency: int, time_cap_s: float
+) -> tuple[list[Reply], float]:
+    """`concurrency` clients, each sending the next prompt as soon as its previous reply
+    arrives, until the prompts run out; after `time_cap_s` no client starts another request
+    (every client still sends its first one). Return the replies and the wall time."""
+    lock = threading.Lock()
+    pending = iter(prompts)
+    t0 = time.perf_counter()
+    deadline = t0 + time_cap_s
+
+    def client() -> list[Reply]:
+        done: list[Reply] = []
+        while True:
+            with lock:
+                prompt = None if done and time.perf_counter() >= deadline else next(pending, None)
+            if prompt is None:
+                return done
+            done.append(send(prompt))
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(client) for _ in range(concurrency)]
+        replies = [reply for f in futures for reply in f.result()]
+    return replies, time.perf_counter() - t0
+
+
 def wait_http(base_url: str, path: str, timeout: float, alive: Callable[[], bool]) -> bool:
     """Poll until the server answers `path` (any status below 500) or `alive()` turns false."""
     deadline = time.monotonic() + timeout

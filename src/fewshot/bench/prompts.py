@@ -115,6 +115,30 @@ def unrelated_prompts(
     return out
 
 
+def sized_prompts(
+    count_tokens: CountTokens, n: int, target_tokens: int, seed: int = 200
+) -> list[str]:
+    """`n` unrelated prompts of `target_tokens` tokens (at most; a word or two less where a
+    word does not split evenly), each opening with its own number so no prefix cache serves
+    any part of one from another."""
+    rng = random.Random(seed + target_tokens)
+    out: list[str] = []
+    for i in range(n):
+        words = f"Document {seed + i} of the archive.".split()
+        estimate = count_tokens(" ".join(words))
+        while estimate < target_tokens:  # sentences add up to about the joined count
+            sentence = (
+                f"The {rng.choice(_ADJS)} {rng.choice(_WORDS)} {rng.choice(_VERBS)} "
+                f"the {rng.choice(_WORDS)} near the {rng.choice(_ADJS)} {rng.choice(_WORDS)}."
+            )
+            words += sentence.split()
+            estimate += count_tokens(" " + sentence)
+        while len(words) > 1 and count_tokens(" ".join(words)) > target_tokens:
+            words.pop()
+        out.append(" ".join(words))
+    return out
+
+
 def cold_prompts(
     count_tokens: CountTokens, n: int, target_tokens: int, seed: int = 100
 ) -> list[str]:

@@ -6,40 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fewshot.bench.cells import mb, ms, num, oneline, table, x
 from fewshot.bench.plot import plot
+from fewshot.bench.report_curves import curve_sections, curve_workload_notes
 from fewshot.bench.runtime_probe import describe_stages
 from fewshot.bench.stats import ratio
 from fewshot.bench.targets import TargetResult, headline, judge
 
 PLOT_NAME = "docs/bench.png"
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{1e3 * seconds:.1f} ms"
-
-
-def _mb(nbytes: float | None) -> str:
-    return "-" if not nbytes else f"{nbytes / 1e6:,.0f} MB"
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
-
-
-def _num(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _oneline(text: object, limit: int = 200) -> str:
-    """Text fit for a table cell or a list item: one line, no pipes, at most `limit` chars."""
-    flat = " ".join(str(text).split()).replace("|", "/")
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 def _engines(model: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -57,7 +31,7 @@ def _single_table(model: dict[str, Any]) -> list[str]:
             rows.append(
                 [
                     eng.get("label", key),
-                    "failed: " + _oneline(eng.get("error", "not run"), 80),
+                    "failed: " + oneline(eng.get("error", "not run"), 80),
                     "",
                     "",
                     "",
@@ -69,12 +43,12 @@ def _single_table(model: dict[str, Any]) -> list[str]:
         peak = eng.get("peak_rss_single") or eng.get("peak_rss")
         rows.append([
             eng.get("label", key),
-            _ms(s.get("ttft_s")),
-            _ms(s.get("decode_s_per_token")),
-            _ms(s.get("ttft_cached_prefix_s")),
-            _mb(peak),
-            _x(ratio(b_ttft, s.get("ttft_s"))),
-            _x(ratio(b_step, s.get("decode_s_per_token"))),
+            ms(s.get("ttft_s")),
+            ms(s.get("decode_s_per_token")),
+            ms(s.get("ttft_cached_prefix_s")),
+            mb(peak),
+            x(ratio(b_ttft, s.get("ttft_s"))),
+            x(ratio(b_step, s.get("decode_s_per_token"))),
         ])  # fmt: skip
     header = [
         "engine",
@@ -85,7 +59,7 @@ def _single_table(model: dict[str, Any]) -> list[str]:
         "TTFT speedup",
         "decode speedup",
     ]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _serving_table(model: dict[str, Any]) -> list[str]:
@@ -98,10 +72,10 @@ def _serving_table(model: dict[str, Any]) -> list[str]:
         peer = eng.get("kind") == "peer"
         rows.append([
             eng.get("label", key) + (f" (in-process, {s.get('mode', 'batches')})" if peer else ""),
-            _num(s.get("requests_per_s"), 2),
-            "-" if peer else _ms(s.get("p50_s")),
-            "-" if peer else _ms(s.get("p99_s")),
-            _x(ratio(s.get("requests_per_s"), base_rps)),
+            num(s.get("requests_per_s"), 2),
+            "-" if peer else ms(s.get("p50_s")),
+            "-" if peer else ms(s.get("p99_s")),
+            x(ratio(s.get("requests_per_s"), base_rps)),
             str(s.get("requests", "-")),
             "-" if peer else f"{s.get('replies_with_stop', 0)}/{s.get('requests', 0)}",
         ])  # fmt: skip
@@ -116,7 +90,7 @@ def _serving_table(model: dict[str, Any]) -> list[str]:
         "requests",
         "stopped at stop string",
     ]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _throughput_table(model: dict[str, Any]) -> list[str]:
@@ -131,13 +105,13 @@ def _throughput_table(model: dict[str, Any]) -> list[str]:
                 [
                     eng.get("label", key),
                     level,
-                    _num(v.get("tokens_per_s")),
-                    _x(ratio(v.get("tokens_per_s"), base)),
+                    num(v.get("tokens_per_s")),
+                    x(ratio(v.get("tokens_per_s"), base)),
                 ]
             )
     if not rows:
         return []
-    return _table(
+    return table(
         ["engine", "concurrent prompts", "generated tokens/s", "x baseline (same concurrency)"],
         rows,
     )
@@ -153,7 +127,7 @@ def _targets_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
     ]
     status = {True: "met", False: "**missed**", None: "not measured"}
     rows = [[t.name, t.measured, t.goal, status[t.met], t.detail] for t in judged]
-    return lines + _table(["target", "measured", "goal", "status", "margin"], rows) + [""]
+    return lines + table(["target", "measured", "goal", "status", "margin"], rows) + [""]
 
 
 def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> list[str]:
@@ -166,12 +140,12 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
             continue
         lines += [f"### {name}, our engine in-process ({probe.get('dtype')})", ""]
         if "error" in probe:
-            lines += [f"Probe failed: `{_oneline(probe['error'])}`", ""]
+            lines += [f"Probe failed: `{oneline(probe['error'])}`", ""]
             continue
         lines.append(
-            f"No HTTP: time to first token {_ms(probe.get('ttft_s'))}, decode {_ms(probe.get('decode_s_per_token'))}"
-            f"/token, time to first token with a cached prefix {_ms(probe.get('ttft_cached_prefix_s'))} "
-            f"(cached tokens: {probe.get('cached_tokens')}); load {_num(probe.get('load_s'))} s."
+            f"No HTTP: time to first token {ms(probe.get('ttft_s'))}, decode {ms(probe.get('decode_s_per_token'))}"
+            f"/token, time to first token with a cached prefix {ms(probe.get('ttft_cached_prefix_s'))} "
+            f"(cached tokens: {probe.get('cached_tokens')}); load {num(probe.get('load_s'))} s."
         )
         served = (model.get("engines", {}).get(f"ours-{probe.get('dtype')}") or {}).get(
             "single"
@@ -179,7 +153,7 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
         http_step, engine_step = served.get("decode_s_per_token"), probe.get("decode_s_per_token")
         if http_step and engine_step:
             lines.append(
-                f"Over HTTP the server's decode/token was {_ms(http_step)}: {_x(http_step / engine_step)} "
+                f"Over HTTP the server's decode/token was {ms(http_step)}: {x(http_step / engine_step)} "
                 "the in-process engine's (the difference is the server's own per-token cost)."
             )
         lines.append("")
@@ -188,11 +162,11 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
             engine_step = probe.get("decode_s_per_token")
             overhead = ""
             if step and engine_step:
-                overhead = f"; the engine's decode/token above is {_x(engine_step / step)} of that"
+                overhead = f"; the engine's decode/token above is {x(engine_step / step)} of that"
             lines.append(
                 f"Model forward alone, batch-1 greedy decode at {prof['context_tokens']} tokens of context: "
-                f"{_ms(step)} per step ({prof['torch_threads']} threads){overhead}. "
-                f"torch.profiler over {prof['steps']} steps ({_num(prof['profiled_self_cpu_s'], 2)} s of op "
+                f"{ms(step)} per step ({prof['torch_threads']} threads){overhead}. "
+                f"torch.profiler over {prof['steps']} steps ({num(prof['profiled_self_cpu_s'], 2)} s of op "
                 "self time), top ops by self CPU time:"
             )
             lines.append("")
@@ -200,12 +174,12 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
                 [
                     f"`{op['op']}`",
                     str(op["calls"]),
-                    _num(op["self_cpu_ms"]),
+                    num(op["self_cpu_ms"]),
                     f"{100 * op['share']:.0f}%",
                 ]
                 for op in prof["top_ops"]
             ]
-            lines += _table(["op", "calls", "self CPU ms", "share"], rows)
+            lines += table(["op", "calls", "self CPU ms", "share"], rows)
             lines.append("")
     if not lines:
         return []
@@ -228,13 +202,13 @@ def _machine_section(results: dict[str, Any]) -> list[str]:
         f"{m.get('available_cores')} available to this process; {m.get('memory_gib')} GiB RAM; "
         f"flags: {', '.join(m.get('flags') or []) or 'none of note'}",
         f"- Threads: **{meta.get('threads')}** for every engine (torch intra-op threads / ORT / OpenVINO / llama.cpp)",
-        f"- Memory read bandwidth (torch sum, {meta.get('threads')} threads): {_num(bw)} GB/s at the start, {_num(bw_end)} GB/s at the end",
-        f"- Load average at the start: {_num(load, 2) if load is not None else '-'} "
+        f"- Memory read bandwidth (torch sum, {meta.get('threads')} threads): {num(bw)} GB/s at the start, {num(bw_end)} GB/s at the end",
+        f"- Load average at the start: {num(load, 2) if load is not None else '-'} "
         "(other work on the machine skews absolute numbers; the ratios come from the same run)",
         f"- Server process before any weights (`python -m fewshot.bench.runtime_probe`): "
-        f"{_mb(results.get('runtime_rss'))} peak RSS{describe_stages(results.get('runtime'))}",
+        f"{mb(results.get('runtime_rss'))} peak RSS{describe_stages(results.get('runtime'))}",
         f"- Rounds: {meta.get('rounds')} per workload (medians reported); ours in {', '.join(meta.get('dtypes') or [])}; "
-        f"run took {_num((meta.get('wall_s') or 0) / 60)} min; started {meta.get('started')}",
+        f"run took {num((meta.get('wall_s') or 0) / 60)} min; started {meta.get('started')}",
         f"- Python {m.get('python')}, torch {m.get('torch')}",
         "",
     ]
@@ -257,6 +231,7 @@ def _workload_notes(results: dict[str, Any]) -> list[str]:
         "baseline the first N of the same list). Response cache off (`use_cache: false`).",
         f"3. **Throughput**: C concurrent unrelated prompts (~{s.get('unrelated_prompt_tokens')} tokens, no shared prefix), "
         f"{s.get('throughput_new_tokens')} new tokens each; generated tokens/s over the wall time.",
+        *curve_workload_notes(results.get("meta", {}), 4),
         "",
         "Random-weight GPT-Neo models never produce the stop string on purpose, so their generation length is fixed by "
         "max_new_tokens (EOS may still end a sequence early: token counts come from the server's details). "
@@ -270,7 +245,7 @@ def _workload_notes(results: dict[str, Any]) -> list[str]:
 
 def _agreement_line(agree: dict[str, Any]) -> str:
     if "error" in agree:
-        return f"Agreement not measured: `{_oneline(agree['error'])}`"
+        return f"Agreement not measured: `{oneline(agree['error'])}`"
     return (
         f"Top-1 agreement of int8 with fp32: {agree['teacher_forced_top1']:.1%} of "
         f"{agree['positions']} teacher-forced positions over {agree['prompts']} prompts; "
@@ -305,7 +280,7 @@ def render(results: dict[str, Any]) -> str:
         spec = model.get("model", {})
         lines += [f"## {name}", ""]
         if "error" in model:
-            lines += [f"Failed: `{_oneline(model['error'])}`", ""]
+            lines += [f"Failed: `{oneline(model['error'])}`", ""]
             continue
         kind = "random weights (seeded)" if spec.get("random_weights") else "real weights"
         toks = model.get("prompt_tokens", {})
@@ -327,9 +302,10 @@ def render(results: dict[str, Any]) -> str:
         tp = _throughput_table(model)
         if tp:
             lines += ["### Throughput, unrelated prompts", "", *tp, ""]
+        lines += curve_sections(model)
         failed = [(k, e) for k, e in _engines(model) if "error" in e]
         for key, eng in failed:
-            lines += [f"- {eng.get('label', key)} failed: `{_oneline(eng['error'])}`"]
+            lines += [f"- {eng.get('label', key)} failed: `{oneline(eng['error'])}`"]
         if failed:
             lines.append("")
     lines += _profile_section(results, judged)

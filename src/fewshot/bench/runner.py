@@ -20,6 +20,7 @@ from fewshot.bench import models as bench_models
 from fewshot.bench import peers as bench_peers
 from fewshot.bench import report
 from fewshot.bench.config import BenchConfig, SidePlan
+from fewshot.bench.curves import CurvePrompts, plan_curve_prompts, run_curves
 from fewshot.bench.http_client import round_trip
 from fewshot.bench.machine import machine_info, measure_bandwidth
 from fewshot.bench.prompts import PromptSet, build_prompt_set, token_counter
@@ -54,16 +55,19 @@ def _run_side(
     prompts: PromptSet,
     cfg: BenchConfig,
     log: Log,
+    curve_prompts: CurvePrompts | None = None,
+    scaling_levels: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Start `server`, run the side's workloads, stop it; everything measured, or an error."""
     res: dict[str, Any] = {}
+    workloads = cfg.workloads(side)
     try:
         server.start()
         res["startup_s"] = server.startup_seconds
         res["rss_loaded"] = server.rss()
         res["http_overhead_s"] = round_trip(server.base_url, "/health")
         target = Target(server.base_url, model_id)
-        if "single" in side.workloads:
+        if "single" in workloads:
             log(f"  {server.label}: single request")
             res["single"] = single_request(
                 target,
@@ -74,7 +78,7 @@ def _run_side(
                 cfg.rounds,
             )
             res["peak_rss_single"] = server.peak_rss()
-        if "serving" in side.workloads and side.serving_requests > 0:
+        if "serving" in workloads and side.serving_requests > 0:
             log(
                 f"  {server.label}: few-shot serving, {side.serving_requests} requests x {cfg.rounds}"
             )
@@ -82,7 +86,7 @@ def _run_side(
                 target, prompts.prefix, prompts.serving_queries, side.serving_requests, cfg.rounds,
                 cfg.concurrency, cfg.serving_new_tokens, cfg.stop,
             )  # fmt: skip
-        if "throughput" in side.workloads and side.throughput_levels:
+        if "throughput" in workloads and side.throughput_levels:
             log(f"  {server.label}: throughput at {list(side.throughput_levels)} concurrent")
             res["throughput"] = throughput(
                 target,
@@ -90,6 +94,10 @@ def _run_side(
                 side.throughput_levels,
                 cfg.rounds,
                 cfg.throughput_new_tokens,
+            )
+        if curve_prompts is not None:
+            res.update(
+                run_curves(target, server.label, workloads, curve_prompts, scaling_levels, cfg, log)
             )
         res["peak_rss"] = server.peak_rss()
     except Exception as exc:  # one engine failing must not lose the others' results
@@ -173,9 +181,14 @@ def run_model(
     )
     logs = cfg.work / "logs" / name
     prompt_file = _prompt_file(cfg.work / "prompts" / f"{name}.json", prompts)
+    sides = [(plan.baseline, cfg.curve_baseline_concurrency), (plan.ours, cfg.curve_concurrency)]
+    curve_prompts, curve_info = plan_curve_prompts(
+        cfg, sides, count, model.hf_dir, needed["unrelated"]
+    )
     out: dict[str, Any] = {
         "model": bench_models.describe(model),
         "prompt_tokens": prompts.tokens,
+        "curves": curve_info,
         "engines": {},
     }
 
@@ -185,7 +198,10 @@ def run_model(
         "baseline", baseline_argv(model.hf_dir, port, cfg.threads), port, logs / "baseline.log",
         startup_timeout=cfg.server_timeout_s,
     )  # fmt: skip
-    base = _run_side(server, "bench", plan.baseline, prompts, cfg, log)
+    base = _run_side(
+        server, "bench", plan.baseline, prompts, cfg, log, curve_prompts,
+        cfg.curve_baseline_concurrency,
+    )  # fmt: skip
     out["engines"]["baseline"] = {
         "label": "transformers pipeline fp32 (baseline)",
         "kind": "baseline",
@@ -201,7 +217,10 @@ def run_model(
             f"ours-{dtype}", ours_argv(model.ours_source, OURS_ALIAS, port, cfg.threads, dtype), port,
             logs / f"ours-{dtype}.log", startup_timeout=cfg.server_timeout_s,
         )  # fmt: skip
-        res = _run_side(server, OURS_ALIAS, plan.ours, prompts, cfg, log)
+        res = _run_side(
+            server, OURS_ALIAS, plan.ours, prompts, cfg, log, curve_prompts,
+            cfg.curve_concurrency,
+        )  # fmt: skip
         out["engines"][f"ours-{dtype}"] = {
             "label": f"fewshot serve {dtype}",
             "kind": "ours",
@@ -285,6 +304,16 @@ def run(cfg: BenchConfig, log: Log = _log) -> dict[str, Any]:
                 "throughput_new_tokens": cfg.throughput_new_tokens,
                 "unrelated_prompt_tokens": cfg.unrelated_tokens,
                 "stop": cfg.stop,
+            },
+            "curves": {
+                "on": cfg.curves,
+                "concurrency": list(cfg.curve_concurrency),
+                "baseline_concurrency": list(cfg.curve_baseline_concurrency),
+                "lengths": list(cfg.curve_lengths),
+                "new_tokens": cfg.curve_new_tokens,
+                "requests_min": cfg.curve_requests_min,
+                "rounds": cfg.curve_rounds,
+                "point_s": cfg.curve_point_s,
             },
         },
         "notes": [],

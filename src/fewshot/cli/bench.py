@@ -21,6 +21,17 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _counts(value: str) -> tuple[int, ...]:
+    """A comma-separated list of positive integers, e.g. `1,2,4,8`."""
+    try:
+        counts = tuple(int(v) for v in _csv(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers: {value!r}")
+    return tuple(sorted(set(counts)))
+
+
 def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="benchmark against a transformers baseline and peers", description=__doc__
@@ -92,6 +103,42 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
     p.add_argument(
         "--no-profile", action="store_true", help="skip the torch.profiler table of our decode"
     )
+    curves = p.add_argument_group(
+        "cost curves",
+        "tokens/s against concurrent clients, time to first token against prompt length",
+    )
+    curves.add_argument(
+        "--no-curves", action="store_true", help="skip both curves (about 4 minutes at 125M)"
+    )
+    curves.add_argument(
+        "--curve-concurrency",
+        type=_counts,
+        default=None,
+        metavar="LIST",
+        help="concurrent clients, our server (default 1,2,4,8,16,32,64; --quick 1,4)",
+    )
+    curves.add_argument(
+        "--curve-baseline-concurrency",
+        type=_counts,
+        default=None,
+        metavar="LIST",
+        help="concurrent clients, the baseline, which serves one request at a time "
+        "(default 1,2,4,8; --quick 1,4)",
+    )
+    curves.add_argument(
+        "--curve-lengths",
+        type=_counts,
+        default=None,
+        metavar="LIST",
+        help="prompt lengths in tokens, each capped at the model's positions - 1 "
+        "(default 128,256,512,1024,2048; --quick 64,256)",
+    )
+    curves.add_argument(
+        "--curve-rounds",
+        type=int,
+        default=1,
+        help="rounds of both curves, medians reported (default 1)",
+    )
     p.add_argument(
         "--render",
         type=Path,
@@ -99,6 +146,36 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
         help="only rewrite BENCHMARKS.md and the plot in --out from a run's raw results",
     )
     return p
+
+
+def config_from_args(
+    args: argparse.Namespace, models: list[str], work: Path, pythons: dict[str, Path]
+) -> BenchConfig:
+    """The run's configuration from the parsed flags (models, work dir and peers resolved)."""
+    common: dict[str, object] = {
+        "models": models,
+        "rounds": args.rounds or (1 if args.quick else 3),
+        "threads": args.threads or available_cores(),
+        "dtypes": args.dtype,
+        "out": args.out.resolve(),
+        "work": work,
+        "peer_pythons": pythons,
+        "peer_backends": args.peers,
+        "seed": args.seed,
+        "profile": not args.no_profile,
+        "curves": not args.no_curves,
+        "curve_rounds": max(1, args.curve_rounds),
+        "command": "fewshot bench "
+        + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+    }
+    chosen = {
+        "curve_concurrency": args.curve_concurrency,
+        "curve_baseline_concurrency": args.curve_baseline_concurrency,
+        "curve_lengths": args.curve_lengths,
+    }
+    common.update({k: v for k, v in chosen.items() if v is not None})
+    make = BenchConfig.quick_sizes if args.quick else BenchConfig
+    return make(**common)  # type: ignore[arg-type]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,21 +205,7 @@ def run(args: argparse.Namespace) -> int:
         from fewshot.bench.peer_setup import ensure_llamacpp_venv
 
         pythons["llamacpp"] = ensure_llamacpp_venv(args.llamacpp_wheels, work / "peers")
-    common = {
-        "models": models,
-        "rounds": args.rounds or (1 if args.quick else 3),
-        "threads": args.threads or available_cores(),
-        "dtypes": args.dtype,
-        "out": args.out.resolve(),
-        "work": work,
-        "peer_pythons": pythons,
-        "peer_backends": args.peers,
-        "seed": args.seed,
-        "profile": not args.no_profile,
-        "command": "fewshot bench "
-        + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
-    }
-    cfg = BenchConfig.quick_sizes(**common) if args.quick else BenchConfig(**common)
+    cfg = config_from_args(args, models, work, pythons)
     if args.prepare:
         prepare(cfg)
         return 0

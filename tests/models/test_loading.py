@@ -14,10 +14,10 @@ from family_helpers import save_with_tokenizer
 
 from fewshot.models.base import CausalLM
 from fewshot.models.loading import (
-    AUTO_DTYPE,
     DTYPES,
     LoadedModel,
     ModelNotFoundError,
+    auto_dtype,
     load_model,
     resolve_dtype,
 )
@@ -97,9 +97,19 @@ def test_sharded_and_bin_checkpoints(tiny_gpt_neo_dir: Path, tmp_path: Path) -> 
 def test_dtypes(tiny_gpt_neo_dir: Path) -> None:
     lm = load_model(str(tiny_gpt_neo_dir), dtype="bf16")
     assert next(lm.model.parameters()).dtype == torch.bfloat16
-    assert resolve_dtype("auto") == AUTO_DTYPE and AUTO_DTYPE in DTYPES
+    assert lm.dtype == "bf16" and resolve_dtype("int8") == "int8"
     with pytest.raises(ValueError, match="dtype"):
         load_model(str(tiny_gpt_neo_dir), dtype="fp8")
+
+
+def test_auto_dtype_follows_the_hardware() -> None:
+    amx = {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_tile": True, "amx_bf16": True}
+    zen4 = {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_tile": False}
+    assert auto_dtype("cpu", amx) == "bf16"
+    assert auto_dtype("cpu", zen4) == "fp32"
+    assert auto_dtype("cpu", {"avx2": True}) == "fp32"
+    assert auto_dtype("cuda") == auto_dtype("cuda:1") == "bf16"
+    assert auto_dtype("cpu") in DTYPES  # this machine's own answer is a real dtype
 
 
 # --------------------------------------------------------------------------- streamed loading

@@ -14,7 +14,7 @@ from fewshot.bench.models import KNOWN_MODELS
 from fewshot.bench.peers import DEFAULT_BACKENDS, parse_peer_python
 from fewshot.settings import Settings, available_cores
 
-DTYPES = ("int8", "fp32", "bf16")
+DTYPES = ("auto", "int8", "fp32", "bf16")
 
 
 def _csv(value: str) -> list[str]:
@@ -55,8 +55,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
     p.add_argument(
         "--dtype",
         type=_csv,
-        default=["int8", "fp32"],
-        help="our engine's weights, comma-separated; the first is judged against the targets (default int8,fp32)",
+        default=["auto", "int8", "fp32"],
+        help="our engine's weights, comma-separated; the first is judged against the targets "
+        "(default auto,int8,fp32; auto = what `fewshot serve` picks on this CPU)",
     )
     p.add_argument(
         "--quick", action="store_true", help="smoke run: tiny model, short prompts, one round"
@@ -195,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown or bad_dtypes:
         print(f"unknown model(s) {unknown} or dtype(s) {bad_dtypes}", file=sys.stderr)
         return 2
+    from fewshot.models.loading import resolve_dtype
+
+    args.dtype = list(dict.fromkeys(resolve_dtype(d) for d in args.dtype))
     try:
         pythons = parse_peer_python(args.peer_python)
     except ValueError as exc:

@@ -130,6 +130,7 @@ class LLM:
         import torch
 
         from fewshot.models.loading import load_model, resolve_dtype
+        from fewshot.models.packed import pack_linears
 
         target = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -146,8 +147,12 @@ class LLM:
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
             hf_token=hf_token,
         )
+        model = loaded.model.to(target)
+        compiled = (config or EngineConfig()).replace(**engine_options).compile
+        if target.type == "cpu" and not compiled:  # Inductor packs weights its own way
+            pack_linears(model)  # bf16 weights in oneDNN's layout, once (a no-op for fp32/int8)
         return cls(
-            loaded.model.to(target),
+            model,
             loaded.tokenizer,
             name=name or loaded.name,
             source=str(loaded.source),

@@ -104,3 +104,23 @@ def test_cli_sets_the_wait_policy_before_torch_loads() -> None:
     env = {k: v for k, v in __import__("os").environ.items() if k not in drop}
     proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=60)
     assert proc.returncode == 0
+
+
+def test_llm_load_runs_torch_in_a_thread_that_ends(tiny_gpt_neo_dir, monkeypatch) -> None:
+    """The load's OpenMP pool must not outlive it on the caller's thread (see
+    `llm._in_passing_thread`): the load runs elsewhere, and that thread is gone afterwards."""
+    import fewshot.models.loading as loading
+    from fewshot.engine.llm import LLM
+
+    seen: list[threading.Thread] = []
+    real = loading.load_model
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", spy)
+    with LLM.load(str(tiny_gpt_neo_dir), threads=1, kv_cache_mb=4) as llm:
+        assert len(llm.generate("Hello", max_new_tokens=2).token_ids) == 2
+    assert len(seen) == 1 and seen[0] is not threading.current_thread()
+    assert not seen[0].is_alive()

@@ -24,6 +24,7 @@ from fewshot.bench.prompts import STOP, few_shot_prefix, queries
 from fewshot.engine.llm import LLM
 from fewshot.engine.types import SamplingParams
 from fewshot.models.loading import load_model
+from fewshot.models.packed import pack_linears
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [prefix + q for q in queries(args.requests, seed=3)]
     params = SamplingParams(max_new_tokens=args.new_tokens, stop=[STOP])
     names = [n for n in args.variants.split(",") if n]
+    if not any(VARIANTS[n].get("compile") for n in names):
+        pack_linears(loaded.model)  # as `LLM.load` does on the CPU (Inductor packs its own way)
     llms = {
         n: LLM.from_model(loaded.model, tok, name=n, threads=args.threads, **VARIANTS[n])
         for n in names

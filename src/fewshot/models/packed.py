@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewshot.models.checkpoint import release_free_memory
+
 BATCH_HINT = 256  # rows oneDNN picks the blocked layout for; measured best across 1..341 rows
 
 
@@ -59,11 +61,14 @@ class PackedLinear(nn.Module):
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Swap every packable nn.Linear of `model` for a PackedLinear; returns how many."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if can_pack(child):
-                setattr(parent, name, PackedLinear(child))  # type: ignore[arg-type]
-                count += 1
-    return count
+    """Swap every packable nn.Linear of `model` for a PackedLinear; returns how many.
+
+    One at a time, handing each replaced weight's pages back to the OS, so the model's memory
+    grows by one matrix at most while it is packed (and by the tied head's copy after)."""
+    names = [name for name, module in model.named_modules() if can_pack(module)]
+    for name in names:  # by name: no list holds the old modules (and their weights) alive
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, attr, PackedLinear(getattr(parent, attr)))
+        release_free_memory()
+    return len(names)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -105,12 +106,23 @@ class CheckpointReader:
         path, info, base = self._entries[key]
         stored = _ST_DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
-        out = torch.empty(info["shape"], dtype=stored)
-        raw = out.view(-1).view(torch.uint8) if out.numel() else out.view(torch.uint8)
-        if raw.numel() != end - begin:
+        numel = math.prod(info["shape"])
+        if numel * stored.itemsize != end - begin:
             raise ValueError(f"{path.name}: {key} has {end - begin} bytes for {info}")
-        _read_into(path, base + begin, memoryview(raw.numpy()))  # type: ignore[arg-type]
-        return out if dtype is None or dtype == stored else out.to(dtype)
+        if dtype is None or dtype == stored:
+            out = torch.empty(info["shape"], dtype=stored)
+            if numel:
+                _read_into(path, base + begin, _bytes_of(out.view(-1)))
+            return out
+        # another dtype: convert a slice at a time, never holding the stored-dtype copy whole
+        out = torch.empty(info["shape"], dtype=dtype)
+        flat, step = out.view(-1), max(1, _READ_CHUNK // stored.itemsize)
+        staging = torch.empty(min(step, numel), dtype=stored)
+        for start in range(0, numel, step):
+            n = min(step, numel - start)
+            _read_into(path, base + begin + start * stored.itemsize, _bytes_of(staging[:n]))
+            flat[start : start + n].copy_(staging[:n])
+        return out
 
 
 def _shards(index: Path) -> list[str]:
@@ -119,6 +131,11 @@ def _shards(index: Path) -> list[str]:
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+
+
+def _bytes_of(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous 1-D tensor, writable in place."""
+    return memoryview(t.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def _read_into(path: Path, offset: int, buf: memoryview) -> None:

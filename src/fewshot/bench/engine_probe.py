@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stats": llm.stats(),
         }
         if args.profile_tokens > 0:
+            # the engine thread ends first: with its OpenMP pool alive beside this thread's,
+            # libgomp would throttle the spin and time the forward a third slower than it runs
+            llm.close()
             out["profile"] = _profile(
                 llm, cold[-1], args.profile_tokens, args.profile_rows, args.threads
             )

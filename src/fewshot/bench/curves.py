@@ -10,7 +10,7 @@ to that server once), so a prefix cache never serves one.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,13 +44,9 @@ def scaling(
     send = partial(tgi_request, target.base_url, max_new_tokens=new_tokens)
     send(prompts[0])  # warm-up
     cursor = 1
-    points: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
-    reason = ""
-    for c in sorted(levels):
-        if reason:
-            skipped[str(c)] = reason
-            continue
+
+    def measure(c: int) -> tuple[dict, float]:
+        nonlocal cursor
         planned = scaling_requests(c, requests_min)
         rates: list[float] = []
         walls: list[float] = []
@@ -68,7 +64,7 @@ def scaling(
             walls.append(wall)
             done.append(len(replies))
             latencies.extend(rep.latency for rep in replies)
-        points[str(c)] = {
+        point = {
             "tokens_per_s": median(rates),
             "requests": done,
             "planned_requests": planned,
@@ -76,8 +72,9 @@ def scaling(
             "p50_s": percentile(latencies, 50),
             "rounds": rates,
         }
-        if max(walls) > time_cap_s:
-            reason = f"the {c}-client point took {max(walls):.0f} s > {time_cap_s:.0f} s"
+        return point, max(walls)
+
+    points, skipped = _until_capped(levels, measure, time_cap_s, "client")
     return {
         "levels": points,
         "requested": sorted(levels),
@@ -95,26 +92,41 @@ def prompt_length(
     length whose requests together take longer than `time_cap_s` ends the curve. Needs
     rounds + 1 prompts per length."""
     send = partial(tgi_request, target.base_url, max_new_tokens=1)
-    points: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
-    reason = ""
-    for length in sorted(by_length):
-        if reason:
-            skipped[str(length)] = reason
-            continue
+
+    def measure(length: int) -> tuple[dict, float]:
         prompts = by_length[length]
         warm = send(prompts[0])
         ttft = [send(p).latency for p in prompts[1 : 1 + rounds]]
-        points[str(length)] = {"ttft_s": median(ttft), "rounds": ttft}
-        spent = warm.latency + sum(ttft)
-        if spent > time_cap_s:
-            reason = f"the {length}-token point took {spent:.0f} s > {time_cap_s:.0f} s"
+        return {"ttft_s": median(ttft), "rounds": ttft}, warm.latency + sum(ttft)
+
+    points, skipped = _until_capped(by_length, measure, time_cap_s, "token")
     return {
         "lengths": points,
         "requested": sorted(by_length),
         "skipped": skipped,
         "time_cap_s": time_cap_s,
     }
+
+
+def _until_capped(
+    keys: Iterable[int],
+    measure: Callable[[int], tuple[dict, float]],
+    time_cap_s: float,
+    unit: str,
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Measure each key, smallest first, until one takes longer than `time_cap_s` (measure
+    returns the point and the seconds it took); the larger keys are skipped, with the reason."""
+    points: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    reason = ""
+    for key in sorted(keys):
+        if reason:
+            skipped[str(key)] = reason
+            continue
+        points[str(key)], spent = measure(key)
+        if spent > time_cap_s:
+            reason = f"the {key}-{unit} point took {spent:.0f} s > {time_cap_s:.0f} s"
+    return points, skipped
 
 
 def max_positions(hf_dir: Path) -> int | None:

@@ -152,8 +152,10 @@ class LLM:
             )
             model = loaded.model.to(target)
             compiled = (config or EngineConfig()).replace(**engine_options).compile
-            if target.type == "cpu" and not compiled:  # Inductor packs weights its own way
-                pack_linears(model)  # bf16 weights in oneDNN's layout (a no-op for fp32/int8)
+            # bf16 weights in oneDNN's layout (a no-op for fp32/int8); not under torch.compile
+            # (Inductor packs weights its own way), nor in transformers' own modules (fallback)
+            if target.type == "cpu" and not compiled and loaded.native:
+                pack_linears(model)
             return cls(
                 model,
                 loaded.tokenizer,

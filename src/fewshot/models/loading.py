@@ -158,7 +158,7 @@ def _finish(
     model = _apply_dtype(model.eval(), dtype)
     native = model.spec.arch != "hf_fallback"
     secs = time.perf_counter() - t0
-    log.info("loaded %s (%s, native=%s) in %.1fs", name, model.spec.arch, native, secs)
+    log.info("loaded %s (%s, %s, native=%s) in %.1fs", name, model.spec.arch, dtype, native, secs)
     return LoadedModel(model, tok, name, source, native, secs, dtype)
 
 

@@ -34,10 +34,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused op
+        return self.weight * normed.to(x.dtype)
 
 
 class GemmaRMSNorm(nn.Module):
@@ -49,9 +47,8 @@ class GemmaRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).type_as(x)
+        scale = 1.0 + self.weight.float()
+        return F.rms_norm(x.float(), (x.shape[-1],), scale, eps=self.eps).type_as(x)
 
 
 # ---------------------------------------------------------------------------------------------

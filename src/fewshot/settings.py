@@ -79,7 +79,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Bearer tokens accepted; empty means no auth"
     )
     api_key_file: Path | None = Field(None, description="File with one API key per line")
-    dtype: str = Field("auto", description="Weights: auto | fp32 | bf16 | int8")
+    dtype: str = Field(
+        "auto",
+        description="Weights: auto (bf16 on AMX CPUs and CUDA, else fp32) | fp32 | bf16 | int8",
+    )
     device: str = Field(
         "auto", description="auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N"
     )

@@ -1,5 +1,6 @@
-"""Prepacked bf16 linears (oneDNN layout): bitwise equal to F.linear, swapped in by LLM.load on
-the CPU for bf16 weights only, and an engine on them generates what the plain model does."""
+"""Prepacked bf16 linears (oneDNN layout): bitwise equal to F.linear, an MLP's activation fused as
+a post-op, swapped in by LLM.load on the CPU for bf16 weights only, and the packed model computes
+what the plain one does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 from fewshot.engine.llm import LLM
 from fewshot.models.loading import load_model
 from fewshot.models.packed import PackedLinear, can_pack, pack_linears
+from fewshot.models.standalone import new_cache, run
 
 pytestmark = pytest.mark.skipif(
     not can_pack(nn.Linear(2, 2).bfloat16()), reason="this CPU's oneDNN has no bf16 GEMM"
@@ -37,12 +39,27 @@ def test_only_bf16_cpu_linears_are_packed() -> None:
     assert pack_linears(nn.Sequential(nn.Linear(4, 4))) == 0  # fp32 keeps F.linear
 
 
-def test_llm_on_packed_bf16_generates_what_the_plain_model_does(tiny_gpt_neo_dir: Path) -> None:
+def test_fused_activation_matches_the_unfused_mlp(tiny_gpt_neo_dir: Path) -> None:
+    plain = load_model(str(tiny_gpt_neo_dir), dtype="bf16").model
+    packed = load_model(str(tiny_gpt_neo_dir), dtype="bf16").model
+    pack_linears(packed)
+    mlp, ref_mlp = packed.transformer.h[0].mlp, plain.transformer.h[0].mlp
+    assert isinstance(mlp.act, nn.Identity) and mlp.c_fc.post_op == "gelu"
+    assert mlp.c_proj.post_op == "none"  # only the projection `act` follows is fused
+    x = torch.randn(9, ref_mlp.c_fc.in_features).bfloat16()
+    want = ref_mlp.c_proj(ref_mlp.act(ref_mlp.c_fc(x).float()).bfloat16()).float()
+    torch.testing.assert_close(mlp(x).float(), want, atol=0.05, rtol=0.02)
+
+
+def test_llm_on_packed_bf16_computes_what_the_plain_model_does(tiny_gpt_neo_dir: Path) -> None:
     prompt = "Few-shot learning in practice: GPT-Neo and the"
     plain = load_model(str(tiny_gpt_neo_dir), dtype="bf16")
-    with LLM.from_model(plain.model, plain.tokenizer, threads=1, kv_cache_mb=8) as ref:
-        want = ref.generate(prompt, max_new_tokens=12).token_ids
+    ids = plain.tokenizer.encode(prompt)
+    want = run(plain.model, ids, [new_cache(plain.model)], [len(ids)], "all")
     with LLM.load(str(tiny_gpt_neo_dir), dtype="bf16", threads=1, kv_cache_mb=8) as llm:
         assert any(isinstance(m, PackedLinear) for m in llm.model.modules())
         assert llm.dtype == "bf16"
-        assert llm.generate(prompt, max_new_tokens=12).token_ids == want
+        got = run(llm.model, ids, [new_cache(llm.model)], [len(ids)], "all")
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+        assert len(llm.generate(prompt, max_new_tokens=6).token_ids) == 6

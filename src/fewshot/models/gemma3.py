@@ -94,6 +94,8 @@ class Gemma3Attention(nn.Module):
 
 
 class Gemma3MLP(nn.Module):
+    activated = "gate_proj"  # the Linear that `act` follows (fused in packed.py)
+
     def __init__(self, config) -> None:
         super().__init__()
         hidden, inner = config.hidden_size, config.intermediate_size

@@ -56,6 +56,8 @@ class GPT2Attention(nn.Module):
 
 
 class GPT2MLP(nn.Module):
+    activated = "c_fc"  # the Linear that `act` follows (fused in packed.py)
+
     def __init__(self, config) -> None:
         super().__init__()
         hidden = config.hidden_size

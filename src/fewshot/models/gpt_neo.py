@@ -57,6 +57,8 @@ class GPTNeoAttention(nn.Module):
 
 
 class GPTNeoMLP(nn.Module):
+    activated = "c_fc"  # the Linear that `act` follows (fused in packed.py)
+
     def __init__(self, config) -> None:
         super().__init__()
         hidden = config.hidden_size

@@ -58,6 +58,8 @@ class GPTJAttention(nn.Module):
 
 
 class GPTJMLP(nn.Module):
+    activated = "fc_in"  # the Linear that `act` follows (fused in packed.py)
+
     def __init__(self, config) -> None:
         super().__init__()
         inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd

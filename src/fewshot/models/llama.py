@@ -68,6 +68,8 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
+    activated = "gate_proj"  # the Linear that `act` follows (fused in packed.py)
+
     def __init__(self, config) -> None:
         super().__init__()
         hidden, inner = config.hidden_size, config.intermediate_size

@@ -14,6 +14,7 @@ CACHED_TTFT_GOAL = 2.0  # decode steps
 CACHED_COLD_GOAL = 0.1  # x the cold time to first token
 MEMORY_HEADROOM = 500e6  # bytes: peak RSS <= weights + KV cache + this (issue 10)
 LLAMACPP_CONCURRENT_GOAL = 2.0  # ours at 8 concurrent requests, x llama.cpp's single stream
+BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
 
 
 @dataclass
@@ -121,13 +122,11 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
         )
     )
     # 4. batch-1 decode vs the int8 memory-bandwidth floor
-    floor = None
-    if bandwidth and spec.get("n_params"):
-        floor = spec["n_params"] / (bandwidth * 1e9)  # int8: one byte per weight per token
+    floor = _int8_floor(spec, bandwidth)
     r = ratio(ours_step, floor)
     own = ""  # against the floor of the weights our engine actually read, when not int8
-    per_weight = {"fp32": 4, "bf16": 2}.get(ours.get("dtype", "int8"))
-    if r is not None and floor and per_weight:
+    per_weight = BYTES_PER_WEIGHT.get(ours.get("dtype", "int8"), 1)
+    if r is not None and floor and per_weight > 1:
         own = f" ({r / per_weight:.2f}x the {ours['dtype']} floor of {1e3 * floor * per_weight:.1f} ms)"
     out.append(
         TargetResult(
@@ -177,7 +176,7 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
     ).get("sizes", {}).get("single_new_tokens", 0)
     need = None
     if spec.get("n_params"):
-        per_weight = {"fp32": 4, "bf16": 2, "int8": 1}.get(dtype, 4)
+        per_weight = BYTES_PER_WEIGHT.get(dtype, 4)
         kv_per = 2 if dtype == "bf16" else 4
         need = (
             spec["n_params"] * per_weight
@@ -204,16 +203,23 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
     return out
 
 
+def _int8_floor(spec: dict[str, Any], bandwidth: float | None) -> float | None:
+    """Seconds to read every weight once in int8 (one byte each) at the measured bandwidth."""
+    if not (bandwidth and spec.get("n_params")):
+        return None
+    return spec["n_params"] / (bandwidth * 1e9)
+
+
 def _serving_bound(
     results: dict[str, Any], base_rps: float | None, spec: dict[str, Any], bandwidth: float | None
 ) -> str:
     """What the serving goal asks of one batched decode step, against the weight-read floor."""
     sizes = results.get("meta", {}).get("sizes", {})
     clients, new = sizes.get("concurrency"), sizes.get("serving_new_tokens")
-    if not (base_rps and clients and new and bandwidth and spec.get("n_params")):
+    floor = _int8_floor(spec, bandwidth)
+    if not (base_rps and clients and new and floor):
         return ""
     step = clients / (SERVING_GOAL * base_rps * new)  # every client's request: `new` steps
-    floor = spec["n_params"] / (bandwidth * 1e9)  # one int8 read of every weight per step
     return (
         f"; {SERVING_GOAL:.0f}x = {SERVING_GOAL * base_rps:.0f} requests/s of {new} tokens with "
         f"{clients} clients: one {clients}-sequence decode step every {1e3 * step:.1f} ms "

@@ -130,10 +130,10 @@ def auto_dtype(device: str = "cpu", cpu: Mapping[str, bool] | None = None) -> st
       speed at one row, where reading the weights bounds both; fewer bytes also halve the KV
       cache. Top-1 agreement with fp32 97.97% teacher-forced (Gemma 3 270M), against 98.6% for
       int8 (`fewshot.bench.agreement`); few-shot accuracy in BENCHMARKS.md.
-    - Any other CPU (AVX2, AVX-512 without AMX): fp32. Without AMX, bf16 GEMMs gain little or
-      lose (none measured faster on our hosts), and int8 (`quant.py`) is no faster than fp32 on
-      the 125M-class models and agrees with it a little less; it stays a choice (`--dtype int8`)
-      for memory.
+    - Any other CPU (AVX2, AVX-512 without AMX): fp32. bf16 there is not measured (on AVX2 its
+      GEMMs have no hardware support at all), and int8 (`quant.py`) was no faster than fp32 on
+      the 125M-class models where measured and agrees with it a little less; it stays a choice
+      (`--dtype int8`) for memory.
     """
     if device.startswith("cuda"):
         return "bf16"

@@ -95,7 +95,6 @@ class LLM:
         source: str | None = None,
         native: bool = True,
         load_seconds: float = 0.0,
-        dtype: str | None = None,
         config: EngineConfig | None = None,
         start: bool = True,
         **engine_options: Any,
@@ -106,7 +105,7 @@ class LLM:
         self.source = source or name
         self.native = native
         self.load_seconds = load_seconds
-        self.dtype = dtype or _dtype_name(model)  # of the weights: "fp32", "bf16" or "int8"
+        self.dtype = _dtype_name(model)  # of the weights: "fp32", "bf16" or "int8"
         self.tokenizer = tokenizer
         self.model = model
         config = (config or EngineConfig()).replace(**engine_options)
@@ -163,7 +162,6 @@ class LLM:
                 source=str(loaded.source),
                 native=loaded.native,
                 load_seconds=loaded.load_seconds,
-                dtype=loaded.dtype,
                 config=config,
                 **engine_options,
             )
@@ -327,7 +325,8 @@ def _in_passing_thread(fn: Callable[[], T]) -> T:
 
 
 def _dtype_name(model: CausalLM) -> str:
-    """The weights' dtype name of a model built outside `load_model`."""
+    """The weights' dtype name: as `load_model` recorded it, else from the parameters (a model
+    built outside `load_model`)."""
     import torch
 
     loaded = getattr(model, "loaded_dtype", None)

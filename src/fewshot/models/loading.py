@@ -156,6 +156,7 @@ def _finish(
     if tok.bos_token_id is not None:
         model.spec.bos_token_id = tok.bos_token_id
     model = _apply_dtype(model.eval(), dtype)
+    model.loaded_dtype = dtype  # type: ignore[assignment]  # what LLM.dtype reports
     native = model.spec.arch != "hf_fallback"
     secs = time.perf_counter() - t0
     log.info("loaded %s (%s, %s, native=%s) in %.1fs", name, model.spec.arch, dtype, native, secs)

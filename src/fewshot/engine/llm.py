@@ -151,9 +151,9 @@ class LLM:
             )
             model = loaded.model.to(target)
             compiled = (config or EngineConfig()).replace(**engine_options).compile
-            # bf16 weights in oneDNN's layout (a no-op for fp32/int8); not under torch.compile
-            # (Inductor packs weights its own way), nor in transformers' own modules (fallback)
-            if target.type == "cpu" and not compiled and loaded.native:
+            # bf16 CPU weights in oneDNN's layout (a no-op for fp32, int8 and CUDA); not under
+            # torch.compile (Inductor packs weights its own way), nor in transformers' modules
+            if not compiled and loaded.native:
                 pack_linears(model)
             return cls(
                 model,

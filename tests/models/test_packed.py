@@ -13,7 +13,7 @@ from torch import nn
 
 from fewshot.engine.llm import LLM
 from fewshot.models.loading import load_model
-from fewshot.models.packed import PackedLinear, can_pack, pack_linears
+from fewshot.models.packed import PackedLinear, TiedHead, can_pack, pack_linears
 from fewshot.models.standalone import new_cache, run
 
 pytestmark = pytest.mark.skipif(
@@ -37,6 +37,23 @@ def test_only_bf16_cpu_linears_are_packed() -> None:
     model = nn.Sequential(nn.Linear(4, 4).bfloat16(), nn.Sequential(nn.Linear(4, 4).bfloat16()))
     assert pack_linears(model) == 2 and isinstance(model[1][0], PackedLinear)
     assert pack_linears(nn.Sequential(nn.Linear(4, 4))) == 0  # fp32 keeps F.linear
+
+
+def test_a_tied_head_multiplies_the_shared_weight_without_a_copy() -> None:
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"embed": nn.Embedding(300, 64), "lm_head": nn.Linear(64, 300, bias=False)})
+    model.bfloat16()
+    model["lm_head"].weight = model["embed"].weight
+    assert pack_linears(model) == 1
+    head = model["lm_head"]
+    assert isinstance(head, TiedHead) and head.weight is model["embed"].weight
+    for shape in [(1, 64), (8, 64), (3, 5, 64), (64,)]:
+        x = torch.randn(*shape).bfloat16()
+        got = head(x)
+        assert got.shape == (*shape[:-1], 300) and got.is_contiguous()
+        torch.testing.assert_close(got, F.linear(x, head.weight), atol=0.02, rtol=0.01)
+    x = torch.randn(7, 64).bfloat16()
+    torch.testing.assert_close(head(x)[:1], head(x[:1]), atol=0.02, rtol=0.01)
 
 
 def test_fused_activation_matches_the_unfused_mlp(tiny_gpt_neo_dir: Path) -> None:

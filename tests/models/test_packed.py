@@ -41,7 +41,9 @@ def test_only_bf16_cpu_linears_are_packed() -> None:
 
 def test_a_tied_head_multiplies_the_shared_weight_without_a_copy() -> None:
     torch.manual_seed(0)
-    model = nn.ModuleDict({"embed": nn.Embedding(300, 64), "lm_head": nn.Linear(64, 300, bias=False)})
+    model = nn.ModuleDict(
+        {"embed": nn.Embedding(300, 64), "lm_head": nn.Linear(64, 300, bias=False)}
+    )
     model.bfloat16()
     model["lm_head"].weight = model["embed"].weight
     assert pack_linears(model) == 1

@@ -226,11 +226,11 @@ def _shared_blocks(group: _Group) -> int:
 
 
 def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """cache [Hkv, NB, bs, D], blocks [B, nb] -> [B, Hkv, nb * bs, D] (one copy)."""
+    """cache [Hkv, NB, bs, D], blocks [B, nb] -> [Hkv, B, nb * bs, D] (one copy)."""
     b, nb = blocks.shape
     h, _, bs, d = cache.shape
     out = cache.index_select(1, blocks.reshape(-1))  # [Hkv, B * nb, bs, D]
-    return out.view(h, b, nb * bs, d).transpose(0, 1)
+    return out.view(h, b, nb * bs, d)
 
 
 def _softcap_sdpa(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
@@ -260,10 +260,11 @@ def _attend_group(
     qb = q[group.rows]  # [B, T, Hq, D]
     # [B, Hkv, G*T, D]: query head h = kv * G + gi, row gi * T + t
     qb = qb.permute(0, 2, 1, 3).reshape(b, n_kv, g * t, head_dim)
-    k = _gather(k_cache, plan.blocks)  # [B, Hkv, L, D]
+    k = _gather(k_cache, plan.blocks)  # [Hkv, B, L, D]
     v = _gather(v_cache, plan.blocks)
     if plan.shared is not None:
         return cascade(qb, k, v, plan, k_cache, v_cache, scale=scale, softcap=softcap, fp32=fp32)
+    k, v = k.transpose(0, 1), v.transpose(0, 1)  # [B, Hkv, L, D]
     mask = plan.mask if g == 1 else plan.mask.repeat(1, 1, g, 1)  # [B, 1, G*T, L]
     out_dtype = q.dtype
     if fp32:

@@ -5,8 +5,11 @@
 - `cascade`: decoding sequences share leading blocks (a cached few-shot prefix); every query
   meets the shared keys in one matmul (read once, in place when the blocks are consecutive),
   its own gathered keys in another, and one softmax covers both.
-Both compute exactly the attention of `attention.py`'s gather path (tests compare them to a
-naive reference).
+Both compute the attention of `attention.py`'s gather path (tests compare them to a naive
+reference). With `fp32` (GPT-Neo, GPT-J) the scores and softmax run in float32 and the
+probabilities meet the values in the cache's dtype, as transformers does for these families:
+a bf16 cache's values are not converted (a decode step read and wrote every cached value twice
+more to convert them).
 """
 
 from __future__ import annotations
@@ -58,16 +61,16 @@ def attend_single(
     qg = q[0].reshape(n_kv, n_heads // n_kv, head_dim).to(dtype)  # [Hkv, G, D]
     spans = runs(attn.single, lo, length, bs)
     keys = [flat_k[:, s:e].to(dtype) for s, e in spans]  # views when no cast is needed
-    values = [flat_v[:, s:e].to(dtype) for s, e in spans]
+    values = [flat_v[:, s:e] for s, e in spans]  # views: probabilities meet values in their dtype
     eff = scale if scale is not None else head_dim**-0.5
     scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1) * eff
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)  # [Hkv, G, L]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(flat_v.dtype)  # [Hkv, G, L]
     out = None
     at = 0
     for v in values:
-        part = torch.matmul(probs[..., at : at + v.shape[1]], v)
+        part = torch.matmul(probs[..., at : at + v.shape[1]], v).float()
         out = part if out is None else out + part
         at += v.shape[1]
     assert out is not None
@@ -87,8 +90,10 @@ def cascade(
     fp32: bool,
 ) -> torch.Tensor:
     """Decodes sharing leading blocks: every query against the shared keys in one matmul (read
-    once, in place when the blocks are consecutive), against its own keys k/v [B, Hkv, L, D]
-    under the plan's mask; one softmax over both. qb [B, Hkv, G, D] -> [B, Hq, D]."""
+    once, in place when the blocks are consecutive), against its own keys k/v [Hkv, B, L, D]
+    (as gathered from the pool) under the plan's mask; one softmax over both.
+    qb [B, Hkv, G, D] -> [B, Hq, D]. Works in [Hkv, B, G, ...] order throughout, the pool's
+    head-major layout, so the gathered keys and values are multiplied in place."""
     assert plan.shared is not None
     b, n_kv, g, head_dim = qb.shape
     bs = k_cache.shape[2]
@@ -100,20 +105,20 @@ def cascade(
         kp = k_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
         vp = v_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
     dtype = torch.float32 if fp32 else k_cache.dtype
-    q_all = qb.to(dtype).permute(1, 0, 2, 3).reshape(n_kv, b * g, head_dim)  # [Hkv, B*G, D]
-    kp, vp, k, v = kp.to(dtype), vp.to(dtype), k.to(dtype), v.to(dtype)
+    q = qb.to(dtype).transpose(0, 1).contiguous()  # [Hkv, B, G, D]
+    kp, k = kp.to(dtype), k.to(dtype)  # values stay in the cache's dtype
     eff = scale if scale is not None else head_dim**-0.5
-    s_shared = torch.matmul(q_all, kp.transpose(1, 2)).view(n_kv, b, g, -1).permute(1, 0, 2, 3)
-    s_own = torch.matmul(qb.to(dtype), k.transpose(-1, -2))  # [B, Hkv, G, L]
-    scores = torch.cat([s_shared, s_own], dim=-1) * eff  # [B, Hkv, G, Lp + L]
+    s_shared = torch.matmul(q.view(n_kv, b * g, head_dim), kp.transpose(1, 2))
+    s_own = torch.matmul(q, k.transpose(-1, -2))  # [Hkv, B, G, L]
+    scores = torch.cat([s_shared.view(n_kv, b, g, -1), s_own], dim=-1) * eff
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     lp = kp.shape[1]
-    scores[..., lp:].masked_fill_(~plan.mask, float("-inf"))  # mask [B, 1, 1, L] broadcasts
+    # masks [B, 1, 1, L] -> [1, B, 1, L]
+    scores[..., lp:].masked_fill_(~plan.mask.transpose(0, 1), float("-inf"))
     if plan.shared_mask is not None:
-        scores[..., :lp].masked_fill_(~plan.shared_mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
-    p_shared = probs[..., :lp].permute(1, 0, 2, 3).reshape(n_kv, b * g, lp)
-    out = torch.matmul(p_shared, vp).view(n_kv, b, g, head_dim).permute(1, 0, 2, 3)
-    out = out + torch.matmul(probs[..., lp:], v)  # [B, Hkv, G, D]
-    return out.to(qb.dtype).reshape(b, n_kv * g, head_dim)
+        scores[..., :lp].masked_fill_(~plan.shared_mask.transpose(0, 1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v_cache.dtype)
+    out = torch.matmul(probs[..., :lp].reshape(n_kv, b * g, lp), vp).float()
+    out = out.view(n_kv, b, g, head_dim) + torch.matmul(probs[..., lp:], v).float()
+    return out.to(qb.dtype).transpose(0, 1).reshape(b, n_kv * g, head_dim)

@@ -87,7 +87,8 @@ class PackedLinear(nn.Module):
 
 class TiedHead(nn.Module):
     """A bf16 nn.Linear whose weight is shared with another module (a tied LM head): computes
-    x @ W^T as (W @ x^T)^T on the shared weight, without a copy (see the module docstring)."""
+    x @ W^T as (W @ x^T)^T on the shared weight, without a copy (see the module docstring), and
+    returns float32."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -97,11 +98,14 @@ class TiedHead(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., in] bf16 -> [..., out] float32 (the logits' dtype: the transposition back from
+        W @ x^T and the conversion then cost one pass instead of two)."""
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] == 1:
-            out = torch.mv(self.weight, rows[0])[None]
+            out = torch.mv(self.weight, rows[0])[None].float()
         else:
-            out = torch.mm(self.weight, rows.t()).t().contiguous()
+            out = torch.mm(self.weight, rows.t()).t()
+            out = out.to(torch.float32, memory_format=torch.contiguous_format)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)

@@ -24,7 +24,7 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-OPENMP_SPIN_COUNT = 3000  # busy-wait rounds of an idle OpenMP thread: see configure_openmp
+OPENMP_SPIN_COUNT = 10000  # busy-wait rounds of an idle OpenMP thread: see configure_openmp
 
 
 def configure_openmp(environ: dict[str, str] | None = None) -> None:
@@ -37,14 +37,20 @@ def configure_openmp(environ: dict[str, str] | None = None) -> None:
     holds it and the master then waits at the next barrier for a descheduled worker. A passive
     policy (no spin) pays a futex wake-up per region instead. A bounded spin (`GOMP_SPINCOUNT`)
     keeps the workers awake across one step's back-to-back operators and lets them sleep
-    between steps. Measured with `fewshot serve` on 2 cores (GPT-Neo-125M fp32, 2 threads, 64
-    greedy tokens over HTTP, ms per token; "loaded" = one busy process beside the server):
+    between steps. Measured with `fewshot serve` on 2 cores (Sapphire Rapids, GPT-Neo-125M, 2
+    threads, 64 greedy tokens after a 341-token prompt over HTTP, ms per token; "loaded" = one
+    busy process beside the server; serving = 8 clients sharing a few-shot prefix, requests/s):
 
-        policy              quiet   loaded
-        default (300,000)    23      495
-        passive (0)          34       42
-        spin 10,000          23       67
-        spin 3,000           26       47    <- chosen
+        policy              fp32 quiet  fp32 loaded   bf16 quiet  bf16 loaded  bf16 serving
+        default (300,000)    23          495
+        passive (0)          34           42
+        spin 30,000                                    17          115          9.4
+        spin 10,000          23           67           18           72          9.2   <- chosen
+        spin 3,000           26           47           23           48          7.8
+
+    With bf16's shorter operators the wake-ups weigh more: 10,000 keeps nearly all of the quiet
+    host's speed; a host shared with busy processes is slower with any spin (fewer threads
+    help more there: `--threads`).
     """
     env = os.environ if environ is None else environ
     if "OMP_WAIT_POLICY" not in env:

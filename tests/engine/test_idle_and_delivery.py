@@ -97,7 +97,7 @@ def test_cli_sets_the_wait_policy_before_torch_loads() -> None:
         "os.environ.pop('GOMP_SPINCOUNT', None)\n"
         "import fewshot.cli as cli\n"
         "cli.build_parser = lambda: (_ for _ in ()).throw(SystemExit("
-        "'torch' in sys.modules or os.environ.get('GOMP_SPINCOUNT') != '3000'))\n"
+        f"'torch' in sys.modules or os.environ.get('GOMP_SPINCOUNT') != '{OPENMP_SPIN_COUNT}'))\n"
         "cli.main([])\n"
     )
     drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")

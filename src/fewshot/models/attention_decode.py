@@ -6,10 +6,7 @@
   meets the shared keys in one matmul (read once, in place when the blocks are consecutive),
   its own gathered keys in another, and one softmax covers both.
 Both compute the attention of `attention.py`'s gather path (tests compare them to a naive
-reference). With `fp32` (GPT-Neo, GPT-J) the scores and softmax run in float32 and the
-probabilities meet the values in the cache's dtype, as transformers does for these families:
-a bf16 cache's values are not converted (a decode step read and wrote every cached value twice
-more to convert them).
+reference). Which dtype they multiply in: `math_dtypes`.
 """
 
 from __future__ import annotations
@@ -39,6 +36,20 @@ def runs(table: list[int], first: int, last: int, bs: int) -> list[tuple[int, in
     return out
 
 
+def math_dtypes(cache: torch.Tensor, fp32: bool) -> tuple[torch.dtype, torch.dtype]:
+    """(dtype of the scores, dtype the probabilities meet the values in) of a decode's attention.
+
+    On the CPU both are float32, whatever the cache holds: oneDNN builds a new bf16 matmul kernel
+    for every new key length, and a decode's grows by one each step (GPT-Neo-125M's [12, 1, L] x
+    [12, L, 64]: 0.63 ms a call with L changing, 0.05 ms with L fixed, 0.03 ms converted to
+    float32 and multiplied by MKL; it also fills oneDNN's kernel cache). Elsewhere: scores in
+    float32 when `fp32` (GPT-Neo, GPT-J) and the probabilities meet the values in the cache's
+    dtype, as transformers does."""
+    if cache.device.type == "cpu":
+        return torch.float32, torch.float32
+    return (torch.float32 if fp32 else cache.dtype), cache.dtype
+
+
 def attend_single(
     q: torch.Tensor,
     attn: AttentionMetadata,
@@ -57,16 +68,16 @@ def attend_single(
     lo = max(0, length - window) if window is not None else 0
     n_kv, head_dim = flat_k.shape[0], flat_k.shape[-1]
     n_heads = q.shape[1]
-    dtype = torch.float32 if fp32 else flat_k.dtype
+    dtype, v_dtype = math_dtypes(flat_k, fp32)
     qg = q[0].reshape(n_kv, n_heads // n_kv, head_dim).to(dtype)  # [Hkv, G, D]
     spans = runs(attn.single, lo, length, bs)
     keys = [flat_k[:, s:e].to(dtype) for s, e in spans]  # views when no cast is needed
-    values = [flat_v[:, s:e] for s, e in spans]  # views: probabilities meet values in their dtype
+    values = [flat_v[:, s:e].to(v_dtype) for s, e in spans]
     eff = scale if scale is not None else head_dim**-0.5
     scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1) * eff
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(flat_v.dtype)  # [Hkv, G, L]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v_dtype)  # [Hkv, G, L]
     out = None
     at = 0
     for v in values:
@@ -104,9 +115,9 @@ def cascade(
     else:  # one copy for all sequences
         kp = k_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
         vp = v_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
-    dtype = torch.float32 if fp32 else k_cache.dtype
+    dtype, v_dtype = math_dtypes(k_cache, fp32)
     q = qb.to(dtype).transpose(0, 1).contiguous()  # [Hkv, B, G, D]
-    kp, k = kp.to(dtype), k.to(dtype)  # values stay in the cache's dtype
+    kp, k, vp, v = kp.to(dtype), k.to(dtype), vp.to(v_dtype), v.to(v_dtype)
     eff = scale if scale is not None else head_dim**-0.5
     s_shared = torch.matmul(q.view(n_kv, b * g, head_dim), kp.transpose(1, 2))
     s_own = torch.matmul(q, k.transpose(-1, -2))  # [Hkv, B, G, L]
@@ -118,7 +129,7 @@ def cascade(
     scores[..., lp:].masked_fill_(~plan.mask.transpose(0, 1), float("-inf"))
     if plan.shared_mask is not None:
         scores[..., :lp].masked_fill_(~plan.shared_mask.transpose(0, 1), float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v_cache.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v_dtype)
     out = torch.matmul(probs[..., :lp].reshape(n_kv, b * g, lp), vp).float()
     out = out.view(n_kv, b, g, head_dim) + torch.matmul(probs[..., lp:], v).float()
     return out.to(qb.dtype).transpose(0, 1).reshape(b, n_kv * g, head_dim)

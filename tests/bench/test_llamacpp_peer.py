@@ -14,6 +14,7 @@ from fewshot.bench import peer_runner, peers, targets
 from fewshot.bench.machine import cpu_flags
 from fewshot.bench.models import BenchModel
 from fewshot.bench.peer_setup import AVX512_BUILD_FLAGS, choose_wheel
+from fewshot.settings import OPENMP_SPIN_COUNT
 
 WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
 AVX2_HOST = {"sse4_2", "avx", "avx2", "fma", "f16c"}
@@ -81,7 +82,7 @@ def test_run_peer_passes_the_gguf_and_reads_the_last_json_line(tmp_path: Path) -
     assert flags["--backend"] == "llamacpp"
     assert flags["--model"] == str(model.gguf_path)  # the GGUF file, not the converted dir
     assert (flags["--threads"], flags["--serving-requests"], flags["--stop"]) == ("2", "48", "###")
-    assert (res["omp"], res["spin"]) == ("2", "3000")  # as our own server runs
+    assert (res["omp"], res["spin"]) == ("2", str(OPENMP_SPIN_COUNT))  # as our own server runs
     assert peers.applies(peers.Peer("llamacpp", echo), model)
     no_gguf = BenchModel(**{**model.__dict__, "gguf_path": None})
     assert not peers.applies(peers.Peer("llamacpp", echo), no_gguf)

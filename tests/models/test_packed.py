@@ -13,7 +13,7 @@ from torch import nn
 
 from fewshot.engine.llm import LLM
 from fewshot.models.loading import load_model
-from fewshot.models.packed import PackedLinear, TiedHead, can_pack, pack_linears
+from fewshot.models.packed import PackedLinear, TiedHead, bucket_rows, can_pack, pack_linears
 from fewshot.models.standalone import new_cache, run
 
 pytestmark = pytest.mark.skipif(
@@ -26,11 +26,18 @@ def test_packed_linear_is_bitwise_f_linear(bias: bool) -> None:
     torch.manual_seed(0)
     lin = nn.Linear(96, 200, bias=bias).bfloat16()
     packed = PackedLinear(lin)
-    for rows in (1, 5, 40):
+    for rows in (1, 5, 40, 100, 341):  # more than 32 rows run padded to a bucket
         x = torch.randn(rows, 96).bfloat16()
         assert torch.equal(packed(x), F.linear(x, lin.weight, lin.bias))
     x = torch.randn(7, 96).bfloat16()
     assert torch.equal(packed(x)[:1], packed(x[:1]))  # a row does not depend on its batch
+
+
+def test_rows_are_padded_to_a_few_buckets() -> None:
+    got = [bucket_rows(m) for m in (1, 32, 33, 64, 65, 341, 512, 513, 1500, 2048)]
+    assert got == [1, 32, 64, 64, 96, 352, 512, 576, 1536, 2048]
+    assert len({bucket_rows(m) for m in range(33, 4097)}) == 39  # kernels oneDNN builds
+    assert all(bucket_rows(m) <= m * 1.125 for m in range(256, 4097))
 
 
 def test_only_bf16_cpu_linears_are_packed() -> None:

@@ -18,6 +18,14 @@ MLP's `act` the identity. bf16 `F.gelu` on the CPU is slow: GPT-Neo-125M's 12 `c
 7.5 ms at 26 rows and 78.7 ms at 341 rows, fused 2.4 and 20.2 ms (the fused results are as
 close to fp32 as the unfused ones). Fused layers are no longer bitwise `F.linear` + act.
 
+oneDNN builds (JIT-compiles) a kernel for every new number of rows and keeps it in its kernel
+cache: 7 ms and 0.7-2.8 MB for each (GPT-Neo-125M's 3072 x 768, against 0.7 ms for the GEMM),
+so every prompt of a new length paid ~35 ms of compiling and the cache grew by ~5 MB, up to
+its 1,024 kernels. `PackedLinear` runs more than 32 rows padded to a bucket (multiples of 32 up
+to 512 rows, of 64 up to 1,024, and so on: at most 1/8 more rows from 256 up): 39 kernels per
+matrix shape up to 4,096 rows, each built once. Up to 32 rows (decode batches, short suffixes)
+run as they are.
+
 The reordered weight is an opaque oneDNN tensor: it cannot move to another device or appear in
 a state dict, so packing is the last step of loading a model for the CPU (`pack_linears`).
 
@@ -33,12 +41,14 @@ activation rows its weights: as fast as the packed copy (GPT-Neo's 50,257 x 768 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewshot.models.checkpoint import release_free_memory
 from fewshot.models.layers import activation
 
 BATCH_HINT = 256  # rows oneDNN picks the blocked layout for; measured best across 1..341 rows
+EXACT_ROWS = 32  # up to this many rows run unpadded (decode batches); more are padded to a bucket
 # our activation functions -> oneDNN's post-op (name, algorithm) in `mkldnn._linear_pointwise`
 POST_OPS = {
     activation("gelu_new"): ("gelu", "tanh"),
@@ -59,6 +69,15 @@ def can_pack(module: nn.Module) -> bool:
     )
 
 
+def bucket_rows(m: int) -> int:
+    """Rows a GEMM of `m` rows runs with: `m` up to EXACT_ROWS, else `m` rounded up to a multiple
+    of 1/16 of the next power of two, at least 32 (341 -> 352, 600 -> 640, 1500 -> 1536)."""
+    if m <= EXACT_ROWS:
+        return m
+    step = max(32, (1 << (m - 1).bit_length()) // 16)
+    return -(-m // step) * step
+
+
 class PackedLinear(nn.Module):
     """A bf16 nn.Linear whose weight lives in oneDNN's layout (same call: [..., in] -> [..., out])."""
 
@@ -76,9 +95,15 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(
-            x, self.packed, self.bias, self.post_op, [], self.algorithm
+        rows = x.reshape(-1, self.in_features)
+        m = rows.shape[0]
+        padded = bucket_rows(m)
+        if padded != m:
+            rows = F.pad(rows, (0, 0, 0, padded - m))
+        out = torch.ops.mkldnn._linear_pointwise(
+            rows, self.packed, self.bias, self.post_op, [], self.algorithm
         )
+        return out[:m].view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         fused = "" if self.post_op == "none" else f", then {self.post_op} {self.algorithm}".rstrip()

@@ -21,10 +21,10 @@ close to fp32 as the unfused ones). Fused layers are no longer bitwise `F.linear
 oneDNN builds (JIT-compiles) a kernel for every new number of rows and keeps it in its kernel
 cache: 7 ms and 0.7-2.8 MB for each (GPT-Neo-125M's 3072 x 768, against 0.7 ms for the GEMM),
 so every prompt of a new length paid ~35 ms of compiling and the cache grew by ~5 MB, up to
-its 1,024 kernels. `PackedLinear` runs more than 32 rows padded to a bucket (multiples of 32 up
-to 512 rows, of 64 up to 1,024, and so on: at most 1/8 more rows from 256 up): 39 kernels per
-matrix shape up to 4,096 rows, each built once. Up to 32 rows (decode batches, short suffixes)
-run as they are.
+its 1,024 kernels. `PackedLinear` runs more than 32 rows padded to a bucket (multiples of 8 up
+to 128 rows, of 16 up to 256, of 32 up to 512, and so on: at most 1/8 more rows from 64 up): 52
+kernels per matrix shape up to 4,096 rows, each built once. Up to 32 rows (decode batches,
+short suffixes) run as they are.
 
 The reordered weight is an opaque oneDNN tensor: it cannot move to another device or appear in
 a state dict, so packing is the last step of loading a model for the CPU (`pack_linears`).
@@ -71,10 +71,10 @@ def can_pack(module: nn.Module) -> bool:
 
 def bucket_rows(m: int) -> int:
     """Rows a GEMM of `m` rows runs with: `m` up to EXACT_ROWS, else `m` rounded up to a multiple
-    of 1/16 of the next power of two, at least 32 (341 -> 352, 600 -> 640, 1500 -> 1536)."""
+    of 1/16 of the next power of two, at least 8 (33 -> 40, 341 -> 352, 1500 -> 1536)."""
     if m <= EXACT_ROWS:
         return m
-    step = max(32, (1 << (m - 1).bit_length()) // 16)
+    step = max(8, (1 << (m - 1).bit_length()) // 16)
     return -(-m // step) * step
 
 

@@ -74,7 +74,9 @@ def attend_single(
     keys = [flat_k[:, s:e].to(dtype) for s, e in spans]  # views when no cast is needed
     values = [flat_v[:, s:e].to(v_dtype) for s, e in spans]
     eff = scale if scale is not None else head_dim**-0.5
-    scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1) * eff
+    scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1)
+    if eff != 1.0:  # GPT-Neo does not scale
+        scores = scores * eff
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v_dtype)  # [Hkv, G, L]
@@ -121,7 +123,9 @@ def cascade(
     eff = scale if scale is not None else head_dim**-0.5
     s_shared = torch.matmul(q.view(n_kv, b * g, head_dim), kp.transpose(1, 2))
     s_own = torch.matmul(q, k.transpose(-1, -2))  # [Hkv, B, G, L]
-    scores = torch.cat([s_shared.view(n_kv, b, g, -1), s_own], dim=-1) * eff
+    scores = torch.cat([s_shared.view(n_kv, b, g, -1), s_own], dim=-1)
+    if eff != 1.0:
+        scores = scores * eff
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     lp = kp.shape[1]

@@ -128,8 +128,11 @@ class TiedHead(nn.Module):
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] == 1:
             out = torch.mv(self.weight, rows[0])[None].float()
-        else:
-            out = torch.mm(self.weight, rows.t()).t()
+        else:  # padded as PackedLinear's rows: oneDNN builds a kernel per row count
+            m, padded = rows.shape[0], bucket_rows(rows.shape[0])
+            if padded != m:
+                rows = F.pad(rows, (0, 0, 0, padded - m))
+            out = torch.mm(self.weight, rows.t()).t()[:m]
             out = out.to(torch.float32, memory_format=torch.contiguous_format)
         if self.bias is not None:
             out = out + self.bias

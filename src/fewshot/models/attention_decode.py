@@ -6,7 +6,9 @@
   meets the shared keys in one matmul (read once, in place when the blocks are consecutive),
   its own gathered keys in another, and one softmax covers both.
 Both compute the attention of `attention.py`'s gather path (tests compare them to a naive
-reference). Which dtype they multiply in: `math_dtypes`.
+reference). On the CPU both run on SDPA's flash kernel (`_FLASH_CPU`, which also returns the
+log-sum-exp of the scores, so attention over several sets of keys merges exactly); which
+dtype the other paths multiply in: `math_dtypes`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def runs(table: list[int], first: int, last: int, bs: int) -> list[tuple[int, in
 
 
 def math_dtypes(cache: torch.Tensor, fp32: bool) -> tuple[torch.dtype, torch.dtype]:
-    """(dtype of the scores, dtype the probabilities meet the values in) of a decode's attention.
+    """(dtype of the scores, dtype the probabilities meet the values in) of a decode's attention
+    outside the CPU's flash kernel (on the CPU: with a softcap, which that kernel lacks).
 
     On the CPU both are float32, whatever the cache holds: oneDNN builds a new bf16 matmul kernel
     for every new key length, and a decode's grows by one each step (GPT-Neo-125M's [12, 1, L] x
@@ -48,6 +51,9 @@ def math_dtypes(cache: torch.Tensor, fp32: bool) -> tuple[torch.dtype, torch.dty
     if cache.device.type == "cpu":
         return torch.float32, torch.float32
     return (torch.float32 if fp32 else cache.dtype), cache.dtype
+
+
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # (out, logsumexp)
 
 
 def attend_single(
@@ -61,19 +67,30 @@ def attend_single(
     softcap: float | None,
     fp32: bool,
 ) -> torch.Tensor:
-    """One decoding sequence: its keys are read in place (views of its runs of blocks),
-    scores concatenated, one softmax, the outputs summed over the runs. q [1, Hq, D]."""
+    """One decoding sequence: its keys are read in place (views of its runs of blocks). On the
+    CPU each run goes through SDPA's flash kernel in the cache's dtype (scores and softmax in
+    float32 inside it) and the runs are merged by their log-sum-exps; elsewhere (and with a
+    softcap) the scores are concatenated, one softmax, the outputs summed over the runs.
+    q [1, Hq, D]."""
     assert attn.single is not None
     length = attn.start_pos[0] + 1
     lo = max(0, length - window) if window is not None else 0
     n_kv, head_dim = flat_k.shape[0], flat_k.shape[-1]
     n_heads = q.shape[1]
+    spans = runs(attn.single, lo, length, bs)
+    eff = scale if scale is not None else head_dim**-0.5
+    if flat_k.device.type == "cpu" and softcap is None:  # each run through the flash kernel
+        q4 = q[0].reshape(1, n_kv, n_heads // n_kv, head_dim).to(flat_k.dtype)
+        out, lse = None, None
+        for s, e in spans:
+            o, part_lse = _FLASH_CPU(q4, flat_k[None, :, s:e], flat_v[None, :, s:e], scale=eff)[:2]
+            out, lse = _merge(out, lse, o.float(), part_lse)
+        assert out is not None
+        return out.to(q.dtype).reshape(1, n_heads * head_dim)
     dtype, v_dtype = math_dtypes(flat_k, fp32)
     qg = q[0].reshape(n_kv, n_heads // n_kv, head_dim).to(dtype)  # [Hkv, G, D]
-    spans = runs(attn.single, lo, length, bs)
     keys = [flat_k[:, s:e].to(dtype) for s, e in spans]  # views when no cast is needed
     values = [flat_v[:, s:e].to(v_dtype) for s, e in spans]
-    eff = scale if scale is not None else head_dim**-0.5
     scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1)
     if eff != 1.0:  # GPT-Neo does not scale
         scores = scores * eff
@@ -117,10 +134,12 @@ def cascade(
     else:  # one copy for all sequences
         kp = k_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
         vp = v_cache.index_select(1, plan.shared).reshape(n_kv, -1, head_dim)
+    eff = scale if scale is not None else head_dim**-0.5
+    if k_cache.device.type == "cpu" and softcap is None:
+        return _cascade_flash(qb, k, v, plan, kp, vp, eff)
     dtype, v_dtype = math_dtypes(k_cache, fp32)
     q = qb.to(dtype).transpose(0, 1).contiguous()  # [Hkv, B, G, D]
     kp, k, vp, v = kp.to(dtype), k.to(dtype), vp.to(v_dtype), v.to(v_dtype)
-    eff = scale if scale is not None else head_dim**-0.5
     s_shared = torch.matmul(q.view(n_kv, b * g, head_dim), kp.transpose(1, 2))
     s_own = torch.matmul(q, k.transpose(-1, -2))  # [Hkv, B, G, L]
     scores = torch.cat([s_shared.view(n_kv, b, g, -1), s_own], dim=-1)
@@ -137,3 +156,48 @@ def cascade(
     out = torch.matmul(probs[..., :lp].reshape(n_kv, b * g, lp), vp).float()
     out = out.view(n_kv, b, g, head_dim) + torch.matmul(probs[..., lp:], v).float()
     return out.to(qb.dtype).transpose(0, 1).reshape(b, n_kv * g, head_dim)
+
+
+def _cascade_flash(
+    qb: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: _Plan,
+    kp: torch.Tensor,
+    vp: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """`cascade` on the CPU: the shared keys and each sequence's own keys through SDPA's flash
+    kernel, read in place in the cache's dtype (for bf16: scores and softmax in float32 inside
+    the kernel, no converted copies), the two partial results merged by their log-sum-exps.
+    GPT-Neo-125M, 8 sequences after a shared 288-token prefix: 0.32 -> 0.16 ms per layer."""
+    b, n_kv, g, head_dim = qb.shape
+    q = qb.to(kp.dtype)
+    q_all = q.transpose(0, 1).reshape(1, n_kv, b * g, head_dim)
+    shared_bias = None
+    if plan.shared_mask is not None:  # [B, 1, 1, Lp] -> one row per query of q_all
+        rows = plan.shared_mask[:, 0, 0].repeat_interleave(g, dim=0)[None, None]
+        shared_bias = plan.bias("shared", q.dtype, rows)
+    o_s, lse_s = _FLASH_CPU(q_all, kp[None], vp[None], attn_mask=shared_bias, scale=scale)[:2]
+    own_bias = plan.bias("own", q.dtype, plan.mask)  # [B, 1, 1, L]
+    o_o, lse_o = _FLASH_CPU(
+        q, k.transpose(0, 1), v.transpose(0, 1), attn_mask=own_bias, scale=scale
+    )[:2]
+    o_s = o_s.view(n_kv, b, g, head_dim).transpose(0, 1)  # [B, Hkv, G, D]
+    lse_s = lse_s.view(n_kv, b, g).transpose(0, 1)
+    if plan.shared_mask is not None:  # flash gives a query that sees no shared key lse 0
+        lse_s = lse_s.masked_fill(~plan.shared_mask.any(-1), float("-inf"))  # [B, 1, 1]
+    out, _ = _merge(o_s.float(), lse_s, o_o.float(), lse_o)
+    return out.to(qb.dtype).reshape(b, n_kv * g, head_dim)
+
+
+def _merge(
+    out: torch.Tensor | None, lse: torch.Tensor | None, part: torch.Tensor, part_lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over two disjoint sets of keys from each one's output [..., D] (float32) and
+    log-sum-exp of its scores [...]: the attention over both, and its log-sum-exp."""
+    if out is None or lse is None:
+        return part, part_lse
+    both = torch.logaddexp(lse, part_lse)
+    merged = out * (lse - both).exp()[..., None] + part * (part_lse - both).exp()[..., None]
+    return merged, both

@@ -226,7 +226,8 @@ def test_cuda_forward_equals_cpu(pair) -> None:
 
 @pytest.mark.parametrize("window", [None, 6])
 @pytest.mark.parametrize("fp32", [False, True])
-def test_single_decode_reads_runs_of_blocks_in_place(window, fp32) -> None:
+@pytest.mark.parametrize("softcap", [None, 2.0])  # on the CPU: the flash kernel / the matmuls
+def test_single_decode_reads_runs_of_blocks_in_place(window, fp32, softcap) -> None:
     """One decoding sequence whose table has three runs of consecutive blocks (a cached
     prefix, its own blocks, a block elsewhere): attention over views equals the reference."""
     torch.manual_seed(1)
@@ -241,8 +242,10 @@ def test_single_decode_reads_runs_of_blocks_in_place(window, fp32) -> None:
     q = torch.randn(1, n_heads, dim)
     attn = AttentionMetadata.build(pool, [table], [length - 1], [1])
     assert attn.single == table
-    out = paged_attention(q, k_all[-1:], v_all[-1:], attn, 0, scale=0.3, window=window, fp32=fp32)
-    want = _naive_attention(q, k_all, v_all, length - 1, 0.3, window, None)
+    out = paged_attention(
+        q, k_all[-1:], v_all[-1:], attn, 0, scale=0.3, window=window, softcap=softcap, fp32=fp32
+    )
+    want = _naive_attention(q, k_all, v_all, length - 1, 0.3, window, softcap)
     torch.testing.assert_close(out, want.reshape(1, -1), atol=1e-5, rtol=1e-5)
 
 

@@ -20,7 +20,7 @@ close to fp32 as the unfused ones). Fused layers are no longer bitwise `F.linear
 
 oneDNN builds (JIT-compiles) a kernel for every new number of rows and keeps it in its kernel
 cache: 7 ms and 0.7-2.8 MB for each (GPT-Neo-125M's 3072 x 768, against 0.7 ms for the GEMM),
-so every prompt of a new length paid ~35 ms of compiling and the cache grew by ~5 MB, up to
+so every prompt of a new length paid ~30 ms of compiling and the cache grew by ~5 MB, up to
 its 1,024 kernels. `PackedLinear` runs more than 32 rows padded to a bucket (multiples of 8 up
 to 128 rows, of 16 up to 256, of 32 up to 512, and so on: at most 1/8 more rows from 64 up): 52
 kernels per matrix shape up to 4,096 rows, each built once. Up to 32 rows (decode batches,
@@ -33,9 +33,9 @@ A head tied to the input embedding is not packed: the embedding needs the plain 
 tokens up in, and a packed copy would hold the largest matrix twice (+77 MB on GPT-Neo-125M,
 +335 MB on Gemma 3 270M). `TiedHead` multiplies the other way round, logits^T = W @ x^T, which
 makes the plain weight oneDNN's source operand (read in place, never reordered) and the few
-activation rows its weights: as fast as the packed copy (GPT-Neo's 50,257 x 768 head, 2 threads:
-1.75 ms at 1 and 8 rows, packed 1.65 / 1.69, `F.linear` 2.6 / 3.2; Gemma's 262,144 x 640 head
-13.1 / 13.5 ms, packed 13.4 / 13.4, `F.linear` 19.5 / 22.0).
+activation rows its weights: about as fast as the packed copy (GPT-Neo's 50,257 x 768 head, 2
+threads, float32 logits out: 1.78 / 2.04 ms at 1 / 8 rows, packed 1.65 / 1.80, `F.linear` 2.6 /
+3.2; Gemma's 262,144 x 640 head 13.1 / 13.5 ms, packed 13.4 / 13.4, `F.linear` 19.5 / 22.0).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ int8 copy and the embedding stays float.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -213,13 +214,12 @@ _INIT_FUNCTIONS = (
 def _skip_on_meta(init: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """`init` as is, except on a meta tensor in a thread inside `parameters_on_meta`."""
 
+    @functools.wraps(init)
     def wrapper(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if getattr(_ON_META, "active", False) and tensor.device.type == "meta":
             return tensor
         return init(tensor, *args, **kwargs)
 
-    wrapper.__wrapped__ = init  # type: ignore[attr-defined]
-    wrapper.__doc__ = init.__doc__
     return wrapper
 
 

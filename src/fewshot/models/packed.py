@@ -78,6 +78,13 @@ def bucket_rows(m: int) -> int:
     return -(-m // step) * step
 
 
+def _to_bucket(rows: torch.Tensor) -> torch.Tensor:
+    """rows [m, in], followed by zero rows up to `bucket_rows(m)`."""
+    m = rows.shape[0]
+    padded = bucket_rows(m)
+    return rows if padded == m else F.pad(rows, (0, 0, 0, padded - m))
+
+
 class PackedLinear(nn.Module):
     """A bf16 nn.Linear whose weight lives in oneDNN's layout (same call: [..., in] -> [..., out])."""
 
@@ -96,14 +103,10 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        m = rows.shape[0]
-        padded = bucket_rows(m)
-        if padded != m:
-            rows = F.pad(rows, (0, 0, 0, padded - m))
         out = torch.ops.mkldnn._linear_pointwise(
-            rows, self.packed, self.bias, self.post_op, [], self.algorithm
+            _to_bucket(rows), self.packed, self.bias, self.post_op, [], self.algorithm
         )
-        return out[:m].view(*x.shape[:-1], self.out_features)
+        return out[: rows.shape[0]].view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         fused = "" if self.post_op == "none" else f", then {self.post_op} {self.algorithm}".rstrip()
@@ -129,10 +132,7 @@ class TiedHead(nn.Module):
         if rows.shape[0] == 1:
             out = torch.mv(self.weight, rows[0])[None].float()
         else:  # padded as PackedLinear's rows: oneDNN builds a kernel per row count
-            m, padded = rows.shape[0], bucket_rows(rows.shape[0])
-            if padded != m:
-                rows = F.pad(rows, (0, 0, 0, padded - m))
-            out = torch.mm(self.weight, rows.t()).t()[:m]
+            out = torch.mm(self.weight, _to_bucket(rows).t()).t()[: rows.shape[0]]
             out = out.to(torch.float32, memory_format=torch.contiguous_format)
         if self.bias is not None:
             out = out + self.bias

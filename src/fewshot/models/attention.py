@@ -28,7 +28,7 @@ device: every tensor is created on the pool's device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -49,16 +49,13 @@ class _Plan:
     shared: torch.Tensor | None = None  # [c] block ids
     shared_first: int | None = None  # first block id when the shared blocks are consecutive
     shared_mask: torch.Tensor | None = None  # [B, 1, 1, c * bs] (windowed layers only)
-    biases: dict[tuple[str, torch.dtype], torch.Tensor] = field(default_factory=dict)  # additive
+    derived: dict[str, torch.Tensor] = field(default_factory=dict)  # see `derive`
 
-    def bias(self, name: str, dtype: torch.dtype, mask: torch.Tensor) -> torch.Tensor:
-        """`mask` (True: may see) as an additive 0 / -inf mask in `dtype`, built once per step
-        and shared by the layers (`name` tells the masks apart)."""
-        key = (name, dtype)
-        if key not in self.biases:
-            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-            self.biases[key] = zeros.masked_fill(~mask, float("-inf"))
-        return self.biases[key]
+    def derive(self, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`make()`, computed by the first layer that asks for `key` and shared by the others."""
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
 
 
 @dataclass

@@ -174,21 +174,32 @@ def _cascade_flash(
     b, n_kv, g, head_dim = qb.shape
     q = qb.to(kp.dtype)
     q_all = q.transpose(0, 1).reshape(1, n_kv, b * g, head_dim)
+    shared_mask = plan.shared_mask
     shared_bias = None
-    if plan.shared_mask is not None:  # [B, 1, 1, Lp] -> one row per query of q_all
-        rows = plan.shared_mask[:, 0, 0].repeat_interleave(g, dim=0)[None, None]
-        shared_bias = plan.bias("shared", q.dtype, rows)
+    if shared_mask is not None:  # [B, 1, 1, Lp] -> one row per query of q_all
+        shared_bias = plan.derive(
+            "shared bias",
+            lambda: _additive(shared_mask[:, 0, 0].repeat_interleave(g, 0)[None, None], q.dtype),
+        )
     o_s, lse_s = _FLASH_CPU(q_all, kp[None], vp[None], attn_mask=shared_bias, scale=scale)[:2]
-    own_bias = plan.bias("own", q.dtype, plan.mask)  # [B, 1, 1, L]
+    own_bias = plan.derive("own bias", lambda: _additive(plan.mask, q.dtype))  # [B, 1, 1, L]
     o_o, lse_o = _FLASH_CPU(
         q, k.transpose(0, 1), v.transpose(0, 1), attn_mask=own_bias, scale=scale
     )[:2]
     o_s = o_s.view(n_kv, b, g, head_dim).transpose(0, 1)  # [B, Hkv, G, D]
     lse_s = lse_s.view(n_kv, b, g).transpose(0, 1)
-    if plan.shared_mask is not None:  # flash gives a query that sees no shared key lse 0
-        lse_s = lse_s.masked_fill(~plan.shared_mask.any(-1), float("-inf"))  # [B, 1, 1]
+    if shared_mask is not None:  # flash gives a query that sees no shared key lse 0
+        blind = plan.derive("blind to shared", lambda: ~shared_mask.any(-1))  # [B, 1, 1]
+        lse_s = lse_s.masked_fill(blind, float("-inf"))
     out, _ = _merge(o_s.float(), lse_s, o_o.float(), lse_o)
     return out.to(qb.dtype).reshape(b, n_kv * g, head_dim)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True: may see) as the flash kernel's additive 0 / -inf mask in `dtype`."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, float("-inf")
+    )
 
 
 def _merge(

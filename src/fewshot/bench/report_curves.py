@@ -56,6 +56,23 @@ def _not_measured(
     return lines
 
 
+def _header(
+    first: str,
+    engines: list[tuple[str, dict[str, Any]]],
+    base: tuple[str, dict[str, Any]] | None,
+    value: str,
+    against: str,
+) -> list[str]:
+    """A curve table's header: `first`, then each engine's `value` column, followed by its
+    `against`-the-baseline column for every engine but the baseline (when there is one)."""
+    header = [first]
+    for k, eng in engines:
+        header.append(f"{eng.get('label', k)}, {value}")
+        if eng.get("kind") != "baseline" and base:
+            header.append(against)
+    return header
+
+
 def scaling_table(model: dict[str, Any]) -> list[str]:
     """Generated tokens/s per concurrency (rows) for every engine (columns), with ratios."""
     engines = _engines_with(model, "scaling")
@@ -72,11 +89,7 @@ def scaling_table(model: dict[str, Any]) -> list[str]:
             int(c) for c in curve.get("skipped") or {}
         }
         levels |= set(curve.get("requested") or [])
-    header = ["concurrent clients"]
-    for k, eng in engines:
-        header.append(f"{eng.get('label', k)}, tokens/s")
-        if eng.get("kind") != "baseline" and base:
-            header.append("x baseline")
+    header = _header("concurrent clients", engines, base, "tokens/s", "x baseline")
     rows, capped, beyond = [], False, False
     for c in sorted(levels):
         row = [str(c)]
@@ -124,11 +137,7 @@ def prompt_length_table(model: dict[str, Any]) -> list[str]:
     for _, eng in engines:
         curve = _curve(eng, "prompt_length") or {}
         lengths |= {int(n) for n in _points(curve, "lengths")} | set(curve.get("requested") or [])
-    header = ["prompt tokens"]
-    for k, eng in engines:
-        header.append(f"{eng.get('label', k)}, TTFT")
-        if eng.get("kind") != "baseline" and base:
-            header.append("speedup")
+    header = _header("prompt tokens", engines, base, "TTFT", "speedup")
     rows = []
     for n in sorted(lengths):
         row = [str(n)]

@@ -1,13 +1,13 @@
-"""int8 kernels on the real shapes, and int8 decode steps, against fp32 and the previous int8.
+"""int8 kernels on the real shapes, and int8 decode steps, against fp32, bf16 and torch's int8.
 
-Run as `python -m fewshot.bench.int8_kernels [--threads 1] [--rounds 5] [--model gemma-3-270m]`.
+Run as `python -m fewshot.bench.int8_kernels [--threads 2] [--rounds 5] [--model gemma-3-270m]`.
 Prints the CPU flags that matter, then one line per (shape, M) with the median time of:
-- fp32: `F.linear` on the float weight;
-- legacy: the previous int8 path (fbgemm dynamic quantization with every row scaled into a
-  pinned [-1, 1] range: 7-bit activations, 81-85% top-1 agreement), rebuilt here as the baseline;
-- int8-1p / int8-2p: `Int8Linear` with one / two weight planes (two 7-bit activation limbs);
-and its relative error against fp32. With --model, also the median ms per decode step (batch 1
-and 8) of the model in fp32, legacy int8 and ours, all in this one process, rounds interleaved.
+- fp32 / bf16: `F.linear` on the float weight (bf16: prepacked for oneDNN, as the bf16 models);
+- torch-int8: `torch._weight_int8pack_mm` (per-row scales, torch's CPU weight-only kernel);
+- int8 / int8-avx2: `Int8Linear` (our kernels, on this CPU's instruction set / forced to AVX2);
+and the relative error of the int8 ones against fp32. With --model, also the median ms per
+decode step (batch 1 and 8) of the model in fp32, bf16 and int8, in one process, rounds
+interleaved.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.models.quant import Int8Linear, quantize_weight, select_kernel
+from fewshot.models import int8_kernel
+from fewshot.models.packed import PackedLinear
+from fewshot.models.quant import Int8Linear
 
 SHAPES = {  # (in, out): GPT-Neo-125M, then Gemma 3 270M
     "neo qkv/o 768x768": (768, 768),
@@ -36,33 +38,6 @@ SHAPES = {  # (in, out): GPT-Neo-125M, then Gemma 3 270M
     "gemma head 640x262144": (640, 262144),
 }
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni")
-
-
-class LegacyInt8Linear(nn.Module):
-    """The previous int8 Linear (fbgemm dynamic, rows pinned to [-1, 1]), for comparison."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        q, s = quantize_weight(weight)
-        padded = torch.cat([q, torch.zeros(q.shape[0], 2, dtype=torch.int8)], dim=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            zero = torch.zeros(q.shape[0], dtype=torch.long)
-            qw = torch._make_per_channel_quantized_tensor(padded, s.double(), zero, 0)
-            self.packed = torch.ops.quantized.linear_prepack(qw, None)
-        self.bias = bias
-        self.out_features = q.shape[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).float()
-        a = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-        pins = torch.tensor([[1.0, -1.0]]).expand(x2.shape[0], 2)
-        y = torch.ops.quantized.linear_dynamic(torch.cat([x2 / a, pins], 1), self.packed, True)
-        y = y * a
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(x.dtype).reshape(*lead, self.out_features)
 
 
 def cpu_flags() -> dict[str, object]:
@@ -77,7 +52,7 @@ def cpu_flags() -> dict[str, object]:
         "cpu": model,
         "flags": [f for f in FLAGS if f in flags],
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
-        "kernel": select_kernel(),
+        "kernel": None if (k := int8_kernel.load()) is None else k.isa,
         "threads": torch.get_num_threads(),
     }
 
@@ -96,49 +71,60 @@ def _median_ms(fns: dict[str, Callable[[], object]], rounds: int, reps: int) -> 
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
+def _candidates(w: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """name -> f(x float32 [m, in]) for the weight w [out, in]."""
+    ours = Int8Linear.from_float(w)
+    row_scales = w.abs().amax(1) / 127  # torch's kernel: one scale per row, bf16 activations
+    q = torch.round(w / row_scales[:, None]).to(torch.int8)
+    bf16 = PackedLinear(_linear(w.bfloat16()))
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "fp32": lambda x: F.linear(x, w),
+        "bf16": lambda x: bf16(x.bfloat16()),
+        "torch-int8": lambda x: torch._weight_int8pack_mm(x.bfloat16(), q, row_scales.bfloat16()),
+        "int8": ours,
+    }
+    native = ours.kernel
+    if native is not None and native.isa == "avx512" and m <= native.gemv_rows:
+        avx2 = int8_kernel.Kernel(native.lib, "avx2")
+        fns["int8-avx2"] = lambda x: avx2.gemv(
+            x, ours._packed, ours._scales, None, ours.out_features, ours.group
+        )
+    return fns
+
+
 @torch.inference_mode()
 def kernels(rounds: int) -> None:
     gen = torch.Generator().manual_seed(0)
     for label, (k, n) in SHAPES.items():
         w = torch.randn(n, k, generator=gen) * 0.02
-        mods = {
-            "legacy": LegacyInt8Linear(w, None),
-            "int8-1p": Int8Linear.from_float(w, planes=1),
-            "int8-2p": Int8Linear.from_float(w, planes=2),
-        }
         reps = 2 if n > 100_000 else 20
-        for m in (1, 8):
+        for m in (1, 8, 64):
             x = torch.randn(m, k, generator=gen)
             want = F.linear(x, w)
-            fns: dict[str, Callable[[], object]] = {"fp32": lambda x=x, w=w: F.linear(x, w)}
-            fns.update({name: (lambda x=x, mod=mod: mod(x)) for name, mod in mods.items()})
-            ms = _median_ms(fns, rounds, reps)
-            err = {name: float((mod(x) - want).norm() / want.norm()) for name, mod in mods.items()}
-            row = {
-                "shape": label,
-                "M": m,
-                "ms": ms,
-                "rel_err": {a: f"{e:.1e}" for a, e in err.items()},
+            fns = _candidates(w, m)
+            ms = _median_ms({name: partial(f, x) for name, f in fns.items()}, rounds, reps)
+            err = {
+                name: f"{float((f(x).float() - want).norm() / want.norm()):.1e}"
+                for name, f in fns.items()
+                if name != "fp32"
             }
-            print(json.dumps(row), flush=True)
+            print(json.dumps({"shape": label, "M": m, "ms": ms, "rel_err": err}), flush=True)
+
+
+def _linear(w: torch.Tensor) -> nn.Linear:
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+    lin.weight.data = w
+    return lin
 
 
 @torch.inference_mode()
 def decode(source: str, rounds: int) -> None:
     from fewshot.models.loading import load_model
-    from fewshot.models.quant import quantize_model
     from fewshot.models.standalone import Arena, run
 
     base = load_model(source, dtype="fp32")
-    models = {"fp32": base.model}
-    legacy = load_model(source, dtype="fp32").model
-    for name, mod in list(legacy.named_modules()):
-        if isinstance(mod, nn.Linear):
-            parent, _, child = name.rpartition(".")
-            owner = legacy.get_submodule(parent) if parent else legacy
-            setattr(owner, child, LegacyInt8Linear(mod.weight.detach(), mod.bias))
-    models["legacy-int8"] = legacy
-    models["int8"] = quantize_model(load_model(source, dtype="fp32").model)
+    models = {dtype: load_model(source, dtype=dtype).model for dtype in ("bf16", "int8")}
+    models["fp32"] = base.model
     ids = torch.tensor(base.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 8))
     for batch in (1, 8):
         state = {}
@@ -165,7 +151,7 @@ def _step(state: list, batch: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--model", default=None, help="also time decode steps of this model")
     p.add_argument("--no-kernels", action="store_true")

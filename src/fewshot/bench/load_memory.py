@@ -34,7 +34,7 @@ secs = time.perf_counter() - t0
 nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
 for m in model.modules():
     if isinstance(m, Int8Linear):
-        nbytes += m.planes * m.out_features * (m.in_features + 4)
+        nbytes += m.nbytes
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"dtype": sys.argv[2], "peak_rss_mb": round(peak), "before_mb": round(before),
     "after_mb": round(rss_mb()), "model_mb": round(nbytes / 2**20), "load_s": round(secs, 1),

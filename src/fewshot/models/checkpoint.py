@@ -228,14 +228,14 @@ def load_into(
     reader: CheckpointReader,
     dtype: str,
     key_of: Callable[[str], str] = lambda k: k,
-    quantize: Callable[[str, torch.Tensor, torch.Tensor | None, torch.Tensor | None], nn.Module]
+    quantize: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], nn.Module]
     | None = None,
     transposed: Callable[[str], bool] = lambda name: False,
 ) -> nn.Module:
     """Fill `model`'s meta parameters from `reader` (checkpoint key = key_of(parameter name)).
 
     dtype: "fp32" or "bf16" for every float parameter; "int8" keeps float parameters in fp32
-    and replaces each nn.Linear by `quantize(name, weight fp32, bias, tied)`, where `tied` is the
+    and replaces each nn.Linear by `quantize(weight fp32, bias, tied)`, where `tied` is the
     loaded float parameter the Linear's weight is shared with (a tied embedding) or None.
     Raises KeyError on a missing checkpoint key and ValueError on a shape mismatch.
     """
@@ -278,7 +278,7 @@ def load_into(
             bias = None
             if linear.bias is not None:
                 bias = _read(reader, names[id(linear.bias)], key_of, torch.float32, prefix)
-            _set_module(model, mod_name, quantize(mod_name, weight, bias, tied))  # type: ignore[misc]
+            _set_module(model, mod_name, quantize(weight, bias, tied))  # type: ignore[misc]
             del weight, bias
             release_free_memory()
         persistent = model.state_dict(keep_vars=True)

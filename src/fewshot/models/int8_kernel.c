@@ -54,43 +54,62 @@ typedef struct {
   int M, N, K, G;
 } gemv_args;
 
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void block_avx512(
-    const gemv_args *a, int n) {
-  enum { MB = 4 };
-  const int KP = (a->K + a->G - 1) / a->G * a->G, ng = KP / a->G;
-  const int rem = a->K & 15;
-  const __mmask16 tail = rem ? (__mmask16)((1u << rem) - 1) : (__mmask16)0xFFFF;
-  const int8_t *blk = a->q + (long)n * KP;
-  const uint16_t *sb = a->s + (long)n * ng;
-  const int nb = a->N - n < NB ? a->N - n : NB;
-  for (int m0 = 0; m0 < a->M; m0 += MB) {
-    const int mb = a->M - m0 < MB ? a->M - m0 : MB;
-    __m512 acc[MB][NB], sv[NB];
-    for (int i = 0; i < MB; i++)
-      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();
-    const int8_t *p = blk;
-    for (int k = 0; k < KP && k < a->K; k += 16, p += 64) {
-      _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);
-      _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);
-      if (k % a->G == 0)
-        for (int j = 0; j < NB; j++) sv[j] = _mm512_set1_ps(bf16_to_f32(sb[(long)j * ng + k / a->G]));
-      const __m512i line = _mm512_loadu_si512(p);
-      __m512 w[NB];
-      w[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(line)));
-      w[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(line, 1)));
-      w[2] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(line, 2)));
-      w[3] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(line, 3)));
-      for (int j = 0; j < NB; j++) w[j] = _mm512_mul_ps(w[j], sv[j]);
-      const __mmask16 mk = k + 16 <= a->K ? (__mmask16)0xFFFF : tail;
-      for (int i = 0; i < MB && i < mb; i++) {
-        const __m512 xv = _mm512_maskz_loadu_ps(mk, a->x + (long)(m0 + i) * a->ldx + k);
-        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(xv, w[j], acc[i][j]);
-      }
-    }
-    for (int i = 0; i < mb; i++)
-      for (int j = 0; j < nb; j++)
-        a->y[(long)(m0 + i) * a->ldy + n + j] =
-            _mm512_reduce_add_ps(acc[i][j]) + (a->bias ? a->bias[n + j] : 0.0f);
+/* Every variant computes, for each (m, n): per group g, acc = sum over the group's inputs of
+ * x * q (q converted to float exactly), in input order, then tot += acc * s[n, g], groups in
+ * order; y = tot (summed across lanes in a fixed order) + bias. The tile height MB is a
+ * compile-time constant so the accumulators stay in registers. */
+#define AVX512_TILE(MB)                                                                       \
+  __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile512_##MB(         \
+      const gemv_args *a, int n, int m0) {                                                    \
+    const int KP = (a->K + a->G - 1) / a->G * a->G, ng = KP / a->G, rem = a->K & 15;          \
+    const __mmask16 tail = rem ? (__mmask16)((1u << rem) - 1) : (__mmask16)0xFFFF;           \
+    const int8_t *p = a->q + (long)n * KP;                                                    \
+    const uint16_t *sb = a->s + (long)n * ng;                                                 \
+    const int nb = a->N - n < NB ? a->N - n : NB;                                             \
+    __m512 tot[MB][NB];                                                                       \
+    for (int i = 0; i < MB; i++)                                                              \
+      for (int j = 0; j < NB; j++) tot[i][j] = _mm512_setzero_ps();                           \
+    for (int k0 = 0; k0 < a->K; k0 += a->G) {                                                 \
+      __m512 acc[MB][NB];                                                                     \
+      for (int i = 0; i < MB; i++)                                                            \
+        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                         \
+      const int k1 = k0 + a->G < a->K ? k0 + a->G : a->K;                                     \
+      for (int k = k0; k < k1; k += 16, p += 64) {                                            \
+        _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);                                 \
+        _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);                                 \
+        __m512 w[NB];                                                                         \
+        for (int j = 0; j < NB; j++)                                                          \
+          w[j] = _mm512_cvtepi32_ps(                                                          \
+              _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * j))));          \
+        const __mmask16 mk = k + 16 <= a->K ? (__mmask16)0xFFFF : tail;                       \
+        for (int i = 0; i < MB; i++) {                                                        \
+          const __m512 xv = _mm512_maskz_loadu_ps(mk, a->x + (long)(m0 + i) * a->ldx + k);    \
+          for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(xv, w[j], acc[i][j]);      \
+        }                                                                                     \
+      }                                                                                       \
+      for (int j = 0; j < NB; j++) {                                                          \
+        const __m512 sv = _mm512_set1_ps(bf16_to_f32(sb[(long)j * ng + k0 / a->G]));          \
+        for (int i = 0; i < MB; i++) tot[i][j] = _mm512_fmadd_ps(acc[i][j], sv, tot[i][j]);   \
+      }                                                                                       \
+    }                                                                                         \
+    for (int i = 0; i < MB; i++)                                                              \
+      for (int j = 0; j < nb; j++)                                                            \
+        a->y[(long)(m0 + i) * a->ldy + n + j] =                                               \
+            _mm512_reduce_add_ps(tot[i][j]) + (a->bias ? a->bias[n + j] : 0.0f);              \
+  }
+AVX512_TILE(1)
+AVX512_TILE(2)
+AVX512_TILE(3)
+AVX512_TILE(4)
+
+static void block_avx512(const gemv_args *a, int n) {
+  int m0 = 0;
+  for (; m0 + 4 <= a->M; m0 += 4) tile512_4(a, n, m0);
+  switch (a->M - m0) {
+    case 3: tile512_3(a, n, m0); break;
+    case 2: tile512_2(a, n, m0); break;
+    case 1: tile512_1(a, n, m0); break;
+    default: break;
   }
 }
 
@@ -108,61 +127,76 @@ __attribute__((target("avx2,fma"))) static __m256 load_x8(const float *x, int k,
   return _mm256_loadu_ps(buf);
 }
 
-__attribute__((target("avx2,fma"))) static void block_avx2(const gemv_args *a, int n) {
-  enum { MB = 2 };
-  const int KP = (a->K + a->G - 1) / a->G * a->G, ng = KP / a->G;
-  const int8_t *blk = a->q + (long)n * KP;
-  const uint16_t *sb = a->s + (long)n * ng;
-  const int nb = a->N - n < NB ? a->N - n : NB;
-  for (int m0 = 0; m0 < a->M; m0 += MB) {
-    const int mb = a->M - m0 < MB ? a->M - m0 : MB;
-    __m256 acc[MB][NB], sv[NB];
-    for (int i = 0; i < MB; i++)
-      for (int j = 0; j < NB; j++) acc[i][j] = _mm256_setzero_ps();
-    const int8_t *p = blk;
-    for (int k = 0; k < KP && k < a->K; k += 16, p += 64) {
-      _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);
-      _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);
-      if (k % a->G == 0)
-        for (int j = 0; j < NB; j++) sv[j] = _mm256_set1_ps(bf16_to_f32(sb[(long)j * ng + k / a->G]));
-      __m256 xl[MB], xh[MB];
-      for (int i = 0; i < MB && i < mb; i++) {
-        const float *xr = a->x + (long)(m0 + i) * a->ldx;
-        xl[i] = load_x8(xr, k, a->K);
-        xh[i] = load_x8(xr, k + 8, a->K);
-      }
-      for (int j = 0; j < NB; j++) {
-        const __m256 wl = _mm256_mul_ps(
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 16 * j)))),
-            sv[j]);
-        const __m256 wh = _mm256_mul_ps(
-            _mm256_cvtepi32_ps(
-                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 16 * j + 8)))),
-            sv[j]);
-        for (int i = 0; i < MB && i < mb; i++) {
-          acc[i][j] = _mm256_fmadd_ps(xl[i], wl, acc[i][j]);
-          acc[i][j] = _mm256_fmadd_ps(xh[i], wh, acc[i][j]);
-        }
-      }
-    }
-    for (int i = 0; i < mb; i++)
-      for (int j = 0; j < nb; j++)
-        a->y[(long)(m0 + i) * a->ldy + n + j] =
-            hsum256(acc[i][j]) + (a->bias ? a->bias[n + j] : 0.0f);
+#define AVX2_TILE(MB)                                                                         \
+  __attribute__((target("avx2,fma"))) static void tile256_##MB(const gemv_args *a, int n,    \
+                                                               int m0) {                      \
+    const int KP = (a->K + a->G - 1) / a->G * a->G, ng = KP / a->G;                           \
+    const int8_t *p = a->q + (long)n * KP;                                                    \
+    const uint16_t *sb = a->s + (long)n * ng;                                                 \
+    const int nb = a->N - n < NB ? a->N - n : NB;                                             \
+    __m256 tot[MB][NB];                                                                       \
+    for (int i = 0; i < MB; i++)                                                              \
+      for (int j = 0; j < NB; j++) tot[i][j] = _mm256_setzero_ps();                           \
+    for (int k0 = 0; k0 < a->K; k0 += a->G) {                                                 \
+      __m256 acc[MB][NB];                                                                     \
+      for (int i = 0; i < MB; i++)                                                            \
+        for (int j = 0; j < NB; j++) acc[i][j] = _mm256_setzero_ps();                         \
+      const int k1 = k0 + a->G < a->K ? k0 + a->G : a->K;                                     \
+      for (int k = k0; k < k1; k += 16, p += 64) {                                            \
+        _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);                                 \
+        _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);                                 \
+        __m256 xl[MB], xh[MB];                                                                \
+        for (int i = 0; i < MB; i++) {                                                        \
+          const float *xr = a->x + (long)(m0 + i) * a->ldx;                                   \
+          xl[i] = load_x8(xr, k, a->K);                                                       \
+          xh[i] = load_x8(xr, k + 8, a->K);                                                   \
+        }                                                                                     \
+        for (int j = 0; j < NB; j++) {                                                        \
+          const __m256 wl = _mm256_cvtepi32_ps(                                               \
+              _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 16 * j))));          \
+          const __m256 wh = _mm256_cvtepi32_ps(                                               \
+              _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 16 * j + 8))));      \
+          for (int i = 0; i < MB; i++) {                                                      \
+            acc[i][j] = _mm256_fmadd_ps(xl[i], wl, acc[i][j]);                                \
+            acc[i][j] = _mm256_fmadd_ps(xh[i], wh, acc[i][j]);                                \
+          }                                                                                   \
+        }                                                                                     \
+      }                                                                                       \
+      for (int j = 0; j < NB; j++) {                                                          \
+        const __m256 sv = _mm256_set1_ps(bf16_to_f32(sb[(long)j * ng + k0 / a->G]));          \
+        for (int i = 0; i < MB; i++) tot[i][j] = _mm256_fmadd_ps(acc[i][j], sv, tot[i][j]);   \
+      }                                                                                       \
+    }                                                                                         \
+    for (int i = 0; i < MB; i++)                                                              \
+      for (int j = 0; j < nb; j++)                                                            \
+        a->y[(long)(m0 + i) * a->ldy + n + j] =                                               \
+            hsum256(tot[i][j]) + (a->bias ? a->bias[n + j] : 0.0f);                           \
   }
+AVX2_TILE(1)
+AVX2_TILE(2)
+
+static void block_avx2(const gemv_args *a, int n) {
+  int m0 = 0;
+  for (; m0 + 2 <= a->M; m0 += 2) tile256_2(a, n, m0);
+  if (m0 < a->M) tile256_1(a, n, m0);
 }
 
+/* The same sums as the vector variants (up to their lane order), one value at a time. */
 static void block_c(const gemv_args *a, int n) {
   const int KP = (a->K + a->G - 1) / a->G * a->G, ng = KP / a->G;
   const int nb = a->N - n < NB ? a->N - n : NB;
   for (int m = 0; m < a->M; m++)
     for (int j = 0; j < nb; j++) {
-      float acc = 0.0f;
-      for (int k = 0; k < a->K; k++) {
-        const int8_t q = a->q[(long)n * KP + (long)(k / 16) * 64 + 16 * j + k % 16];
-        acc += a->x[(long)m * a->ldx + k] * ((float)q * bf16_to_f32(a->s[(long)(n + j) * ng + k / a->G]));
+      float tot = 0.0f;
+      for (int k0 = 0; k0 < a->K; k0 += a->G) {
+        float acc = 0.0f;
+        for (int k = k0; k < k0 + a->G && k < a->K; k++) {
+          const int8_t q = a->q[(long)n * KP + (long)(k / 16) * 64 + 16 * j + k % 16];
+          acc += a->x[(long)m * a->ldx + k] * (float)q;
+        }
+        tot += acc * bf16_to_f32(a->s[(long)(n + j) * ng + k0 / a->G]);
       }
-      a->y[(long)m * a->ldy + n + j] = acc + (a->bias ? a->bias[n + j] : 0.0f);
+      a->y[(long)m * a->ldy + n + j] = tot + (a->bias ? a->bias[n + j] : 0.0f);
     }
 }
 

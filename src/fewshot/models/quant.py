@@ -81,11 +81,11 @@ class Int8Linear(nn.Module):
 
     `exact`: an optional float copy of W (a tied LM head's input embedding, in memory anyway).
     Then every output that may be the row's maximum is recomputed from `exact` in fp32: those
-    within 12 sigma of the approximate maximum, sigma being the standard deviation of an
-    output's error when the weight roundings are independent and uniform (|x|_2 * max(scale)
-    / sqrt(12)). So the argmax and the values near the top are the float model's (a flip would
-    need a 6-sigma rounding error); outputs far below the top keep the int8 error. When more
-    than RESCORE_CAP outputs per row qualify (a flat top), the RESCORE_CAP largest do.
+    whose 12-sigma interval reaches the lower end of the top one's, sigma bounding the
+    standard deviation of an output's error when the weight roundings are independent and
+    uniform (`_rescore`). So the argmax and the values near the top are the float model's (a
+    flip would need a 12-sigma rounding error); outputs far below the top keep the int8 error.
+    When more than RESCORE_CAP outputs per row qualify (a flat top), the RESCORE_CAP largest do.
     """
 
     def __init__(
@@ -107,7 +107,8 @@ class Int8Linear(nn.Module):
         # plain attributes, not buffers: `model.to(dtype)` must leave them int8 / float32
         self._packed = int8_kernel.pack(q, group)
         self._scales = int8_kernel.pack_scales(scales)
-        self._scale_max = float(scales.max()) if exact is not None else 0.0
+        # per output row, its largest scale: bounds the error of that output (`_rescore`)
+        self._row_scale = scales.amax(dim=1).float() if exact is not None else None
 
     @classmethod
     def from_float(
@@ -154,10 +155,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out] in x's dtype (computed in float32)."""
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float().contiguous()  # [M, in]
+        # a decode step calls this ~75 times: only the conversions that are needed
+        x2 = x.reshape(-1, self.in_features)  # [M, in]
+        if x2.dtype != torch.float32 or not x2.is_contiguous():
+            x2 = x2.float().contiguous()
         m, n = x2.shape[0], self.out_features
-        bias = None if self.bias is None else self.bias.float()
+        bias = self.bias
+        if bias is not None and bias.dtype != torch.float32:
+            bias = bias.float()
         if self.kernel is None:
             y = F.linear(x2, self.dequantized(), bias)
         elif m <= self.kernel.gemv_rows:
@@ -166,12 +171,18 @@ class Int8Linear(nn.Module):
             y = self.kernel.gemm(x2, self._packed, self._scales, bias, n, self.group)
         if self.exact is not None and m:
             y = self._rescore(x2, y)
-        return y.to(x.dtype).reshape(*lead, n)
+        if x.dtype != torch.float32:
+            y = y.to(x.dtype)
+        return y.view(*x.shape[:-1], n)
 
     def _rescore(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Recompute in fp32 every output of y [M, out] that may be its row's maximum."""
-        sigma = x.norm(dim=1) * self._scale_max / 12**0.5  # [M]
-        near = y >= (y.amax(dim=1) - 12 * sigma)[:, None]  # [M, out]
+        """Recompute in fp32 every output of y [M, out] that may be its row's maximum: output
+        j's error has a standard deviation of at most sigma_j = |x|_2 * max(scale_j) / sqrt(12)
+        (the weight roundings independent and uniform), so j qualifies when y_j + 12 sigma_j
+        reaches the largest y_i - 12 sigma_i."""
+        assert self._row_scale is not None
+        margin = (x.norm(dim=1, keepdim=True) * (12 / 12**0.5)) * self._row_scale  # [M, out]
+        near = (y + margin) >= (y - margin).amax(dim=1, keepdim=True)  # [M, out]
         if int(near.sum()) > RESCORE_CAP * len(x):  # a flat top: the RESCORE_CAP largest
             top = y.topk(RESCORE_CAP, dim=1).indices
             near = torch.zeros_like(near).scatter_(1, top, True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.models import int8_kernel
+from fewshot.models import native
 from fewshot.models.quant import Int8Linear, cast_model, quantize_model
 from fewshot.models.standalone import Arena, new_cache, run
 
@@ -15,16 +15,16 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm())
 
 
-NATIVE = int8_kernel.load()
+NATIVE = native.load()
 # the native kernel on every instruction set this CPU runs (AVX-512 hosts also run the AVX2
 # and C variants), and torch's reference path (None)
 KERNELS = [None] + (
     []
     if NATIVE is None
     else [
-        int8_kernel.Kernel(NATIVE.lib, isa)
-        for isa in int8_kernel.ISAS
-        if int8_kernel.ISAS[isa] <= int8_kernel.ISAS[NATIVE.isa]
+        native.Kernel(NATIVE.lib, isa)
+        for isa in native.ISAS
+        if native.ISAS[isa] <= native.ISAS[NATIVE.isa]
     ]
 )
 KERNEL_IDS = ["reference" if k is None else k.isa for k in KERNELS]
@@ -38,7 +38,7 @@ def test_native_kernel_builds_here() -> None:
 @pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("shape", [(64, 96), (40, 96), (100, 70), (770, 33)])
 @torch.no_grad()
-def test_int8_linear_close_to_float(kernel: int8_kernel.Kernel | None, shape) -> None:
+def test_int8_linear_close_to_float(kernel: native.Kernel | None, shape) -> None:
     torch.manual_seed(0)
     in_features, out_features = shape
     linear = nn.Linear(in_features, out_features)
@@ -73,7 +73,7 @@ def test_groups_are_finer_than_rows() -> None:
 
 @pytest.mark.parametrize("kernel", [k for k in KERNELS if k is not None], ids=KERNEL_IDS[1:])
 @torch.no_grad()
-def test_int8_linear_rows_do_not_depend_on_batch(kernel: int8_kernel.Kernel) -> None:
+def test_int8_linear_rows_do_not_depend_on_batch(kernel: native.Kernel) -> None:
     torch.manual_seed(1)
     q = Int8Linear.from_linear(nn.Linear(48, 80), kernel=kernel)
     rows = kernel.gemv_rows or 1
@@ -91,7 +91,7 @@ def test_group_is_validated() -> None:
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @torch.no_grad()
-def test_rescored_head_is_exact_at_the_top(kernel: int8_kernel.Kernel | None) -> None:
+def test_rescored_head_is_exact_at_the_top(kernel: native.Kernel | None) -> None:
     torch.manual_seed(2)
     emb = torch.randn(250, 32)
     emb = torch.cat([emb, emb + 1e-3 * torch.randn(250, 32)])  # near-ties for the argmax
@@ -112,15 +112,15 @@ def test_rescored_head_is_exact_at_the_top(kernel: int8_kernel.Kernel | None) ->
 
 @pytest.fixture(scope="module")
 def gpt_neo_float_and_int8(model_pair_factory):
-    _, native = model_pair_factory("gpt_neo")
+    _, floaty = model_pair_factory("gpt_neo")
     _, quantized = model_pair_factory("gpt_neo")
     quantize_model(quantized)
-    return native, quantized
+    return floaty, quantized
 
 
 def test_quantize_model_swaps_linears(gpt_neo_float_and_int8) -> None:
-    native, quantized = gpt_neo_float_and_int8
-    n_linear = sum(isinstance(m, nn.Linear) for m in native.modules())
+    floaty, quantized = gpt_neo_float_and_int8
+    n_linear = sum(isinstance(m, nn.Linear) for m in floaty.modules())
     assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
     assert sum(isinstance(m, Int8Linear) for m in quantized.modules()) == n_linear
     # the input embedding stays float (and is the model's first parameter: KV cache dtype)
@@ -132,18 +132,18 @@ def test_quantize_model_swaps_linears(gpt_neo_float_and_int8) -> None:
 
 @torch.no_grad()
 def test_quantized_gpt_neo_agrees(gpt_neo_float_and_int8) -> None:
-    native, quantized = gpt_neo_float_and_int8
+    floaty, quantized = gpt_neo_float_and_int8
     gen = torch.Generator().manual_seed(5)
-    ids = torch.randint(0, native.spec.vocab_size - 1, (300,), generator=gen)
-    want = run(native, ids, [new_cache(native)], [len(ids)], logits="all")
+    ids = torch.randint(0, floaty.spec.vocab_size - 1, (300,), generator=gen)
+    want = run(floaty, ids, [new_cache(floaty)], [len(ids)], logits="all")
     got = run(quantized, ids, [new_cache(quantized)], [len(ids)], logits="all")
     top1 = (want.argmax(-1) == got.argmax(-1)).float().mean().item()
     # a random model's next-token distribution is nearly flat, so this is a floor (the previous
     # 7-bit-activation int8 got ~85% here); real weights: `python -m fewshot.bench.agreement`
     assert top1 >= 0.95, f"teacher-forced top-1 agreement {top1:.3f}"
     # greedy continuations of 8 prompts, decoded as one flattened batch
-    prompts = [torch.randint(0, native.spec.vocab_size - 1, (40,), generator=gen) for _ in range(8)]
-    runs = [_greedy_batch(model, prompts, steps=5) for model in (native, quantized)]
+    prompts = [torch.randint(0, floaty.spec.vocab_size - 1, (40,), generator=gen) for _ in range(8)]
+    runs = [_greedy_batch(model, prompts, steps=5) for model in (floaty, quantized)]
     tokens = torch.tensor(runs[0]) == torch.tensor(runs[1])  # [8, 5]
     assert tokens.float().mean() >= 0.8, runs
 
@@ -190,8 +190,8 @@ def test_quantized_row_independent_of_batch(gpt_neo_float_and_int8) -> None:
 
 
 def test_without_a_compiler_the_reference_path_is_used(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(int8_kernel.shutil, "which", lambda name: None)
-    assert int8_kernel._build(tmp_path) is None
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    assert native._build(tmp_path) is None
     layer = nn.Linear(40, 24)
     q = Int8Linear.from_linear(layer, kernel=None)
     x = torch.randn(3, 40)
@@ -200,6 +200,6 @@ def test_without_a_compiler_the_reference_path_is_used(tmp_path, monkeypatch) ->
 
 def test_packing_round_trips() -> None:
     q = torch.randint(-127, 128, (7, 50), dtype=torch.int8)
-    packed = int8_kernel.pack(q, 32)
+    packed = native.pack(q, 32)
     assert packed.numel() == 8 * 64  # rows padded to 4, inputs to the group
-    assert torch.equal(int8_kernel.unpack(packed, 7, 50, 32), q)
+    assert torch.equal(native.unpack(packed, 7, 50, 32), q)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.models import int8_kernel
+from fewshot.models import native
 from fewshot.models.packed import PackedLinear
 from fewshot.models.quant import Int8Linear
 
@@ -52,7 +52,7 @@ def cpu_flags() -> dict[str, object]:
         "cpu": model,
         "flags": [f for f in FLAGS if f in flags],
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
-        "kernel": None if (k := int8_kernel.load()) is None else k.isa,
+        "kernel": None if (k := native.load()) is None else k.isa,
         "threads": torch.get_num_threads(),
     }
 
@@ -83,9 +83,9 @@ def _candidates(w: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], t
         "torch-int8": lambda x: torch._weight_int8pack_mm(x.bfloat16(), q, row_scales.bfloat16()),
         "int8": ours,
     }
-    native = ours.kernel
-    if native is not None and native.isa == "avx512" and m <= native.gemv_rows:
-        avx2 = int8_kernel.Kernel(native.lib, "avx2")
+    kern = ours.kernel
+    if kern is not None and kern.isa == "avx512" and m <= kern.gemv_rows:
+        avx2 = native.Kernel(kern.lib, "avx2")
         fns["int8-avx2"] = lambda x: avx2.gemv(
             x, ours._packed, ours._scales, None, ours.out_features, ours.group
         )

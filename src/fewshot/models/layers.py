@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.models import native
+
 # ---------------------------------------------------------------------------------------------
 # norms
 
@@ -34,7 +36,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused op
+        if (kernel := native.usable(x, self.weight)) is not None:  # float32 on the CPU
+            return kernel.rms_norm(x, self.weight, 0.0, self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.to(x.dtype)
 
 
@@ -47,6 +51,8 @@ class GemmaRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (kernel := native.usable(x, self.weight)) is not None:  # float32 on the CPU
+            return kernel.rms_norm(x, self.weight, 1.0, self.eps)
         scale = 1.0 + self.weight.float()
         return F.rms_norm(x.float(), (x.shape[-1],), scale, eps=self.eps).type_as(x)
 

@@ -11,7 +11,7 @@ set the grid of the whole row; on Gemma 3 270M (whose weights come from a 4-bit 
 scale per 32 inputs) that cost 4 points of top-1 agreement with fp32 and needed a second int8
 "plane" on the matrices that write into the residual stream (9% more bytes).
 
-The products run in the native kernels of `int8_kernel` (built at first use with the system's C
+The products run in the native kernels of `native` (built at first use with the system's C
 compiler; AVX-512 or AVX2 chosen from the CPU at run time):
 - up to `Kernel.gemv_rows` rows (a decode step), a GEMV that streams the packed int8 weight at
   the memory's speed and sums each (row, output) in the same order whatever the batch, so a
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.models import int8_kernel
-from fewshot.models.int8_kernel import Kernel
+from fewshot.models import native
+from fewshot.models.native import Kernel
 
 GROUP = 32  # inputs sharing one scale (a multiple of 16)
 RESCORE_CAP = 64  # most outputs per row recomputed in fp32 by a rescored head
@@ -46,9 +46,9 @@ RESCORE_CAP = 64  # most outputs per row recomputed in fp32 by a rescored head
 def group_for(in_features: int, group: int = GROUP) -> int:
     """The group size used for `in_features` inputs: `group`, or all of them (rounded up to
     16) when there are fewer."""
-    if group % int8_kernel.LANE:
-        raise ValueError(f"group must be a multiple of {int8_kernel.LANE}, got {group}")
-    return min(group, int8_kernel.padded_in(in_features, int8_kernel.LANE))
+    if group % native.LANE:
+        raise ValueError(f"group must be a multiple of {native.LANE}, got {group}")
+    return min(group, native.padded_in(in_features, native.LANE))
 
 
 def quantize_groups(
@@ -59,7 +59,7 @@ def quantize_groups(
     group of `group` inputs. Works `rows` rows at a time, so the float temporaries stay small
     next to a large matrix."""
     out, k = weight.shape
-    kp = int8_kernel.padded_in(k, group)
+    kp = native.padded_in(k, group)
     q = torch.empty(out, k, dtype=torch.int8)
     scales = torch.empty(out, kp // group, dtype=torch.float32)
     with torch.no_grad():
@@ -105,8 +105,8 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), False)
         self.exact = exact  # not a parameter of this module: shared with its owner
         # plain attributes, not buffers: `model.to(dtype)` must leave them int8 / float32
-        self._packed = int8_kernel.pack(q, group)
-        self._scales = int8_kernel.pack_scales(scales)
+        self._packed = native.pack(q, group)
+        self._scales = native.pack_scales(scales)
         # per output row, its largest scale: bounds the error of that output (`_rescore`)
         self._row_scale = scales.amax(dim=1).float() if exact is not None else None
 
@@ -124,9 +124,9 @@ class Int8Linear(nn.Module):
         "auto" (the native kernel where it builds), None (torch's reference path) or one."""
         g = group_for(weight.shape[1], group)
         q, scales = quantize_groups(weight, g)
-        native = int8_kernel.load() if kernel == "auto" else kernel
-        assert not isinstance(native, str)
-        return cls(q, scales, bias, group=g, exact=exact, kernel=native)
+        chosen = native.load() if kernel == "auto" else kernel
+        assert not isinstance(chosen, str)
+        return cls(q, scales, bias, group=g, exact=exact, kernel=chosen)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kw: object) -> Int8Linear:
@@ -136,7 +136,7 @@ class Int8Linear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The int8 weight [out, in] (unpacked per access: for inspection)."""
-        return int8_kernel.unpack(self._packed, self.out_features, self.in_features, self.group)
+        return native.unpack(self._packed, self.out_features, self.in_features, self.group)
 
     @property
     def scales(self) -> torch.Tensor:

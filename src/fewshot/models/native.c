@@ -1,4 +1,4 @@
-/* int8 weight-only matrix kernels for CPU decoding (built and loaded by int8_kernel.py).
+/* int8 weight-only matrix kernels for CPU decoding (built and loaded by native.py).
  *
  * Weights are int8 with one float32 scale per group of G inputs of an output row:
  * w[n, k] = q[n, k] * s[n, k / G]. They are stored *packed*: rows in blocks of four, and in each
@@ -23,6 +23,7 @@
  */
 #include <immintrin.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #define NB 4 /* output rows per block */
@@ -279,4 +280,26 @@ void fs_dequant(const int8_t *q, const uint16_t *s, void *out, int n0, int n1, i
     else
       dequant_c(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G, bf16);
   }
+}
+
+/* RMSNorm of each row: y = x * (1 / sqrt(mean(x^2) + eps)) * (offset + w), float32, in that
+ * order (x * r first), as the models' torch code computes it; the mean's sum runs in 16
+ * interleaved partial sums (then in order), which the compiler vectorizes. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void rms_row(
+    const float *x, const float *w, float offset, float eps, float *y, int D) {
+  float part[16] = {0};
+  int d = 0;
+  for (; d + 16 <= D; d += 16)
+    for (int t = 0; t < 16; t++) part[t] += x[d + t] * x[d + t];
+  float ss = 0.0f;
+  for (int t = 0; t < 16; t++) ss += part[t];
+  for (; d < D; d++) ss += x[d] * x[d];
+  const float r = 1.0f / sqrtf(ss / (float)D + eps);
+  for (d = 0; d < D; d++) y[d] = x[d] * r * (offset + w[d]);
+}
+
+void fs_rms_norm(const float *x, const float *w, float offset, float eps, float *y, int rows,
+                 int D, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if ((long)rows * D > (1L << 16))
+  for (int r = 0; r < rows; r++) rms_row(x + (long)r * D, w, offset, eps, y + (long)r * D, D);
 }

@@ -1,7 +1,8 @@
-"""The native int8 kernels (`int8_kernel.c`): built once with the system's C compiler, loaded
-with ctypes, and the packed weight layout they read.
+"""Native CPU kernels (`native.c`): the int8 weight-only GEMV and dequantization, and
+RMSNorm; built once with the system's C compiler, loaded with ctypes; and the packed int8
+weight layout they read.
 
-`load()` compiles the source into the kernel cache (`<cache>/kernels/int8_kernel-<hash>.so`,
+`load()` compiles the source into the kernel cache (`<cache>/kernels/native-<hash>.so`,
 the hash covering the source and the compiler) the first time, in about a second, and returns
 None where there is no C compiler or no x86 intrinsics; `quant.Int8Linear` then computes with
 torch instead (correct, slow). The library links the OpenMP runtime torch already loaded, so
@@ -29,7 +30,7 @@ from fewshot.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int8_kernel.c")
+SOURCE = Path(__file__).with_name("native.c")
 ISAS = {"avx512": 2, "avx2": 1, "c": 0}
 GEMV_ROWS = {"avx512": 16, "avx2": 8, "c": 0}
 BLOCK_ROWS = 4  # output rows per packed block (NB in the C source)
@@ -122,6 +123,18 @@ class Kernel:
             y += bias
         return y
 
+    def rms_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, offset: float, eps: float
+    ) -> torch.Tensor:
+        """RMSNorm over the last dimension of a contiguous float32 x, times (offset + weight)."""
+        y = torch.empty_like(x)
+        d = x.shape[-1]
+        self.lib.fs_rms_norm(
+            x.data_ptr(), weight.data_ptr(), offset, eps, y.data_ptr(), x.numel() // d, d,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
 
 SLICE_VALUES = 1 << 20  # weights dequantized per GEMM slice: 2-4 MB, about the L2 of a core
 _local = threading.local()
@@ -135,6 +148,21 @@ def _scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
         buf = torch.empty(numel, dtype=dtype)
         setattr(_local, key, buf)
     return buf[:numel]
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor) -> Kernel | None:
+    """The kernel library when the norm of x by weight can run there (float32, contiguous, on
+    the CPU, not under torch.compile); else None."""
+    if not (
+        x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and not torch.compiler.is_compiling()
+    ):
+        return None
+    return load()
 
 
 def padded_in(in_features: int, group: int) -> int:
@@ -170,13 +198,15 @@ def _build(build_dir: Path) -> Path | None:
         return None
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode())
-    target = build_dir / f"int8_kernel-{key.hexdigest()[:16]}.so"
+    target = build_dir / f"native-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     build_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
     os.close(fd)
-    done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+    done = subprocess.run(
+        [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True
+    )
     if done.returncode != 0:
         os.unlink(tmp)
         log.warning("building the int8 kernel failed, using torch's reference path:\n%s",
@@ -206,6 +236,8 @@ def _open(path: Path) -> Kernel:
     lib.fs_gemv.restype = None
     lib.fs_dequant.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I]
     lib.fs_dequant.restype = None
+    lib.fs_rms_norm.argtypes = [_P, _P, ctypes.c_float, ctypes.c_float, _P, _I, _I, _I]
+    lib.fs_rms_norm.restype = None
     lib.fs_isa.restype = _I
     isa = {v: k for k, v in ISAS.items()}[lib.fs_isa()]
     return Kernel(lib, isa)

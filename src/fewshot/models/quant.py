@@ -160,7 +160,7 @@ class Int8Linear(nn.Module):
         if x2.dtype != torch.float32 or not x2.is_contiguous():
             x2 = x2.float().contiguous()
         m, n = x2.shape[0], self.out_features
-        bias = self.bias
+        bias: torch.Tensor | None = self.bias
         if bias is not None and bias.dtype != torch.float32:
             bias = bias.float()
         if self.kernel is None:

@@ -303,3 +303,67 @@ void fs_rms_norm(const float *x, const float *w, float offset, float eps, float 
 #pragma omp parallel for schedule(static) num_threads(threads) if ((long)rows * D > (1L << 16))
   for (int r = 0; r < rows; r++) rms_row(x + (long)r * D, w, offset, eps, y + (long)r * D, D);
 }
+
+/* The outputs of one row that may be its maximum, for the rescored LM head: j qualifies when
+ * y[j] + c * rs[j] >= max_i (y[i] - c * rs[i]) (c * rs[j]: a bound on output j's error).
+ * Writes the first `cap` such j to out and returns how many there are (more than cap: the
+ * caller falls back to a top-k). */
+static float lower_max(const float *y, const float *rs, float c, int N) {
+  float m = -INFINITY;
+  for (int j = 0; j < N; j++) {
+    const float v = y[j] - c * rs[j];
+    m = m > v ? m : v;
+  }
+  return m;
+}
+
+__attribute__((target("avx512f"))) static float lower_max_avx512(const float *y, const float *rs,
+                                                                 float c, int N) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  const __m512 cv = _mm512_set1_ps(c);
+  int j = 0;
+  for (; j + 16 <= N; j += 16)
+    m = _mm512_max_ps(m, _mm512_fnmadd_ps(cv, _mm512_loadu_ps(rs + j), _mm512_loadu_ps(y + j)));
+  float r = _mm512_reduce_max_ps(m);
+  for (; j < N; j++) {
+    const float v = y[j] - c * rs[j];
+    r = r > v ? r : v;
+  }
+  return r;
+}
+
+__attribute__((target("avx512f"))) static long near_avx512(const float *y, const float *rs,
+                                                           float c, float lo, int N,
+                                                           int64_t *out, long cap) {
+  long count = 0;
+  const __m512 cv = _mm512_set1_ps(c), lov = _mm512_set1_ps(lo);
+  int j = 0;
+  for (; j + 16 <= N; j += 16) {
+    const __m512 hi = _mm512_fmadd_ps(cv, _mm512_loadu_ps(rs + j), _mm512_loadu_ps(y + j));
+    unsigned mask = _mm512_cmp_ps_mask(hi, lov, _CMP_GE_OQ);
+    while (mask) {
+      if (count < cap) out[count] = j + __builtin_ctz(mask);
+      count++;
+      mask &= mask - 1;
+    }
+  }
+  for (; j < N; j++)
+    if (y[j] + c * rs[j] >= lo) {
+      if (count < cap) out[count] = j;
+      count++;
+    }
+  return count;
+}
+
+long fs_near_max(const float *y, const float *rs, float c, int N, int64_t *out, long cap,
+                 int isa) {
+  if (isa == 2) return near_avx512(y, rs, c, lower_max_avx512(y, rs, c, N), N, out, cap);
+  const float lo = lower_max(y, rs, c, N);
+  long count = 0;
+  for (int j = 0; j < N; j++)
+    if (y[j] + c * rs[j] >= lo) {
+      if (count < cap) out[count] = j;
+      count++;
+    }
+  return count;
+}

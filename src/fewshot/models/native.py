@@ -123,6 +123,18 @@ class Kernel:
             y += bias
         return y
 
+    def near_max(
+        self, y: torch.Tensor, row_scale: torch.Tensor, c: float, cap: int
+    ) -> torch.Tensor | None:
+        """Indices j of y [N] (float32) with y_j + c * row_scale_j >= max_i (y_i - c *
+        row_scale_i): the outputs that may be the maximum; None when more than `cap` qualify."""
+        out = torch.empty(cap, dtype=torch.int64)
+        n = self.lib.fs_near_max(
+            y.data_ptr(), row_scale.data_ptr(), c, y.numel(), out.data_ptr(), cap,
+            ISAS[self.isa],
+        )  # fmt: skip
+        return out[:n] if n <= cap else None
+
     def rms_norm(
         self, x: torch.Tensor, weight: torch.Tensor, offset: float, eps: float
     ) -> torch.Tensor:
@@ -238,6 +250,8 @@ def _open(path: Path) -> Kernel:
     lib.fs_dequant.restype = None
     lib.fs_rms_norm.argtypes = [_P, _P, ctypes.c_float, ctypes.c_float, _P, _I, _I, _I]
     lib.fs_rms_norm.restype = None
+    lib.fs_near_max.argtypes = [_P, _P, ctypes.c_float, _I, _P, _L, _I]
+    lib.fs_near_max.restype = _L
     lib.fs_isa.restype = _I
     isa = {v: k for k, v in ISAS.items()}[lib.fs_isa()]
     return Kernel(lib, isa)

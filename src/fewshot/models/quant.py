@@ -180,13 +180,10 @@ class Int8Linear(nn.Module):
         j's error has a standard deviation of at most sigma_j = |x|_2 * max(scale_j) / sqrt(12)
         (the weight roundings independent and uniform), so j qualifies when y_j + 12 sigma_j
         reaches the largest y_i - 12 sigma_i."""
-        assert self._row_scale is not None
-        margin = (x.norm(dim=1, keepdim=True) * (12 / 12**0.5)) * self._row_scale  # [M, out]
-        near = (y + margin) >= (y - margin).amax(dim=1, keepdim=True)  # [M, out]
-        if int(near.sum()) > RESCORE_CAP * len(x):  # a flat top: the RESCORE_CAP largest
-            top = y.topk(RESCORE_CAP, dim=1).indices
-            near = torch.zeros_like(near).scatter_(1, top, True)
-        rows, cols = near.nonzero(as_tuple=True)
+        widths = ((x * x).sum(dim=1).sqrt() * (12 / 12**0.5)).tolist()  # 12 sigma_j / max(s_j)
+        picked = [self._candidates(y[i], c) for i, c in enumerate(widths)]
+        rows = torch.cat([torch.full_like(idx, i) for i, idx in enumerate(picked)])
+        cols = torch.cat(picked)
         assert self.exact is not None
         exact = torch.cat(
             [
@@ -196,7 +193,19 @@ class Int8Linear(nn.Module):
         )
         if self.bias is not None:
             exact = exact + self.bias.float()[cols]
-        return y.index_put((rows, cols), exact)
+        return y.index_put_((rows, cols), exact)  # y: this layer's own fresh output
+
+    def _candidates(self, y: torch.Tensor, width: float) -> torch.Tensor:
+        """The outputs of one row y [out] that may be its maximum (the RESCORE_CAP largest
+        when more qualify: a flat top)."""
+        assert self._row_scale is not None
+        if self.kernel is not None:
+            idx = self.kernel.near_max(y, self._row_scale, width, RESCORE_CAP)
+        else:
+            margin = width * self._row_scale
+            idx = ((y + margin) >= (y - margin).amax()).nonzero()[:, 0]
+            idx = idx if len(idx) <= RESCORE_CAP else None
+        return y.topk(RESCORE_CAP).indices if idx is None else idx
 
     def extra_repr(self) -> str:
         kernel = "reference" if self.kernel is None else self.kernel.isa

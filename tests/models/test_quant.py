@@ -203,3 +203,13 @@ def test_packing_round_trips() -> None:
     packed = native.pack(q, 32)
     assert packed.numel() == 8 * 64  # rows padded to 4, inputs to the group
     assert torch.equal(native.unpack(packed, 7, 50, 32), q)
+
+
+@pytest.mark.parametrize("dim", [640, 37])  # a multiple of 16, and a tail
+def test_native_rms_norm_matches_torch(dim: int) -> None:
+    torch.manual_seed(4)
+    x, w = torch.randn(5, dim), torch.randn(dim) * 0.1
+    for offset in (0.0, 1.0):  # Llama's weight, Gemma's (1 + weight)
+        got = NATIVE.rms_norm(x, w, offset, 1e-6)
+        want = torch.nn.functional.rms_norm(x, (dim,), offset + w, eps=1e-6)
+        torch.testing.assert_close(got, want)

@@ -130,6 +130,7 @@ class LLM:
         `device` ("cpu", "cuda", "cuda:N"; "auto": CUDA when torch sees a GPU, else CPU)."""
         import torch
 
+        from fewshot.models import native
         from fewshot.models.loading import load_model, resolve_dtype
         from fewshot.models.packed import pack_linears
 
@@ -143,6 +144,8 @@ class LLM:
             raise ValueError("int8 weights run on the CPU only; use fp32 or bf16 on CUDA")
 
         def build() -> LLM:
+            if target.type == "cpu":  # the native CPU kernels, built now rather than mid-request
+                native.load(Path(cache_dir) / "kernels" if cache_dir is not None else None)
             loaded = load_model(
                 source,
                 dtype=dtype,

@@ -27,11 +27,13 @@ def key_matches(token: str, keys: list[bytes]) -> bool:
     return found
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:
-    """FastAPI dependency: raise 401 (in the route's format) unless the bearer token is valid."""
+    """FastAPI dependency: raise 401 (in the route's format) unless the bearer token is valid.
+    A coroutine (it never blocks), so FastAPI runs it on the event loop instead of sending every
+    request through a worker thread."""
     keys: list[bytes] = request.app.state.fewshot.api_keys
     if not keys:
         return

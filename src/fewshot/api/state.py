@@ -256,6 +256,7 @@ class AppState:
                 log.exception("stats of %s failed", m.name)
 
 
-def get_state(request: Request) -> AppState:
-    """FastAPI dependency: the app's AppState."""
+async def get_state(request: Request) -> AppState:
+    """FastAPI dependency: the app's AppState (a coroutine: runs on the event loop, no worker
+    thread per request)."""
     return request.app.state.fewshot

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fewshot.models import native
-from fewshot.models.quant import Int8Linear, cast_model, quantize_model
+from fewshot.models.quant import Int8Linear, auto_kv_dtype, cast_model, quantize_model
 from fewshot.models.standalone import Arena, new_cache, run
 
 
@@ -213,3 +213,11 @@ def test_native_rms_norm_matches_torch(dim: int) -> None:
         got = NATIVE.rms_norm(x, w, offset, 1e-6)
         want = torch.nn.functional.rms_norm(x, (dim,), offset + w, eps=1e-6)
         torch.testing.assert_close(got, want)
+
+
+def test_int8_kv_cache_is_bf16_where_amx_runs_it(gpt_neo_float_and_int8) -> None:
+    floaty, quantized = gpt_neo_float_and_int8
+    amx = {"amx_bf16": True, "amx_tile": True}
+    assert auto_kv_dtype(quantized, amx) == torch.bfloat16
+    assert auto_kv_dtype(quantized, {"avx2": True}) == torch.float32
+    assert auto_kv_dtype(floaty, amx) == torch.float32  # float weights keep their own dtype

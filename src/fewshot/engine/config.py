@@ -24,7 +24,8 @@ class CacheConfig:
     """Pool size in MiB; None sizes it from free memory (a quarter of it, at most what
     `max_batch_size` sequences of `max_model_len` tokens need)."""
     kv_dtype: str | None = None
-    """"fp32" | "bf16" | None (the model's own dtype)."""
+    """"fp32" | "bf16" | None or "auto" (`quant.auto_kv_dtype`: the model's own dtype, bf16
+    for int8 weights on a CPU with AMX-BF16)."""
     prefix_caching: bool = True
     """Share computed full blocks between requests by their chained token hash."""
 

@@ -23,6 +23,7 @@ from fewshot.engine.scheduler import ScheduledChunk
 from fewshot.models.attention import AttentionMetadata, run_eagerly_under_compile
 from fewshot.models.base import CausalLM
 from fewshot.models.kv_pool import KVPool
+from fewshot.models.quant import auto_kv_dtype
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,7 @@ class ModelRunner:
             self.forward = torch.compile(model, dynamic=True)
         self.device = model.device
         cc = config.cache
-        dtype = model.kv_dtype
-        if cc.kv_dtype not in (None, "auto"):
-            dtype = _DTYPES[cc.kv_dtype]
+        dtype = auto_kv_dtype(model) if cc.kv_dtype in (None, "auto") else _DTYPES[cc.kv_dtype]
         self.num_blocks = pool_blocks(model, config, dtype)
         self.pool: KVPool | None = None
         if model.paged:

@@ -200,9 +200,9 @@ def test_without_a_compiler_the_reference_path_is_used(tmp_path, monkeypatch) ->
 
 def test_packing_round_trips() -> None:
     q = torch.randint(-127, 128, (7, 50), dtype=torch.int8)
-    packed = native.pack(q, 32)
-    assert packed.numel() == 8 * 64  # rows padded to 4, inputs to the group
-    assert torch.equal(native.unpack(packed, 7, 50, 32), q)
+    packed = native.PackedWeight.pack(q, torch.ones(7, 2), 32)
+    assert packed.data.numel() == 8 * 64 and packed.scales.shape == (8, 2)  # padded to 4 rows
+    assert torch.equal(packed.unpack(), q)
 
 
 @pytest.mark.parametrize("dim", [640, 37])  # a multiple of 16, and a tail

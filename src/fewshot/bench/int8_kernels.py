@@ -86,9 +86,7 @@ def _candidates(w: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], t
     kern = ours.kernel
     if kern is not None and kern.isa == "avx512" and m <= kern.gemv_rows:
         avx2 = native.Kernel(kern.lib, "avx2")
-        fns["int8-avx2"] = lambda x: avx2.gemv(
-            x, ours._packed, ours._scales, None, ours.out_features, ours.group
-        )
+        fns["int8-avx2"] = lambda x: avx2.gemv(x, ours.packed, None)
     return fns
 
 

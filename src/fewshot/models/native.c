@@ -18,8 +18,8 @@
  * with it: 26-36). Variants: AVX-512 (16 lanes), AVX2 (8 lanes), portable C; the caller picks
  * one with fs_isa().
  *
- * fs_dequant: rows of the weight in float32 or bfloat16 (round to nearest even), for large
- * batches (prefill), which torch's GEMM then multiplies a slice at a time.
+ * fs_dequant: rows of the weight in float32, for large batches (prefill), which torch's GEMM
+ * then multiplies a slice at a time.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -217,12 +217,9 @@ void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const
   }
 }
 
-/* Rows [n0, n1) of the weight (n0 a multiple of NB) into out[n1 - n0][K]: float32, or bfloat16
- * rounded to nearest even (finite values: int8 times a scale). */
+/* Rows [n0, n1) of the weight (n0 a multiple of NB) into out[n1 - n0][K], float32. */
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void dequant_avx512(
-    const int8_t *blk, const uint16_t *sb, int ng, void *out, long row0, int nb, int K, int G,
-    int bf16) {
-  const __m512i round = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+    const int8_t *blk, const uint16_t *sb, int ng, float *out, long row0, int nb, int K, int G) {
   for (int k = 0; k < K; k += 16) {
     const int len = K - k < 16 ? K - k : 16;
     const __mmask16 mk = (__mmask16)((1u << len) - 1);
@@ -230,45 +227,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void dequant_avx512(
       const __m128i q = _mm_loadu_si128((const __m128i *)(blk + (long)(k / 16) * 64 + 16 * j));
       const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)),
                                      _mm512_set1_ps(bf16_to_f32(sb[(long)j * ng + k / G])));
-      if (bf16) {
-        const __m512i u = _mm512_castps_si512(w);
-        const __m512i r = _mm512_srli_epi32(
-            _mm512_add_epi32(_mm512_add_epi32(u, round),
-                             _mm512_and_si512(_mm512_srli_epi32(u, 16), one)),
-            16);
-        _mm256_mask_storeu_epi16((uint16_t *)out + (row0 + j) * K + k, mk,
-                                 _mm512_cvtepi32_epi16(r));
-      } else {
-        _mm512_mask_storeu_ps((float *)out + (row0 + j) * K + k, mk, w);
-      }
+      _mm512_mask_storeu_ps(out + (row0 + j) * K + k, mk, w);
     }
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) static void dequant_c(const int8_t *blk, const uint16_t *sb, int ng, void *out, long row0, int nb,
-                      int K, int G, int bf16) {
+__attribute__((target_clones("avx2", "default"))) static void dequant_c(
+    const int8_t *blk, const uint16_t *sb, int ng, float *out, long row0, int nb, int K, int G) {
   for (int k = 0; k < K; k += 16) {
     const int len = K - k < 16 ? K - k : 16;
     for (int j = 0; j < nb; j++) {
       const int8_t *src = blk + (long)(k / 16) * 64 + 16 * j;
       const float sc = bf16_to_f32(sb[(long)j * ng + k / G]);
-      for (int t = 0; t < len; t++) {
-        const float w = (float)src[t] * sc;
-        if (bf16) {
-          uint32_t u;
-          memcpy(&u, &w, 4);
-          ((uint16_t *)out)[(row0 + j) * K + k + t] =
-              (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-        } else {
-          ((float *)out)[(row0 + j) * K + k + t] = w;
-        }
-      }
+      for (int t = 0; t < len; t++) out[(row0 + j) * K + k + t] = (float)src[t] * sc;
     }
   }
 }
 
-void fs_dequant(const int8_t *q, const uint16_t *s, void *out, int n0, int n1, int K, int G,
-                int bf16, int isa, int threads) {
+void fs_dequant(const int8_t *q, const uint16_t *s, float *out, int n0, int n1, int K, int G,
+                int isa, int threads) {
   const int KP = (K + G - 1) / G * G, ng = KP / G;
   const int blocks = (n1 - n0 + NB - 1) / NB;
 #pragma omp parallel for schedule(static) num_threads(threads) if ((long)(n1 - n0) * K > (1L << 16))
@@ -276,9 +253,9 @@ void fs_dequant(const int8_t *q, const uint16_t *s, void *out, int n0, int n1, i
     const int n = n0 + b * NB;
     const int nb = n1 - n < NB ? n1 - n : NB;
     if (isa == 2)
-      dequant_avx512(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G, bf16);
+      dequant_avx512(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G);
     else
-      dequant_c(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G, bf16);
+      dequant_c(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G);
   }
 }
 

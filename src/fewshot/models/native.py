@@ -57,68 +57,41 @@ class Kernel:
         return GEMV_ROWS[self.isa]
 
     def gemv(
-        self,
-        x: torch.Tensor,
-        packed: torch.Tensor,
-        scales: torch.Tensor,
-        bias: torch.Tensor | None,
-        out_features: int,
-        group: int,
-        isa: str | None = None,
+        self, x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, isa: str | None = None
     ) -> torch.Tensor:
-        """x [M, K] float32 contiguous -> [M, out_features] float32 (x @ W^T + bias)."""
+        """x [M, K] float32 contiguous -> [M, out] float32 (x @ W^T + bias); `isa` forces a
+        variant (tests)."""
         m, k = x.shape
-        y = torch.empty(m, out_features)
+        y = torch.empty(m, w.out_features)
         self.lib.fs_gemv(
-            x.data_ptr(), k, packed.data_ptr(), scales.data_ptr(),
-            None if bias is None else bias.data_ptr(), y.data_ptr(), out_features,
-            m, out_features, k, group, ISAS[isa or self.isa], torch.get_num_threads(),
+            x.data_ptr(), k, w.data.data_ptr(), w.scales.data_ptr(),
+            None if bias is None else bias.data_ptr(), y.data_ptr(), w.out_features,
+            m, w.out_features, k, w.group, ISAS[isa or self.isa], torch.get_num_threads(),
         )  # fmt: skip
         return y
 
-    def dequant(
-        self,
-        packed: torch.Tensor,
-        scales: torch.Tensor,
-        rows: tuple[int, int],
-        in_features: int,
-        group: int,
-        out: torch.Tensor,
-        isa: str | None = None,
-    ) -> torch.Tensor:
-        """Weight rows [n0, n1) into `out` ([>= n1 - n0, in], float32 or bfloat16); returns the
-        filled part."""
+    def dequant(self, w: PackedWeight, rows: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
+        """Weight rows [n0, n1) into `out` (float32 [>= n1 - n0, in]); returns the filled part."""
         n0, n1 = rows
-        assert n0 % BLOCK_ROWS == 0 and out.is_contiguous() and out.shape[1] == in_features
+        assert n0 % BLOCK_ROWS == 0 and out.is_contiguous() and out.shape[1] == w.in_features
+        assert out.dtype == torch.float32
         self.lib.fs_dequant(
-            packed.data_ptr(), scales.data_ptr(), out.data_ptr(),
-            n0, n1, in_features, group, int(out.dtype == torch.bfloat16), ISAS[isa or self.isa],
-            torch.get_num_threads(),
+            w.data.data_ptr(), w.scales.data_ptr(), out.data_ptr(),
+            n0, n1, w.in_features, w.group, ISAS[self.isa], torch.get_num_threads(),
         )  # fmt: skip
         return out[: n1 - n0]
 
-    def gemm(
-        self,
-        x: torch.Tensor,
-        packed: torch.Tensor,
-        scales: torch.Tensor,
-        bias: torch.Tensor | None,
-        out_features: int,
-        group: int,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """x [M, K] -> [M, out] float32 through torch's GEMM in `dtype`, the weight dequantized
-        a slice of rows at a time into a small buffer that stays in cache (no whole float
-        copy, no fresh pages per call)."""
+    def gemm(self, x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [M, K] float32 -> [M, out] float32 through torch's float32 GEMM, the weight
+        dequantized a slice of rows at a time into a small buffer that stays in cache (no
+        whole float copy, no fresh pages per call)."""
         m, k = x.shape
         step = max(BLOCK_ROWS, SLICE_VALUES // k // BLOCK_ROWS * BLOCK_ROWS)
-        buf = _scratch(step * k, dtype).view(step, k)
-        xd = x.to(dtype)
-        y = torch.empty(m, out_features)
-        for n0 in range(0, out_features, step):
-            n1 = min(out_features, n0 + step)
-            w = self.dequant(packed, scales, (n0, n1), k, group, buf)
-            y[:, n0:n1] = xd @ w.t()
+        buf = _scratch(step * k).view(step, k)
+        y = torch.empty(m, w.out_features)
+        for n0 in range(0, w.out_features, step):
+            n1 = min(w.out_features, n0 + step)
+            y[:, n0:n1] = x @ self.dequant(w, (n0, n1), buf).t()
         if bias is not None:
             y += bias
         return y
@@ -152,13 +125,11 @@ SLICE_VALUES = 1 << 20  # weights dequantized per GEMM slice: 2-4 MB, about the 
 _local = threading.local()
 
 
-def _scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A per-thread buffer of at least `numel` values, reused across calls."""
-    key = f"buf_{dtype}"
-    buf = getattr(_local, key, None)
+def _scratch(numel: int) -> torch.Tensor:
+    """A per-thread float32 buffer of at least `numel` values, reused across calls."""
+    buf = getattr(_local, "buf", None)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype)
-        setattr(_local, key, buf)
+        buf = _local.buf = torch.empty(numel)
     return buf[:numel]
 
 
@@ -182,21 +153,41 @@ def padded_in(in_features: int, group: int) -> int:
     return -(-in_features // group) * group
 
 
-def pack(q: torch.Tensor, group: int) -> torch.Tensor:
-    """int8 [N, K] -> the packed layout [N4/4, KP/16, 4, 16] (zero padded), as a flat tensor."""
-    n, k = q.shape
-    n4, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, padded_in(k, group)
-    full = torch.zeros(n4, kp, dtype=torch.int8)
-    full[:n, :k] = q
-    blocks = full.view(n4 // BLOCK_ROWS, BLOCK_ROWS, kp // LANE, LANE).transpose(1, 2)
-    return blocks.contiguous().view(-1)
+@dataclass(frozen=True)
+class PackedWeight:
+    """An int8 weight [out, in] with a bfloat16 scale per `group` inputs of a row, in the layout
+    the kernels read: `data` int8 [N4/4, KP/16, 4, 16] flat (rows in blocks of four, 16 inputs
+    of each row side by side; N4 = out rounded up to 4, KP = in rounded up to the group; zero
+    padded), `scales` bfloat16 [N4, KP/group] (zero padded)."""
 
+    data: torch.Tensor
+    scales: torch.Tensor
+    out_features: int
+    in_features: int
+    group: int
 
-def unpack(packed: torch.Tensor, out_features: int, in_features: int, group: int) -> torch.Tensor:
-    """The inverse of `pack`: int8 [N, K]."""
-    kp = padded_in(in_features, group)
-    blocks = packed.view(-1, kp // LANE, BLOCK_ROWS, LANE).transpose(1, 2)
-    return blocks.reshape(-1, kp)[:out_features, :in_features]
+    @classmethod
+    def pack(cls, q: torch.Tensor, scales: torch.Tensor, group: int) -> PackedWeight:
+        """From int8 q [N, K] and scales [N, groups] (values exact in bfloat16)."""
+        n, k = q.shape
+        n4, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, padded_in(k, group)
+        full = torch.zeros(n4, kp, dtype=torch.int8)
+        full[:n, :k] = q
+        blocks = full.view(n4 // BLOCK_ROWS, BLOCK_ROWS, kp // LANE, LANE).transpose(1, 2)
+        s = torch.zeros(n4, kp // group, dtype=torch.bfloat16)
+        s[:n] = scales
+        return cls(blocks.contiguous().view(-1), s, n, k, group)
+
+    def unpack(self) -> torch.Tensor:
+        """The int8 weight [out, in]."""
+        kp = padded_in(self.in_features, self.group)
+        blocks = self.data.view(-1, kp // LANE, BLOCK_ROWS, LANE).transpose(1, 2)
+        return blocks.reshape(-1, kp)[: self.out_features, : self.in_features]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed weight and its scales, padding included."""
+        return self.data.numel() + self.scales.numel() * 2
 
 
 def _compiler() -> str | None:
@@ -246,7 +237,7 @@ def _open(path: Path) -> Kernel:
     lib = ctypes.CDLL(str(path))
     lib.fs_gemv.argtypes = [_P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _I, _I]
     lib.fs_gemv.restype = None
-    lib.fs_dequant.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I]
+    lib.fs_dequant.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I]
     lib.fs_dequant.restype = None
     lib.fs_rms_norm.argtypes = [_P, _P, ctypes.c_float, ctypes.c_float, _P, _I, _I, _I]
     lib.fs_rms_norm.restype = None
@@ -255,11 +246,3 @@ def _open(path: Path) -> Kernel:
     lib.fs_isa.restype = _I
     isa = {v: k for k, v in ISAS.items()}[lib.fs_isa()]
     return Kernel(lib, isa)
-
-
-def pack_scales(scales: torch.Tensor) -> torch.Tensor:
-    """Scales [N, groups] -> bfloat16 [N4, groups], zero padded like the packed rows."""
-    n = scales.shape[0]
-    n4 = -(-n // BLOCK_ROWS) * BLOCK_ROWS
-    s = scales.to(torch.bfloat16)
-    return torch.cat([s, s.new_zeros(n4 - n, s.shape[1])]).contiguous()

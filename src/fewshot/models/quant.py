@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.models import native
-from fewshot.models.native import Kernel
+from fewshot.models.native import Kernel, PackedWeight
 
 GROUP = 32  # inputs sharing one scale (a multiple of 16)
 RESCORE_CAP = 64  # most outputs per row recomputed in fp32 by a rescored head
@@ -104,9 +104,8 @@ class Int8Linear(nn.Module):
         self.kernel = kernel
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), False)
         self.exact = exact  # not a parameter of this module: shared with its owner
-        # plain attributes, not buffers: `model.to(dtype)` must leave them int8 / float32
-        self._packed = native.pack(q, group)
-        self._scales = native.pack_scales(scales)
+        # a plain attribute, not buffers: `model.to(dtype)` must leave it int8 / bfloat16
+        self.packed = PackedWeight.pack(q, scales, group)
         # per output row, its largest scale: bounds the error of that output (`_rescore`)
         self._row_scale = scales.amax(dim=1).float() if exact is not None else None
 
@@ -136,17 +135,17 @@ class Int8Linear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The int8 weight [out, in] (unpacked per access: for inspection)."""
-        return native.unpack(self._packed, self.out_features, self.in_features, self.group)
+        return self.packed.unpack()
 
     @property
     def scales(self) -> torch.Tensor:
         """The scales [out, groups], float32."""
-        return self._scales[: self.out_features].float()
+        return self.packed.scales[: self.out_features].float()
 
     @property
     def nbytes(self) -> int:
         """Bytes of the int8 weight and its scales (packed, padding included)."""
-        return self._packed.numel() + self._scales.numel() * 2
+        return self.packed.nbytes
 
     def dequantized(self) -> torch.Tensor:
         """W as float32 [out, in]."""
@@ -166,9 +165,9 @@ class Int8Linear(nn.Module):
         if self.kernel is None:
             y = F.linear(x2, self.dequantized(), bias)
         elif m <= self.kernel.gemv_rows:
-            y = self.kernel.gemv(x2, self._packed, self._scales, bias, n, self.group)
+            y = self.kernel.gemv(x2, self.packed, bias)
         else:
-            y = self.kernel.gemm(x2, self._packed, self._scales, bias, n, self.group)
+            y = self.kernel.gemm(x2, self.packed, bias)
         if self.exact is not None and m:
             y = self._rescore(x2, y)
         if x.dtype != torch.float32:

@@ -134,7 +134,7 @@ def auto_dtype(device: str = "cpu", cpu: Mapping[str, bool] | None = None) -> st
       GEMMs have no hardware support at all).
     int8 (`quant.py`: weight-only, a bf16 scale per 32 inputs, native kernels) is the choice
     for one stream's latency and for memory (`--dtype int8`): 98.5% agreement, few-shot
-    accuracy within 1 point of fp32, batch-1 decode 1.6x bf16's on AMX. It is not "auto": its
+    accuracy within 1 point of fp32, batch-1 decode 1.7x bf16's on AMX. It is not "auto": its
     batches of 2+ rows are compute-bound (8 rows: 1.3x bf16's GEMM time on AMX) and its prefill
     runs float32 GEMMs. On CPUs without AMX it may well beat fp32 overall; not measured yet.
     """

@@ -54,10 +54,9 @@ def group_for(in_features: int, group: int = GROUP) -> int:
 def quantize_groups(
     weight: torch.Tensor, group: int, rows: int = 2048
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [out, in] float -> (int8 [out, in], scales [out, groups] (float32 values that are
-    exact in bfloat16)), symmetric per
-    group of `group` inputs. Works `rows` rows at a time, so the float temporaries stay small
-    next to a large matrix."""
+    """weight [out, in] float -> (int8 [out, in], scales [out, groups]), symmetric per group of
+    `group` inputs; the scales are float32 values exact in bfloat16. Works `rows` rows at a
+    time, so the float temporaries stay small next to a large matrix."""
     out, k = weight.shape
     kp = native.padded_in(k, group)
     q = torch.empty(out, k, dtype=torch.int8)

@@ -221,3 +221,9 @@ def test_int8_kv_cache_is_bf16_where_amx_runs_it(gpt_neo_float_and_int8) -> None
     assert auto_kv_dtype(quantized, amx) == torch.bfloat16
     assert auto_kv_dtype(quantized, {"avx2": True}) == torch.float32
     assert auto_kv_dtype(floaty, amx) == torch.float32  # float weights keep their own dtype
+
+
+def test_an_unwritable_kernel_cache_falls_back(tmp_path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    assert native._build(blocked / "kernels") is None  # mkdir fails: a warning, no crash

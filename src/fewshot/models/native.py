@@ -195,28 +195,34 @@ def _compiler() -> str | None:
 
 
 def _build(build_dir: Path) -> Path | None:
+    """The compiled library under `build_dir` (built now if missing), or None (with a warning)
+    when there is no C compiler, the build fails or the directory cannot be written."""
     cc = _compiler()
     if cc is None:
-        log.warning("no C compiler found: int8 runs on torch's slower reference path")
+        log.warning("no C compiler found: int8 and RMSNorm run on torch's slower paths")
         return None
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode())
-    target = build_dir / f"native-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    build_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
-    os.close(fd)
-    done = subprocess.run(
-        [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        os.unlink(tmp)
-        log.warning("building the int8 kernel failed, using torch's reference path:\n%s",
-                    done.stderr[-2000:])  # fmt: skip
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+        key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode())
+        target = build_dir / f"native-{key.hexdigest()[:16]}.so"
+        if target.exists():
+            return target
+        build_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
+        os.close(fd)
+        done = subprocess.run(
+            [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            os.unlink(tmp)
+            log.warning("building the native kernels failed, using torch's slower paths:\n%s",
+                        done.stderr[-2000:])  # fmt: skip
+            return None
+        os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
+    except OSError as exc:  # an unwritable cache dir, a compiler that vanished
+        log.warning("cannot build the native kernels (%s): using torch's slower paths", exc)
         return None
-    os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
-    log.info("built the int8 kernel: %s", target)
+    log.info("built the native kernels: %s", target)
     return target
 
 
@@ -225,11 +231,17 @@ _loaded: dict[str, Kernel | None] = {}
 
 
 def load(build_dir: Path | None = None) -> Kernel | None:
-    """The kernel library, built on first use (None where it cannot be built)."""
+    """The kernel library, built on first use (None where it cannot be built or loaded)."""
     with _lock:
         if "kernel" not in _loaded:
             path = _build(build_dir or default_cache_dir() / "kernels")
-            _loaded["kernel"] = None if path is None else _open(path)
+            kernel = None
+            if path is not None:
+                try:
+                    kernel = _open(path)
+                except OSError as exc:  # e.g. a cache on a noexec mount
+                    log.warning("cannot load %s (%s): using torch's slower paths", path, exc)
+            _loaded["kernel"] = kernel
         return _loaded["kernel"]
 
 

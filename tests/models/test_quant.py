@@ -123,11 +123,12 @@ def test_quantize_model_swaps_linears(gpt_neo_float_and_int8) -> None:
     n_linear = sum(isinstance(m, nn.Linear) for m in floaty.modules())
     assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
     assert sum(isinstance(m, Int8Linear) for m in quantized.modules()) == n_linear
-    # the input embedding stays float (and is the model's first parameter: KV cache dtype)
-    assert quantized.transformer.wte.weight.dtype == torch.float32
-    assert quantized.kv_dtype == torch.float32
+    # the tied input embedding is kept in bf16 and hands float32 rows to the stream
+    wte = quantized.transformer.wte
+    assert wte.weight.dtype == torch.bfloat16
+    assert wte(torch.tensor([1, 2])).dtype == torch.float32
     # the tied head rescores from the embedding
-    assert quantized.lm_head.exact is quantized.transformer.wte.weight
+    assert quantized.lm_head.exact is wte.weight
 
 
 @torch.no_grad()
@@ -203,6 +204,8 @@ def test_packing_round_trips() -> None:
     packed = native.PackedWeight.pack(q, torch.ones(7, 2), 32)
     assert packed.data.numel() == 8 * 64 and packed.scales.shape == (8, 2)  # padded to 4 rows
     assert torch.equal(packed.unpack(), q)
+    tall = torch.randint(-127, 128, (native.PACK_ROWS + 3, 40), dtype=torch.int8)  # two slices
+    assert torch.equal(native.PackedWeight.pack(tall, torch.ones(len(tall), 1), 48).unpack(), tall)
 
 
 @pytest.mark.parametrize("dim", [640, 37])  # a multiple of 16, and a tail

@@ -12,7 +12,8 @@ quantize: three copies at the peak (20.9 GB RSS for a 10.8 GB GPT-Neo-2.7B). Her
   a mapping stay resident and count towards the process's RSS until the mapping is closed.
 So the peak is the final model plus one tensor in flight. Tied parameters (a shared input
 embedding and LM head) are read once and shared again; with int8 the LM head becomes its own
-int8 copy and the embedding stays float.
+int8 copy and the embedding is kept in bf16 (half of float32; it serves the head's rescoring,
+and a forward hook hands its rows to the float32 stream).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from fewshot.models.quant import float_output
 
 _ST_DTYPES = {
     "F64": torch.float64,
@@ -235,8 +238,9 @@ def load_into(
     """Fill `model`'s meta parameters from `reader` (checkpoint key = key_of(parameter name)).
 
     dtype: "fp32" or "bf16" for every float parameter; "int8" keeps float parameters in fp32
-    and replaces each nn.Linear by `quantize(weight fp32, bias, tied)`, where `tied` is the
-    loaded float parameter the Linear's weight is shared with (a tied embedding) or None.
+    (but a tied embedding in bf16, its module's output cast to float32) and replaces each
+    nn.Linear by `quantize(weight, bias, tied)`, where `tied` is the loaded float parameter the
+    Linear's weight is shared with (a tied embedding) or None.
     Raises KeyError on a missing checkpoint key and ValueError on a shape mismatch.
     """
     float_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -251,6 +255,7 @@ def load_into(
     _check(model, reader, names, key_of, transposed)
     loaded: dict[int, nn.Parameter] = {}
     quantized = {id(m) for m in linears.values()}
+    tied_to_linear = {id(m.weight) for m in linears.values()}
     with torch.no_grad():
         for module in model.modules():  # every parameter outside the quantized Linears
             if id(module) in quantized:
@@ -258,13 +263,17 @@ def load_into(
             for pname, p in list(module.named_parameters(recurse=False)):
                 if p.device.type != "meta":
                     continue
+                shared = id(p) in tied_to_linear  # int8: an embedding its LM head shares
                 if id(p) not in loaded:
                     want = float_dtype if p.is_floating_point() else None
+                    want = torch.bfloat16 if shared else want
                     t = _read(reader, names[id(p)], key_of, want, transposed=transposed)
                     loaded[id(p)] = nn.Parameter(t, requires_grad=False)
                     if t.dtype != reader.dtype_of(names[id(p)], key_of):
                         release_free_memory()  # the stored-dtype copy just freed
                 setattr(module, pname, loaded[id(p)])
+                if shared:
+                    module.register_forward_hook(float_output)  # its rows as float32
         for mod_name, linear in linears.items():  # int8: quantize each Linear as it is read
             prefix = f"{mod_name}." if mod_name else ""
             tied = loaded.get(id(linear.weight))

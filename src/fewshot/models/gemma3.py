@@ -165,10 +165,10 @@ class Gemma3TextModel(nn.Module):
         self.rotary_emb = Gemma3RotaryEmbedding(config, layer_types)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [N] -> [N, C], scaled by sqrt(C) rounded to the weights' dtype (as HF)."""
-        weight = self.embed_tokens.weight
-        scale = torch.tensor(self.embed_scale, dtype=torch.float32).to(weight.dtype)
-        return self.embed_tokens(input_ids) * scale
+        """input_ids [N] -> [N, C], scaled by sqrt(C) rounded to the rows' dtype (as HF; an
+        int8 model's bf16 embedding hands over float32 rows, scaled in float32)."""
+        rows = self.embed_tokens(input_ids)
+        return rows * torch.tensor(self.embed_scale, dtype=torch.float32).to(rows.dtype)
 
 
 class Gemma3ForCausalLM(CausalLM):

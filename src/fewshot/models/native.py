@@ -35,6 +35,7 @@ ISAS = {"avx512": 2, "avx2": 1, "c": 0}
 GEMV_ROWS = {"avx512": 16, "avx2": 8, "c": 0}
 BLOCK_ROWS = 4  # output rows per packed block (NB in the C source)
 LANE = 16  # inputs of one row side by side in a packed block
+PACK_ROWS = 4096  # rows packed per slice (a multiple of BLOCK_ROWS)
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=c11")
 
 _P = ctypes.c_void_p
@@ -171,12 +172,16 @@ class PackedWeight:
         """From int8 q [N, K] and scales [N, groups] (values exact in bfloat16)."""
         n, k = q.shape
         n4, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, padded_in(k, group)
-        full = torch.zeros(n4, kp, dtype=torch.int8)
-        full[:n, :k] = q
-        blocks = full.view(n4 // BLOCK_ROWS, BLOCK_ROWS, kp // LANE, LANE).transpose(1, 2)
+        data = torch.empty(n4 // BLOCK_ROWS, kp // LANE, BLOCK_ROWS, LANE, dtype=torch.int8)
+        for i in range(0, n4, PACK_ROWS):  # a slice at a time: no second full-size copy
+            rows = q[i : i + PACK_ROWS]
+            chunk = torch.zeros(min(PACK_ROWS, n4 - i), kp, dtype=torch.int8)
+            chunk[: len(rows), :k] = rows
+            blocks = chunk.view(-1, BLOCK_ROWS, kp // LANE, LANE).transpose(1, 2)
+            data[i // BLOCK_ROWS : i // BLOCK_ROWS + len(blocks)] = blocks
         s = torch.zeros(n4, kp // group, dtype=torch.bfloat16)
         s[:n] = scales
-        return cls(blocks.contiguous().view(-1), s, n, k, group)
+        return cls(data.view(-1), s, n, k, group)
 
     def unpack(self) -> torch.Tensor:
         """The int8 weight [out, in]."""

@@ -223,11 +223,11 @@ def auto_kv_dtype(model: nn.Module, cpu: dict[str, bool] | None = None) -> torch
     keys and values in place and scores in float32). Prompt logprobs stay close to float32
     KV's (tests/engine/test_paged_engine.py)."""
     own = getattr(model, "kv_dtype", None)
-    own = own if isinstance(own, torch.dtype) else torch.float32
-    if own != torch.float32 or not any(isinstance(m, Int8Linear) for m in model.modules()):
-        return own
+    if not any(isinstance(m, Int8Linear) for m in model.modules()):
+        return own if isinstance(own, torch.dtype) else torch.float32
     caps = torch.cpu.get_capabilities() if cpu is None else cpu
-    return torch.bfloat16 if caps.get("amx_bf16") and caps.get("amx_tile") else own
+    amx = caps.get("amx_bf16") and caps.get("amx_tile")
+    return torch.bfloat16 if amx else torch.float32  # not the bf16 tied embedding's dtype
 
 
 def quantize_linear(
@@ -242,8 +242,8 @@ def quantize_linear(
 def quantize_model(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` (in place) by an Int8Linear; returns the model.
 
-    A tied LM head becomes its own int8 copy; the input embedding keeps its float weights
-    (and serves the head's rescoring).
+    A tied LM head becomes its own int8 copy; the input embedding it shares keeps its weights in
+    bf16 (`bf16_embedding`), which also serve the head's rescoring.
     """
     floats = {
         id(p)
@@ -254,12 +254,33 @@ def quantize_model(model: nn.Module) -> nn.Module:
     targets = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     with torch.no_grad():
         for name, linear in targets:
-            tied = linear.weight if id(linear.weight) in floats else None
-            new = quantize_linear(linear.weight, linear.bias, tied)
+            tied = bf16_embedding(model, linear.weight) if id(linear.weight) in floats else None
+            new = quantize_linear(linear.weight if tied is None else tied, linear.bias, tied)
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, new)
     return model
+
+
+def bf16_embedding(model: nn.Module, weight: torch.Tensor) -> nn.Parameter:
+    """Store the embedding that an int8 model's LM head shares in bf16: half of float32's
+    memory (Gemma 3 270M: 671 -> 335 MB); the modules holding it hand their rows to the
+    float32 stream (`float_output`). Returns the new parameter."""
+    new = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            continue
+        for pname, p in list(module.named_parameters(recurse=False)):
+            if p is weight:
+                setattr(module, pname, new)
+                module.register_forward_hook(float_output)
+    return new
+
+
+def float_output(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of an int8 model's bf16 embedding: its rows enter the float32 stream."""
+    del module, args
+    return output.float()
 
 
 def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:

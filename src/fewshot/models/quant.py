@@ -22,12 +22,13 @@ compiler; AVX-512 or AVX2 chosen from the CPU at run time):
 Without a C compiler (or off x86) the layer dequantizes with torch and calls `F.linear`: the
 same numbers up to rounding, slowly.
 
-The LM head, when tied to the float input embedding, recomputes every output that could be the
-row's maximum from that embedding in fp32 (those within 12 sigma of an error model), so its
-argmax is the float head's.
+The LM head, when tied to the input embedding, recomputes every output that could be the row's
+maximum from that embedding in fp32 (those within 12 sigma of an error model), so its argmax is
+the float head's. That embedding is kept in bf16 (`bf16_embedding`: half of float32's memory;
+its rows enter the float32 stream).
 
 `quantize_model(model)` swaps every nn.Linear for an Int8Linear, the LM head included (on Gemma 3
-270M it is 168M of the 268M weights); a tied input embedding keeps its float weights.
+270M it is 168M of the 268M weights).
 """
 
 from __future__ import annotations

@@ -52,9 +52,9 @@ class Kernel:
 
     @property
     def gemv_rows(self) -> int:
-        """Most rows the GEMV takes; more go to `gemm`. Where the two cost the same, measured
-        on GPT-Neo-125M's 72 block matrices (2 Sapphire Rapids threads): AVX-512 25.7 ms both
-        at 16 rows, AVX2 29.1 against 27.1 ms at 8."""
+        """Most rows the GEMV takes; more go to `gemm`. About where the two cost the same,
+        measured on GPT-Neo-125M's 72 block matrices (2 Sapphire Rapids threads): AVX-512
+        24.7 (GEMV) against 31.0 ms (GEMM) at 16 rows, AVX2 28.4 against 27.1 ms at 8."""
         return GEMV_ROWS[self.isa]
 
     def gemv(
@@ -149,9 +149,10 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> Kernel | None:
     return load()
 
 
-def padded_in(in_features: int, group: int) -> int:
-    """The inputs of a packed row: `in_features` rounded up to the group size."""
-    return -(-in_features // group) * group
+def padded_in(count: int, step: int) -> int:
+    """`count` rounded up to a multiple of `step` (a packed row's inputs to its group size, the
+    rows to whole blocks)."""
+    return -(-count // step) * step
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class PackedWeight:
     def pack(cls, q: torch.Tensor, scales: torch.Tensor, group: int) -> PackedWeight:
         """From int8 q [N, K] and scales [N, groups] (values exact in bfloat16)."""
         n, k = q.shape
-        n4, kp = -(-n // BLOCK_ROWS) * BLOCK_ROWS, padded_in(k, group)
+        n4, kp = padded_in(n, BLOCK_ROWS), padded_in(k, group)
         data = torch.empty(n4 // BLOCK_ROWS, kp // LANE, BLOCK_ROWS, LANE, dtype=torch.int8)
         for i in range(0, n4, PACK_ROWS):  # a slice at a time: no second full-size copy
             rows = q[i : i + PACK_ROWS]
@@ -237,6 +238,8 @@ _loaded: dict[str, Kernel | None] = {}
 
 def load(build_dir: Path | None = None) -> Kernel | None:
     """The kernel library, built on first use (None where it cannot be built or loaded)."""
+    if "kernel" in _loaded:  # the norms ask on every call: no lock once it is settled
+        return _loaded["kernel"]
     with _lock:
         if "kernel" not in _loaded:
             path = _build(build_dir or default_cache_dir() / "kernels")

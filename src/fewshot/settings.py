@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(None, description="File with one API key per line")
     dtype: str = Field(
         "auto",
-        description="Weights: auto (bf16 on AMX CPUs and CUDA, else fp32) | fp32 | bf16 | int8",
+        description="Weights: auto (bf16 on AMX CPUs and CUDA, else int8) | fp32 | bf16 | int8",
     )
     device: str = Field(
         "auto", description="auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N"
@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         "memory, at most what max_batch_size sequences of max_total_tokens need",
     )
     kv_dtype: str = Field("auto", description="KV cache dtype: auto (the model's) | fp32 | bf16")
+    kernel_isa: str = Field(
+        "auto",
+        description="Native CPU kernels' instruction set: auto (the best this CPU runs) | avx512 "
+        "| avx2 | c (a lower one runs what an older CPU would, e.g. to benchmark it)",
+    )
     prefix_caching: bool = Field(True, description="Share prompt prefixes' KV between requests")
     compile: bool = Field(
         False, description="torch.compile the model (needs a C++ compiler; compiles at start)"

@@ -86,6 +86,7 @@ def test_llm_on_packed_bf16_computes_what_the_plain_model_does(tiny_gpt_neo_dir:
     with LLM.load(str(tiny_gpt_neo_dir), dtype="bf16", threads=1, kv_cache_mb=8) as llm:
         assert any(isinstance(m, PackedLinear) for m in llm.model.modules())
         assert llm.dtype == "bf16"
+        assert llm.stats()["weight_bytes"] == plain.model.weight_bytes()  # packed, same bytes
         got = run(llm.model, ids, [new_cache(llm.model)], [len(ids)], "all")
         torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
         assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9

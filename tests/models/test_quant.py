@@ -129,6 +129,15 @@ def test_quantize_model_swaps_linears(gpt_neo_float_and_int8) -> None:
     assert wte(torch.tensor([1, 2])).dtype == torch.float32
     # the tied head rescores from the embedding
     assert quantized.lm_head.exact is wte.weight
+    # weight bytes: every storage once (the tied embedding is not counted again by the head)
+    params = sum(p.nbytes for p in floaty.parameters()) + sum(b.nbytes for b in floaty.buffers())
+    assert floaty.weight_bytes() == params
+    linears = [m for m in quantized.modules() if isinstance(m, Int8Linear)]
+    others = sum(p.nbytes for p in quantized.parameters()) + sum(
+        b.nbytes for b in quantized.buffers()
+    )
+    assert quantized.weight_bytes() == others + sum(m.packed.nbytes for m in linears)
+    assert quantized.weight_bytes() < params / 2
 
 
 @torch.no_grad()
@@ -230,3 +239,13 @@ def test_an_unwritable_kernel_cache_falls_back(tmp_path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     assert native._build(blocked / "kernels") is None  # mkdir fails: a warning, no crash
+
+
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler")
+def test_kernel_isa_caps_the_instruction_set(monkeypatch) -> None:
+    monkeypatch.setitem(native._loaded, "kernel", NATIVE)  # restored when the test ends
+    assert native.load(isa="c").isa == "c"
+    assert native.load().isa == "c"  # the cap holds for every later caller
+    assert native.load(isa="avx512").isa == NATIVE.isa  # never above what the CPU runs
+    with pytest.raises(ValueError, match="isa"):
+        native.load(isa="neon")

@@ -50,6 +50,7 @@ def load_llm(source: str, settings: Settings) -> LLM:
         config=EngineConfig.from_settings(settings),
         cache_dir=settings.cache_dir,
         hf_token=settings.hf_token,
+        kernel_isa=settings.kernel_isa,
     )
 
 

@@ -149,3 +149,20 @@ def round_trip(base_url: str, path: str, repeats: int = 20) -> float:
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+def engine_gauge(base_url: str, name: str) -> float | None:
+    """Our server's `fewshot_engine_<name>` gauge from /metrics (its first sample), or None
+    where the server has no such metric (the baseline, a peer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        reply = requests.get(f"{base_url}/metrics", timeout=10)
+    except requests.RequestException:
+        return None
+    if reply.status_code != 200:
+        return None
+    for family in text_string_to_metric_families(reply.text):
+        if family.name == f"fewshot_engine_{name}" and family.samples:
+            return float(family.samples[0].value)
+    return None

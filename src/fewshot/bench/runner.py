@@ -21,7 +21,7 @@ from fewshot.bench import peers as bench_peers
 from fewshot.bench import report
 from fewshot.bench.config import BenchConfig, SidePlan
 from fewshot.bench.curves import CurvePrompts, plan_curve_prompts, run_curves
-from fewshot.bench.http_client import round_trip
+from fewshot.bench.http_client import engine_gauge, round_trip
 from fewshot.bench.machine import machine_info, measure_bandwidth
 from fewshot.bench.prompts import PromptSet, build_prompt_set, token_counter
 from fewshot.bench.servers import ServerProcess, baseline_argv, free_port, ours_argv
@@ -78,6 +78,7 @@ def _run_side(
                 cfg.rounds,
             )
             res["peak_rss_single"] = server.peak_rss()
+            res["weight_bytes"] = engine_gauge(server.base_url, "weight_bytes")
         if "serving" in workloads and side.serving_requests > 0:
             log(
                 f"  {server.label}: few-shot serving, {side.serving_requests} requests x {cfg.rounds}"

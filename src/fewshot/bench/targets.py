@@ -192,12 +192,11 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
     ).get("sizes", {}).get("single_new_tokens", 0)
     need = None
     if spec.get("n_params"):
-        per_weight = BYTES_PER_WEIGHT.get(dtype, 4)
+        # the weights as the server holds them (int8: scales, a bf16 tied embedding), else
+        # one size per weight
+        weights = ours.get("weight_bytes") or spec["n_params"] * BYTES_PER_WEIGHT.get(dtype, 4)
         kv_per = 2 if dtype == "bf16" else 4
-        need = (
-            spec["n_params"] * per_weight
-            + 2 * spec["n_layers"] * spec["kv_width"] * tokens * kv_per
-        )
+        need = weights + 2 * spec["n_layers"] * spec["kv_width"] * tokens * kv_per
     limit = None if need is None else need + MEMORY_HEADROOM
     r = ratio(peak, limit)
     runtime = results.get("runtime_rss")

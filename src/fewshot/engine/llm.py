@@ -106,6 +106,7 @@ class LLM:
         self.native = native
         self.load_seconds = load_seconds
         self.dtype = _dtype_name(model)  # of the weights: "fp32", "bf16" or "int8"
+        self.weight_bytes = model.weight_bytes()
         self.tokenizer = tokenizer
         self.model = model
         config = (config or EngineConfig()).replace(**engine_options)
@@ -124,10 +125,12 @@ class LLM:
         cache_dir: str | Path | None = None,
         hf_token: str | None = None,
         name: str | None = None,
+        kernel_isa: str = "auto",
         **engine_options: Any,
     ) -> LLM:
         """Load a model (demo name, directory, hub id or GGUF file) and start its engine on
-        `device` ("cpu", "cuda", "cuda:N"; "auto": CUDA when torch sees a GPU, else CPU)."""
+        `device` ("cpu", "cuda", "cuda:N"; "auto": CUDA when torch sees a GPU, else CPU).
+        `kernel_isa` caps the native CPU kernels' instruction set (`native.load`)."""
         import torch
 
         from fewshot.models import native
@@ -139,13 +142,13 @@ class LLM:
         )
         if target.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: torch sees no CUDA device")
+        if target.type == "cpu":  # the native CPU kernels, built now rather than mid-request
+            native.load(Path(cache_dir) / "kernels" if cache_dir is not None else None, kernel_isa)
         dtype = resolve_dtype(dtype, target.type)
         if target.type == "cuda" and dtype == "int8":
             raise ValueError("int8 weights run on the CPU only; use fp32 or bf16 on CUDA")
 
         def build() -> LLM:
-            if target.type == "cpu":  # the native CPU kernels, built now rather than mid-request
-                native.load(Path(cache_dir) / "kernels" if cache_dir is not None else None)
             loaded = load_model(
                 source,
                 dtype=dtype,
@@ -298,9 +301,9 @@ class LLM:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Engine counters, queue sizes and KV pool use (blocks used/free/cached)."""
-        return {"model": self.name, "prefix_sharing": self.engine.kv.prefix_caching,
-                **self.engine.stats()}  # fmt: skip
+        """The weights' bytes, engine counters, queue sizes and KV pool use (blocks used/free/cached)."""
+        return {"model": self.name, "weight_bytes": self.weight_bytes,
+                "prefix_sharing": self.engine.kv.prefix_caching, **self.engine.stats()}  # fmt: skip
 
     def close(self) -> None:
         self.engine.close()

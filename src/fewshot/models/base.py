@@ -77,6 +77,16 @@ class CausalLM(nn.Module):
         """
         raise NotImplementedError
 
+    def weight_bytes(self) -> int:
+        """Bytes the weights take: parameters and buffers (each storage once) and the packed
+        weights modules hold outside them (their `packed_bytes`: int8, oneDNN-reordered bf16)."""
+        storages = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in (*self.parameters(), *self.buffers())
+        }
+        packed = sum(getattr(m, "packed_bytes", 0) for m in self.modules())
+        return sum(storages.values()) + packed
+
     tied_key: str | None = None  # state-dict key of the embedding the LM head shares
 
     def tie_head(self, embedding: nn.Embedding, key: str, tie: bool) -> None:

@@ -13,7 +13,7 @@ The native class is used when the config's model_type is in the registry, else t
 fallback (slow path). Native models are read tensor by tensor into their final dtype
 (`checkpoint.py`), so loading needs about the memory of the final model, not of a float copy.
 "auto" is chosen per device by `auto_dtype`: bf16 where the CPU multiplies bf16 matrices in
-hardware (AMX), and on CUDA; fp32 elsewhere.
+hardware (AMX), and on CUDA; int8 on other CPUs (fp32 where the native kernels cannot be built).
 """
 
 from __future__ import annotations
@@ -120,28 +120,37 @@ def load_model(
     return _finish(model, tok, name, source, dtype, t0)
 
 
-def auto_dtype(device: str = "cpu", cpu: Mapping[str, bool] | None = None) -> str:
+def auto_dtype(
+    device: str = "cpu", cpu: Mapping[str, bool] | None = None, kernels: bool | None = None
+) -> str:
     """What "auto" means on `device` ("cpu" or "cuda"); `cpu`: the CPU's capabilities
-    (default: `torch.cpu.get_capabilities()`).
+    (default: `torch.cpu.get_capabilities()`); `kernels`: whether the native int8 kernels run
+    here (default: `native.load()` succeeds, i.e. there is a C compiler).
 
     - CUDA: bf16.
     - A CPU with AMX-BF16 (Intel Sapphire Rapids and later): bf16. oneDNN runs bf16 GEMMs on the
-      AMX tiles at 3-6x fp32's speed from 8 rows up (prefill, batched decode) and at fp32's
-      speed at one row, where reading the weights bounds both; fewer bytes also halve the KV
-      cache. Top-1 agreement with fp32 97.97% teacher-forced (Gemma 3 270M), against 98.6% for
-      int8 (`fewshot.bench.agreement`); few-shot accuracy in BENCHMARKS.md.
-    - Any other CPU (AVX2, AVX-512 without AMX): fp32. bf16 there is not measured (on AVX2 its
-      GEMMs have no hardware support at all).
-    int8 (`quant.py`: weight-only, a bf16 scale per 32 inputs, native kernels) is the choice
-    for one stream's latency and for memory (`--dtype int8`): 98.5% agreement, few-shot
-    accuracy within 1 point of fp32, batch-1 decode 1.7x bf16's on AMX. It is not "auto": its
-    batches of 2+ rows are compute-bound (8 rows: 1.3x bf16's GEMM time on AMX) and its prefill
-    runs float32 GEMMs. On CPUs without AMX it may well beat fp32 overall; not measured yet.
+      AMX tiles at 3-6x fp32's speed from 8 rows up (prefill, batched decode), where int8's
+      float32 activations make its batches compute-bound (8 rows: 1.3x bf16's time); few-shot
+      serving 13.0x the baseline against int8's 10.6x (GPT-Neo-125M). int8 stays the choice
+      there for one stream's latency and for memory (`--dtype int8`).
+    - Any other CPU (AVX-512 without AMX, AVX2): int8 (`quant.py`: weight-only, a bf16 scale per
+      32 inputs, native kernels; top-1 agreement with fp32 98.5% on Gemma 3 270M, few-shot
+      accuracy within 1 point). Measured on Sapphire Rapids with AMX switched off for oneDNN
+      (GPT-Neo-125M, 2 threads, BENCHMARKS.md): with AVX-512, serving 10.0x the baseline against
+      fp32's 5.7x, decode 11.3 against 24.8 ms/token; with AVX2 kernels, decode 14.5 against
+      25.2 ms/token and serving level with fp32 (6.8x vs 7.0x); peak RSS 648 against 984 MB.
+    - fp32 where the int8 kernels cannot be built (no C compiler): torch's int8 fallback is slow.
     """
     if device.startswith("cuda"):
         return "bf16"
     caps = torch.cpu.get_capabilities() if cpu is None else cpu
-    return "bf16" if caps.get("amx_bf16") and caps.get("amx_tile") else "fp32"
+    if caps.get("amx_bf16") and caps.get("amx_tile"):
+        return "bf16"
+    if kernels is None:
+        from fewshot.models import native
+
+        kernels = native.load() is not None
+    return "int8" if kernels else "fp32"
 
 
 def resolve_dtype(dtype: str, device: str = "cpu") -> str:

@@ -236,10 +236,15 @@ _lock = threading.Lock()
 _loaded: dict[str, Kernel | None] = {}
 
 
-def load(build_dir: Path | None = None) -> Kernel | None:
-    """The kernel library, built on first use (None where it cannot be built or loaded)."""
-    if "kernel" in _loaded:  # the norms ask on every call: no lock once it is settled
+def load(build_dir: Path | None = None, isa: str = "auto") -> Kernel | None:
+    """The kernel library, built on first use (None where it cannot be built or loaded).
+
+    `isa` ("auto", "avx512", "avx2" or "c") caps the instruction set from then on, for every
+    caller: "avx2" on an AVX-512 CPU runs what an AVX2-only host runs (`--kernel-isa`)."""
+    if isa == "auto" and "kernel" in _loaded:  # the norms ask on every call: no lock then
         return _loaded["kernel"]
+    if isa not in ISAS and isa != "auto":
+        raise ValueError(f"kernel isa must be auto, {', '.join(ISAS)}; got {isa!r}")
     with _lock:
         if "kernel" not in _loaded:
             path = _build(build_dir or default_cache_dir() / "kernels")
@@ -250,7 +255,11 @@ def load(build_dir: Path | None = None) -> Kernel | None:
                 except OSError as exc:  # e.g. a cache on a noexec mount
                     log.warning("cannot load %s (%s): using torch's slower paths", path, exc)
             _loaded["kernel"] = kernel
-        return _loaded["kernel"]
+        kernel = _loaded["kernel"]
+        if kernel is not None and isa != "auto":
+            cpu = {v: k for k, v in ISAS.items()}[kernel.lib.fs_isa()]
+            kernel = _loaded["kernel"] = Kernel(kernel.lib, min(cpu, isa, key=ISAS.__getitem__))
+        return kernel
 
 
 def _open(path: Path) -> Kernel:

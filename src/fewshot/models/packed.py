@@ -101,6 +101,11 @@ class PackedLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
 
+    @property
+    def packed_bytes(self) -> int:
+        """The reordered bf16 weight's bytes (the opaque tensor does not say)."""
+        return 2 * self.in_features * self.out_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         out = torch.ops.mkldnn._linear_pointwise(

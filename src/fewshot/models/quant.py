@@ -133,6 +133,11 @@ class Int8Linear(nn.Module):
         return cls.from_float(linear.weight, linear.bias, **kw)  # type: ignore[arg-type]
 
     @property
+    def packed_bytes(self) -> int:
+        """The packed int8 weight's and its scales' bytes (`CausalLM.weight_bytes`)."""
+        return self.packed.nbytes
+
+    @property
     def weight(self) -> torch.Tensor:
         """The int8 weight [out, in] (unpacked per access: for inspection)."""
         return self.packed.unpack()

@@ -48,7 +48,7 @@ def test_int8_linear_close_to_float(kernel: native.Kernel | None, shape) -> None
     assert q.scales.shape == (out_features, -(-in_features // q.group))
     deq = q.dequantized()
     assert _rel_err(deq[:, 32:], linear.weight[:, 32:]) < 0.01  # the groups without the outlier
-    for rows in (1, 3, 9, 40):  # the GEMV (<= gemv_rows) and the dequantize-then-GEMM paths
+    for rows in (1, 3, 9, 40, 70):  # the GEMV (<= gemv_rows) and the dequantize-then-GEMM paths
         x = torch.randn(rows, in_features)
         # weight-only: exactly the dequantized weight, up to the order of the float sums
         torch.testing.assert_close(q(x), nn.functional.linear(x, deq, linear.bias))

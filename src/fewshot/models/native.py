@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
 ISAS = {"avx512": 2, "avx2": 1, "c": 0}
-GEMV_ROWS = {"avx512": 16, "avx2": 8, "c": 0}
+GEMV_ROWS = {"avx512": 48, "avx2": 16, "c": 0}
 BLOCK_ROWS = 4  # output rows per packed block (NB in the C source)
 LANE = 16  # inputs of one row side by side in a packed block
 PACK_ROWS = 4096  # rows packed per slice (a multiple of BLOCK_ROWS)
@@ -54,7 +54,8 @@ class Kernel:
     def gemv_rows(self) -> int:
         """Most rows the GEMV takes; more go to `gemm`. About where the two cost the same,
         measured on GPT-Neo-125M's 72 block matrices (2 Sapphire Rapids threads): AVX-512
-        24.7 (GEMV) against 31.0 ms (GEMM) at 16 rows, AVX2 28.4 against 27.1 ms at 8."""
+        42.7 (GEMV) against 51.3 ms (GEMM) at 48 rows, 55.4 against 60.5 at 64; AVX2 35.0
+        against 38.2 ms at 16, 51.8 against 43.4 at 24."""
         return GEMV_ROWS[self.isa]
 
     def gemv(

@@ -13,9 +13,10 @@ scale per 32 inputs) that cost 4 points of top-1 agreement with fp32 and needed 
 
 The products run in the native kernels of `native` (built at first use with the system's C
 compiler; AVX-512 or AVX2 chosen from the CPU at run time):
-- up to `Kernel.gemv_rows` rows (a decode step), a GEMV that streams the packed int8 weight at
-  the memory's speed and sums each (row, output) in the same order whatever the batch, so a
-  row's result is bitwise the same whatever shares the batch;
+- up to `Kernel.gemv_rows` rows (decode steps, short prompt suffixes), a GEMV that streams the
+  packed int8 weight at the memory's speed (one row) or converts each block of it once for all
+  the rows (more), and sums each (row, output) in the same order whatever the batch, so a row's
+  result is bitwise the same whatever shares the batch;
 - more rows (prefill), the weight is dequantized a slice at a time into a buffer that stays in
   cache and multiplied by torch's float32 GEMM (the same numbers up to rounding; beyond
   `gemv_rows` rows a row's last bits can depend on the batch, as with every float GEMM).

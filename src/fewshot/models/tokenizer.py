@@ -11,6 +11,7 @@ more is done; otherwise `add_bos_token` (tokenizer_config.json or GGUF metadata)
 
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Iterable
 from datetime import datetime
@@ -23,6 +24,16 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 _SP_SPACE = "\u2581"
+
+
+def return_freed_heap() -> None:
+    """Hand the heap memory the process has freed back to the OS (glibc's `malloc_trim`; a no-op
+    elsewhere). glibc keeps freed small allocations for reuse: parsing Gemma 3's 33 MB
+    tokenizer.json peaks 364 MB above where it started and leaves 305 MB resident of which 200 MB
+    are free; the weights, loaded next in large blocks of their own, would add to that."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 @lru_cache(maxsize=1)
@@ -113,6 +124,7 @@ class Tokenizer:
         path = Path(path)
         if (path / "tokenizer.json").is_file():
             backend = Backend.from_file(str(path / "tokenizer.json"))
+            return_freed_heap()
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             backend = byte_level_bpe(path / "vocab.json", path / "merges.txt")
         else:

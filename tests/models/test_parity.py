@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fewshot.models import attention, native
 from fewshot.models.attention import AttentionMetadata, paged_attention
 from fewshot.models.base import CausalLM
 from fewshot.models.kv_pool import KVPool
@@ -19,6 +20,17 @@ ATOL = 1e-4
 RTOL = 1e-4
 PROMPT_LEN = 310
 NEW_TOKENS = 20
+
+
+@pytest.fixture(params=["torch", "native"])
+def decode_path(request, monkeypatch) -> str:
+    """Decoding queries through the torch paths (gather, in-place runs, cascade) or the native
+    kernel (`native_attention.c`), which CPU pools use wherever it builds."""
+    if request.param == "torch":
+        monkeypatch.setattr(attention, "_decode_kernel", lambda k_cache: None)
+    elif native.load() is None:
+        pytest.skip("no C compiler")
+    return request.param
 
 
 def _prompt(n: int, seed: int, vocab: int) -> torch.Tensor:
@@ -176,7 +188,7 @@ def _naive_attention(q, k, v, start, scale, window, softcap):
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("softcap", [None, 2.0])
 @pytest.mark.parametrize("n_kv", [1, 2, 4])
-def test_paged_attention_matches_naive_reference(window, softcap, n_kv) -> None:
+def test_paged_attention_matches_naive_reference(window, softcap, n_kv, decode_path) -> None:
     """Scattered, shuffled blocks of 4; a fresh prefill, a decode, a continued prefill and a
     decode past several blocks, all in one call."""
     torch.manual_seed(0)
@@ -227,7 +239,7 @@ def test_cuda_forward_equals_cpu(pair) -> None:
 @pytest.mark.parametrize("window", [None, 6])
 @pytest.mark.parametrize("fp32", [False, True])
 @pytest.mark.parametrize("softcap", [None, 2.0])  # on the CPU: the flash kernel / the matmuls
-def test_single_decode_reads_runs_of_blocks_in_place(window, fp32, softcap) -> None:
+def test_single_decode_reads_runs_of_blocks_in_place(window, fp32, softcap, decode_path) -> None:
     """One decoding sequence whose table has three runs of consecutive blocks (a cached
     prefix, its own blocks, a block elsewhere): attention over views equals the reference."""
     torch.manual_seed(1)
@@ -252,7 +264,7 @@ def test_single_decode_reads_runs_of_blocks_in_place(window, fp32, softcap) -> N
 @pytest.mark.parametrize("consecutive", [True, False])
 @pytest.mark.parametrize("softcap", [None, 2.0])
 @pytest.mark.parametrize("window", [None, 10, 3])
-def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap, window) -> None:
+def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap, window, decode_path) -> None:
     """Three decoding sequences whose tables start with the same blocks (a cached few-shot
     prefix): the cascade (shared keys read once for all queries) equals the reference."""
     torch.manual_seed(2)
@@ -281,7 +293,72 @@ def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap, window) -> 
         scale=0.3, softcap=softcap, window=window,
     )  # fmt: skip
     assert attn.decode is not None
-    # window 3: every query's window starts past the shared blocks: no cascade needed
-    assert (attn.decode.plans[window].shared is None) == (window == 3)
+    if decode_path == "torch":
+        # window 3: every query's window starts past the shared blocks: no cascade needed
+        assert (attn.decode.plans[window].shared is None) == (window == 3)
+    else:  # the kernel reads every table in place: no gather plan at all
+        assert not attn.decode.plans and window in attn.native_inputs
     want = torch.cat(expected).reshape(3, n_heads * dim)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler")
+@pytest.mark.parametrize("n_kv", [1, 2])
+def test_native_decode_equals_torch_on_a_bf16_pool(n_kv, monkeypatch) -> None:
+    """bf16 K/V (what bf16 models and int8 on AMX keep): the kernel widens them exactly and
+    keeps the probabilities in float32, the torch paths round them to bf16 as transformers does;
+    both agree within that rounding. A sequence's result does not depend on its batch."""
+    torch.manual_seed(5)
+    n_heads, dim, bs = 4, 64, 16
+    pool = KVPool(1, n_kv, dim, num_blocks=40, block_size=bs, dtype=torch.bfloat16)
+    pool.k[0].normal_(), pool.v[0].normal_()
+    tables = [[1, 2, 3, 10, 11], [1, 2, 3, 20], [1, 2, 3, 30, 31, 32]]
+    lengths = [70, 55, 90]
+    q = torch.randn(3, n_heads, dim)
+    k, v = torch.randn(3, n_kv, dim), torch.randn(3, n_kv, dim)
+
+    def attend(rows: list[int], window: int | None) -> torch.Tensor:
+        attn = AttentionMetadata.build(
+            pool, [tables[i] for i in rows], [lengths[i] for i in rows], [1] * len(rows)
+        )
+        return paged_attention(q[rows], k[rows], v[rows], attn, 0, window=window)
+
+    for window in (None, 40):
+        got = attend([0, 1, 2], window)
+        alone = torch.cat([attend([i], window) for i in range(3)])
+        assert torch.equal(got, alone)
+        with monkeypatch.context() as m:
+            m.setattr(attention, "_decode_kernel", lambda k_cache: None)
+            want = attend([0, 1, 2], window)
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [64, 40, 12])  # AVX-512 (16 | D), AVX2 (8 | D), portable only
+def test_native_decode_kernel_on_every_instruction_set(dtype, dim) -> None:
+    """The kernel's AVX-512, AVX2 and portable variants (those this CPU runs) against a float64
+    reference over the pool's own (possibly bf16) keys: GQA, a window, a softcap."""
+    torch.manual_seed(6)
+    kernel = native.load()
+    assert kernel is not None
+    n_kv, n_heads, bs, nblk = 2, 6, 16, 12
+    k_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
+    v_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
+    tables = torch.tensor([[3, 7, 1, 9], [3, 7, 2, 0]])
+    lo, hi = torch.tensor([0, 20], dtype=torch.int32), torch.tensor([61, 50], dtype=torch.int32)
+    q = torch.randn(2, n_heads, dim)
+    want = torch.empty(2, n_heads, dim, dtype=torch.float64)
+    for b in range(2):
+        pos = torch.arange(int(lo[b]), int(hi[b]))
+        slots = tables[b][pos // bs] * bs + pos % bs
+        k = k_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(3, 0)
+        v = v_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(3, 0)
+        s = torch.einsum("hd,htd->ht", q[b].double(), k) * 0.2
+        s = 3.0 * torch.tanh(s / 3.0)
+        want[b] = torch.einsum("ht,htd->hd", s.softmax(-1), v)
+    for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[kernel.isa]]:
+        got = native.Kernel(kernel.lib, isa).decode_attention(
+            q, k_cache, v_cache, tables, (lo, hi), 0.2, 3.0
+        )
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5, msg=isa)

@@ -19,6 +19,14 @@ which
    a boolean mask (causal, sliding window from absolute positions, padding) selects what each
    query may see. Sliding-window layers gather only the blocks inside the window.
 
+On the CPU, where the native kernels build, the decoding sequences (one new token each) go
+through `native_attention.c` instead: keys and values read in place through the block tables
+(no gathered copy, no mask), scores and softmax in float32, each sequence computed alone, so its
+result does not depend on the batch. GPT-Neo-125M, 8 sequences after a shared ~300-token prefix,
+bf16 KV, 2 threads: 0.14 ms per layer against ~0.3 for the gather / cascade paths; one sequence
+0.023 against 0.093 ms. The torch paths below stay for CUDA, for prefill chunks and without a C
+compiler.
+
 The gather plans and masks depend only on the window size, so they are built once per step per
 distinct window and shared by all layers with that window. GQA keeps K/V unrepeated: the query
 heads sharing a KV head become extra query rows. GPT-Neo's unscaled float32 attention and
@@ -34,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from fewshot.models import native
 from fewshot.models.attention_decode import attend_single, cascade
 from fewshot.models.kv_pool import KVPool
 
@@ -87,6 +96,10 @@ class AttentionMetadata:
     prefill: _Group | None = None
     order: torch.Tensor | None = None  # [N] output row of each (decode rows, then prefill rows)
     single: list[int] | None = None  # the block table when the batch is one decoding sequence
+    # the native decode kernel's inputs, per window: (block tables, (first, end) positions)
+    native_inputs: dict[int | None, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = field(
+        default_factory=dict
+    )
 
     @property
     def num_tokens(self) -> int:
@@ -320,11 +333,19 @@ def paged_attention(
     flat_v = v_cache.view(n_kv, nblocks * bs, head_dim)
     flat_k.index_copy_(1, attn.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
     flat_v.index_copy_(1, attn.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+    kernel = _decode_kernel(k_cache)
     if attn.single is not None:
+        if kernel is not None:
+            return _native_decode(kernel, q, attn, None, k_cache, v_cache, scale, window, softcap)
         return attend_single(q, attn, flat_k, flat_v, bs, scale, window, softcap, fp32)
     parts = []
     for group in (attn.decode, attn.prefill):
         if group is None:
+            continue
+        if group is attn.decode and kernel is not None:
+            parts.append(
+                _native_decode(kernel, q, attn, group, k_cache, v_cache, scale, window, softcap)
+            )
             continue
         plan = _plan(group, window, bs)
         parts.append(
@@ -337,6 +358,47 @@ def paged_attention(
         result[attn.order] = out
         out = result
     return out.reshape(n, n_heads * head_dim)
+
+
+def _decode_kernel(k_cache: torch.Tensor) -> native.Kernel | None:
+    """The native decode attention where it runs: a CPU pool in float32 or bfloat16."""
+    if k_cache.device.type != "cpu" or k_cache.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return native.load()
+
+
+def _native_decode(
+    kernel: native.Kernel,
+    q: torch.Tensor,
+    attn: AttentionMetadata,
+    group: _Group | None,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float | None,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """The decoding sequences (`group`, or the batch's one sequence when None) through the
+    native kernel, keys read in place: [rows, Hq, D] in q's dtype (the single case: [1, Hq * D])."""
+    inputs = attn.native_inputs.get(window)
+    if inputs is None:
+        if group is None:
+            assert attn.single is not None
+            tables = torch.tensor([attn.single], dtype=torch.long)
+            hi = torch.tensor([attn.start_pos[0] + 1], dtype=torch.int32)
+        else:
+            tables = group.tables
+            hi = (group.q_pos[:, 0] + 1).to(torch.int32)
+        lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
+        inputs = attn.native_inputs[window] = (tables, (lo, hi))
+    tables, bounds = inputs
+    rows = q if group is None else q[group.rows[:, 0]]
+    head_dim = q.shape[-1]
+    eff = scale if scale is not None else head_dim**-0.5
+    out = kernel.decode_attention(
+        rows.float().contiguous(), k_cache, v_cache, tables, bounds, eff, softcap
+    ).to(q.dtype)
+    return out.reshape(1, -1) if group is None else out
 
 
 def run_eagerly_under_compile() -> None:

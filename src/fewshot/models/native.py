@@ -30,7 +30,7 @@ from fewshot.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("native.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("native.c", "native_attention.c")]
 ISAS = {"avx512": 2, "avx2": 1, "c": 0}
 GEMV_ROWS = {"avx512": 48, "avx2": 16, "c": 0}
 BLOCK_ROWS = 4  # output rows per packed block (NB in the C source)
@@ -109,6 +109,33 @@ class Kernel:
             ISAS[self.isa],
         )  # fmt: skip
         return out[:n] if n <= cap else None
+
+    def decode_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        tables: torch.Tensor,
+        bounds: tuple[torch.Tensor, torch.Tensor],
+        scale: float,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        """One query per sequence, q [B, Hq, D] float32, against positions lo[b] .. hi[b] - 1
+        of its cache (`bounds`: int32 [B] each), read in place from the pool k/v_cache
+        [Hkv, NBLK, BS, D] (float32 or bfloat16) through `tables` (int64 [B, W] block ids);
+        scores scale * q.k (softcap: cap * tanh(s / cap)), softmax and sum in float32.
+        Returns [B, Hq, D] float32 (`native_attention.c`)."""
+        b, n_heads, head_dim = q.shape
+        n_kv, nblk, bs, _ = k_cache.shape
+        lo, hi = bounds
+        out = torch.empty(b, n_heads, head_dim)
+        self.lib.fs_decode_attention(
+            q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(),
+            tables.shape[1], lo.data_ptr(), hi.data_ptr(), out.data_ptr(), b, n_heads, n_kv,
+            head_dim, bs, nblk, scale, softcap or 0.0, int(k_cache.dtype == torch.bfloat16),
+            ISAS[self.isa], torch.get_num_threads(),
+        )  # fmt: skip
+        return out
 
     def rms_norm(
         self, x: torch.Tensor, weight: torch.Tensor, offset: float, eps: float
@@ -210,7 +237,8 @@ def _build(build_dir: Path) -> Path | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-        key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode())
+        code = b"".join(source.read_bytes() for source in SOURCES)
+        key = hashlib.sha256(code + version.encode() + " ".join(FLAGS).encode())
         target = build_dir / f"native-{key.hexdigest()[:16]}.so"
         if target.exists():
             return target
@@ -218,7 +246,7 @@ def _build(build_dir: Path) -> Path | None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
         os.close(fd)
         done = subprocess.run(
-            [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True
+            [cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True
         )
         if done.returncode != 0:
             os.unlink(tmp)
@@ -273,6 +301,9 @@ def _open(path: Path) -> Kernel:
     lib.fs_rms_norm.restype = None
     lib.fs_near_max.argtypes = [_P, _P, ctypes.c_float, _I, _P, _L, _I]
     lib.fs_near_max.restype = _L
+    lib.fs_decode_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _L,
+                                        ctypes.c_float, ctypes.c_float, _I, _I, _I]  # fmt: skip
+    lib.fs_decode_attention.restype = None
     lib.fs_isa.restype = _I
     isa = {v: k for k, v in ISAS.items()}[lib.fs_isa()]
     return Kernel(lib, isa)

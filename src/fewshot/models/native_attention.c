@@ -1,0 +1,236 @@
+/* Decode attention over the paged KV pool (built with native.c into one library).
+ *
+ * fs_decode_attention: every sequence of a batch has one new query; it attends to positions
+ * lo[b] .. hi[b] - 1 of its cache, read in place from the pool through its block table (no
+ * gathered copy). The pool holds, per layer, K and V as [Hkv][NBLK][BS][D] in float32 or
+ * bfloat16; position p of sequence b is at block tables[b * W + p / BS], offset p % BS.
+ *
+ *     s_t = scale * q . k_t   (then cap * tanh(s_t / cap) when cap > 0)
+ *     out = sum_t softmax(s)_t * v_t
+ *
+ * all in float32 (bfloat16 keys and values widen exactly). Grouped-query attention: the
+ * G = Hq / Hkv query heads of a KV head read each key once. The work is split over (KV head,
+ * sequence) pairs, heads outermost, so the blocks several sequences share (a cached few-shot
+ * prefix) come from cache after the first sequence reads them. Each (head, sequence) is computed
+ * alone, in the same order whatever the batch: a sequence's result does not depend on the
+ * batch. AVX-512 and AVX2 variants (head dimension a multiple of 16 / 8) and a portable one;
+ * the caller passes the instruction set (native.c's fs_isa).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+static inline float widen_bf16(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* exp(x) for x <= 0 (a score minus the row's maximum), relative error ~2e-7: x = n ln2 + r,
+ * |r| <= ln2 / 2, e^r by its Taylor polynomial to r^7, times 2^n from the exponent bits; 0 below
+ * -87 (where float32 runs out). Branch-free, so the loop that calls it vectorizes. */
+static inline float exp_neg(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = __builtin_rintf(x * 1.44269504f);
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, 4);
+  return p * two_n;
+}
+
+typedef struct {
+  const float *q; /* [B][Hq][D] */
+  const void *k, *v; /* [Hkv][NBLK][BS][D] */
+  const int64_t *tables; /* [B][W] */
+  const int32_t *lo, *hi; /* [B] */
+  float *out; /* [B][Hq][D] */
+  long nblk;
+  int B, Hq, Hkv, D, BS, W, bf16;
+  float scale, cap;
+} attn_args;
+
+static __thread float *tls_scores;
+static __thread long tls_scores_len;
+
+static float *scores_buffer(long n) {
+  if (n > tls_scores_len) {
+    free(tls_scores);
+    tls_scores = malloc((size_t)n * sizeof(float));
+    tls_scores_len = tls_scores ? n : 0;
+  }
+  return tls_scores;
+}
+
+/* The vector pieces, for AVX-512 (W = 16 lanes) and AVX2 (W = 8); D a multiple of W. A key or
+ * value row widens to float32 W at a time (bf16: shift into the high half). */
+#define VEC_PIECES(SUF, TGT, VT, W, LOADF, LOADB, FMA, MUL, SET1, ZERO, STORE, HSUM)            \
+  TGT static inline VT row_##SUF(const char *r, int bf16, int d) {                            \
+    return bf16 ? LOADB((const uint16_t *)r + d) : LOADF((const float *)r + d);              \
+  }                                                                                           \
+  /* s[g * L + t] = scale * q_g . k_t for n consecutive keys (rows of `stride` bytes) and the  \
+   * G query heads of one KV head: four keys at a time, four independent FMA chains */         \
+  TGT static inline void dots_##SUF(const float *q, const char *k, size_t stride, int n,      \
+                                    int bf16, int D, int G, float scale, float *s, long L) {  \
+    for (int g = 0; g < G; g++) {                                                             \
+      const float *qg = q + g * D;                                                            \
+      int t = 0;                                                                              \
+      for (; t + 4 <= n; t += 4) {                                                            \
+        VT a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO();                                \
+        const char *r = k + t * stride;                                                       \
+        for (int d = 0; d < D; d += W) {                                                      \
+          const VT qv = LOADF(qg + d);                                                        \
+          a0 = FMA(qv, row_##SUF(r, bf16, d), a0);                                            \
+          a1 = FMA(qv, row_##SUF(r + stride, bf16, d), a1);                                   \
+          a2 = FMA(qv, row_##SUF(r + 2 * stride, bf16, d), a2);                               \
+          a3 = FMA(qv, row_##SUF(r + 3 * stride, bf16, d), a3);                               \
+        }                                                                                     \
+        s[g * L + t] = HSUM(a0) * scale;                                                      \
+        s[g * L + t + 1] = HSUM(a1) * scale;                                                  \
+        s[g * L + t + 2] = HSUM(a2) * scale;                                                  \
+        s[g * L + t + 3] = HSUM(a3) * scale;                                                  \
+      }                                                                                       \
+      for (; t < n; t++) {                                                                    \
+        VT a0 = ZERO();                                                                       \
+        for (int d = 0; d < D; d += W)                                                        \
+          a0 = FMA(LOADF(qg + d), row_##SUF(k + t * stride, bf16, d), a0);                    \
+        s[g * L + t] = HSUM(a0) * scale;                                                      \
+      }                                                                                       \
+    }                                                                                         \
+  }                                                                                           \
+  /* o_g += sum over n consecutive values v_t of p[g * L + t] * v_t, a W-wide slice at a time */ \
+  TGT static inline void axpys_##SUF(float *o, const float *p, long L, const char *v,         \
+                                     size_t stride, int n, int bf16, int D, int G) {          \
+    for (int g = 0; g < G; g++)                                                               \
+      for (int d = 0; d < D; d += W) {                                                        \
+        VT acc = LOADF(o + g * D + d);                                                        \
+        for (int t = 0; t < n; t++)                                                           \
+          acc = FMA(SET1(p[g * L + t]), row_##SUF(v + t * stride, bf16, d), acc);             \
+        STORE(o + g * D + d, acc);                                                            \
+      }                                                                                       \
+  }
+
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 load_bf16_512(const uint16_t *p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+__attribute__((target("avx2"))) static inline __m256 load_bf16_256(const uint16_t *p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+__attribute__((target("avx2,fma"))) static inline float hsum_256(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+VEC_PIECES(512, __attribute__((target("avx512f,avx512bw,fma"))), __m512, 16, _mm512_loadu_ps,
+           load_bf16_512, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
+           _mm512_storeu_ps, _mm512_reduce_add_ps)
+VEC_PIECES(256, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps, load_bf16_256,
+           _mm256_fmadd_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+           hsum_256)
+
+/* The portable pieces (any D). */
+static inline float key_at(const char *r, int bf16, int d) {
+  return bf16 ? widen_bf16(((const uint16_t *)r)[d]) : ((const float *)r)[d];
+}
+static void dots_c(const float *q, const char *k, size_t stride, int n, int bf16, int D, int G,
+                   float scale, float *s, long L) {
+  for (int g = 0; g < G; g++)
+    for (int t = 0; t < n; t++) {
+      float acc = 0.0f;
+      for (int d = 0; d < D; d++) acc += q[g * D + d] * key_at(k + t * stride, bf16, d);
+      s[g * L + t] = acc * scale;
+    }
+}
+static void axpys_c(float *o, const float *p, long L, const char *v, size_t stride, int n,
+                    int bf16, int D, int G) {
+  for (int g = 0; g < G; g++)
+    for (int t = 0; t < n; t++)
+      for (int d = 0; d < D; d++) o[g * D + d] += p[g * L + t] * key_at(v + t * stride, bf16, d);
+}
+
+/* s <- exp(s - max s) over L scores; returns their sum. */
+CLONES static float softmax_numerators(float *s, long L) {
+  float m = -INFINITY;
+  for (long t = 0; t < L; t++) m = s[t] > m ? s[t] : m;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (long t = 0; t < L; t++) {
+    s[t] = exp_neg(s[t] - m);
+    sum += s[t];
+  }
+  return sum;
+}
+
+/* One (KV head, sequence) pair with the pieces of one instruction set. */
+#define ATTEND(SUF, TGT)                                                                      \
+  TGT static void attend_##SUF(const attn_args *a, int h, int b) {                            \
+    const int G = a->Hq / a->Hkv, D = a->D, BS = a->BS;                                       \
+    const size_t esize = a->bf16 ? 2 : 4;                                                     \
+    const long lo = a->lo[b], L = a->hi[b] - lo;                                              \
+    const float *q = a->q + ((long)b * a->Hq + (long)h * G) * D;                              \
+    float *out = a->out + ((long)b * a->Hq + (long)h * G) * D;                                \
+    const int64_t *table = a->tables + (long)b * a->W;                                        \
+    const char *kh = (const char *)a->k + (size_t)h * a->nblk * BS * D * esize;               \
+    const char *vh = (const char *)a->v + (size_t)h * a->nblk * BS * D * esize;               \
+    memset(out, 0, sizeof(float) * G * D);                                                    \
+    if (L <= 0) return;                                                                       \
+    float *s = scores_buffer((long)G * L);                                                    \
+    if (s == NULL) return; /* out of memory: zeros rather than a crash */                     \
+    for (long p = lo; p < lo + L;) { /* a block's run of positions at a time */               \
+      const long end = (p / BS + 1) * BS < lo + L ? (p / BS + 1) * BS : lo + L;               \
+      const char *kr = kh + ((size_t)table[p / BS] * BS + p % BS) * D * esize;                 \
+      dots_##SUF(q, kr, D * esize, (int)(end - p), a->bf16, D, G, a->scale, s + (p - lo), L); \
+      p = end;                                                                                \
+    }                                                                                         \
+    for (int g = 0; g < G; g++) {                                                             \
+      float *sg = s + (long)g * L;                                                            \
+      if (a->cap > 0.0f)                                                                      \
+        for (long t = 0; t < L; t++) sg[t] = a->cap * tanhf(sg[t] / a->cap);                  \
+      const float inv = 1.0f / softmax_numerators(sg, L);                                     \
+      for (long t = 0; t < L; t++) sg[t] *= inv;                                              \
+    }                                                                                         \
+    for (long p = lo; p < lo + L;) {                                                          \
+      const long end = (p / BS + 1) * BS < lo + L ? (p / BS + 1) * BS : lo + L;               \
+      const char *vr = vh + ((size_t)table[p / BS] * BS + p % BS) * D * esize;                 \
+      axpys_##SUF(out, s + (p - lo), L, vr, D * esize, (int)(end - p), a->bf16, D, G);        \
+      p = end;                                                                                \
+    }                                                                                         \
+  }
+ATTEND(512, __attribute__((target("avx512f,avx512bw,fma"))))
+ATTEND(256, __attribute__((target("avx2,fma"))))
+ATTEND(c, )
+
+void fs_decode_attention(const float *q, const void *k, const void *v, const int64_t *tables,
+                         int W, const int32_t *lo, const int32_t *hi, float *out, int B, int Hq,
+                         int Hkv, int D, int BS, long nblk, float scale, float cap, int bf16,
+                         int isa, int threads) {
+  const attn_args a = {q, k, v, tables, lo, hi, out, nblk, B, Hq, Hkv, D, BS, W, bf16, scale, cap};
+  const long pairs = (long)Hkv * B;
+  const int vec = isa == 2 && D % 16 == 0 ? 2 : isa >= 1 && D % 8 == 0 ? 1 : 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (pairs > 1)
+  for (long i = 0; i < pairs; i++) {
+    if (vec == 2)
+      attend_512(&a, (int)(i / B), (int)(i % B));
+    else if (vec == 1)
+      attend_256(&a, (int)(i / B), (int)(i % B));
+    else
+      attend_c(&a, (int)(i / B), (int)(i % B));
+  }
+}

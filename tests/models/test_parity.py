@@ -362,3 +362,31 @@ def test_native_decode_kernel_on_every_instruction_set(dtype, dim) -> None:
             q, k_cache, v_cache, tables, (lo, hi), 0.2, 3.0
         )
         torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5, msg=isa)
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler")
+def test_native_decode_splits_a_long_context_exactly() -> None:
+    """1,100 positions: three chunks computed apart (on any thread) and merged by their maxima
+    and sums give the one-pass softmax, whatever the thread count."""
+    torch.manual_seed(7)
+    kernel = native.load()
+    assert kernel is not None
+    n_kv, n_heads, dim, bs = 1, 4, 32, 16
+    k_cache, v_cache = torch.randn(n_kv, 80, bs, dim), torch.randn(n_kv, 80, bs, dim)
+    table = torch.randperm(80)[:70][None]
+    lo, hi = torch.tensor([30], dtype=torch.int32), torch.tensor([1100], dtype=torch.int32)
+    q = torch.randn(1, n_heads, dim) * 3
+    pos = torch.arange(30, 1100)
+    slots = table[0][pos // bs] * bs + pos % bs
+    k = k_cache.reshape(n_kv, -1, dim)[:, slots].double()
+    v = v_cache.reshape(n_kv, -1, dim)[:, slots].double()
+    want = torch.einsum("ht,td->hd", (q[0].double() @ k[0].T * 0.1).softmax(-1), v[0])
+    got, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got.append(kernel.decode_attention(q, k_cache, v_cache, table, (lo, hi), 0.1, None))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got[0][0].double(), want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[0], got[1])

@@ -61,7 +61,6 @@ typedef struct {
   const void *k, *v; /* [Hkv][NBLK][BS][D] */
   const int64_t *tables; /* [B][W] */
   const int32_t *lo, *hi; /* [B] */
-  float *out; /* [B][Hq][D] */
   long nblk;
   int B, Hq, Hkv, D, BS, W, bf16;
   float scale, cap;
@@ -84,7 +83,7 @@ static float *scores_buffer(long n) {
 
 /* The vector pieces, for AVX-512 (W = 16 lanes) and AVX2 (W = 8); D a multiple of W. A key or
  * value row widens to float32 W at a time (bf16: shift into the high half). */
-#define VEC_PIECES(SUF, TGT, VT, W, LOADF, LOADB, FMA, MUL, SET1, ZERO, STORE, HSUM)            \
+#define VEC_PIECES(SUF, TGT, VT, W, LOADF, LOADB, FMA, SET1, ZERO, STORE, HSUM)                 \
   TGT static inline VT row_##SUF(const char *r, int bf16, int d) {                            \
     return bf16 ? LOADB((const uint16_t *)r + d) : LOADF((const float *)r + d);              \
   }                                                                                           \
@@ -147,11 +146,10 @@ __attribute__((target("avx2,fma"))) static inline float hsum_256(__m256 v) {
 }
 
 VEC_PIECES(512, __attribute__((target("avx512f,avx512bw,fma"))), __m512, 16, _mm512_loadu_ps,
-           load_bf16_512, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
-           _mm512_storeu_ps, _mm512_reduce_add_ps)
+           load_bf16_512, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+           _mm512_reduce_add_ps)
 VEC_PIECES(256, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps, load_bf16_256,
-           _mm256_fmadd_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
-           hsum_256)
+           _mm256_fmadd_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, hsum_256)
 
 /* The portable pieces (any D). */
 static inline float key_at(const char *r, int bf16, int d) {
@@ -251,7 +249,7 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
                          int W, const int32_t *lo, const int32_t *hi, float *out, int B, int Hq,
                          int Hkv, int D, int BS, long nblk, float scale, float cap, int bf16,
                          int isa, int threads) {
-  const attn_args a = {q, k, v, tables, lo, hi, out, nblk, B, Hq, Hkv, D, BS, W, bf16, scale, cap};
+  const attn_args a = {q, k, v, tables, lo, hi, nblk, B, Hq, Hkv, D, BS, W, bf16, scale, cap};
   const int G = Hq / Hkv, vec = isa == 2 && D % 16 == 0 ? 2 : isa >= 1 && D % 8 == 0 ? 1 : 0;
   /* work items: (sequence, chunk of CHUNK positions, KV head); a sequence's chunks start at
    * first[b] */

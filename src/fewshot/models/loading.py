@@ -136,9 +136,10 @@ def auto_dtype(
     - Any other CPU (AVX-512 without AMX, AVX2): int8 (`quant.py`: weight-only, a bf16 scale per
       32 inputs, native kernels; top-1 agreement with fp32 98.5% on Gemma 3 270M, few-shot
       accuracy within 1 point). Measured on Sapphire Rapids with AMX switched off for oneDNN
-      (GPT-Neo-125M, 2 threads, BENCHMARKS.md): with AVX-512, serving 10.0x the baseline against
-      fp32's 5.7x, decode 11.3 against 24.8 ms/token; with AVX2 kernels, decode 14.5 against
-      25.2 ms/token and serving level with fp32 (6.8x vs 7.0x); peak RSS 648 against 984 MB.
+      (GPT-Neo-125M, 2 threads, BENCHMARKS.md): with AVX-512, serving 12.0x the baseline against
+      fp32's 6.3x, decode 10.2 against 24.2 ms/token; with AVX2 (oneDNN, MKL and our kernels
+      capped), serving 9.8x against 7.6x, decode 10.2 against 20.7 ms/token, a cold prompt's
+      prefill 2% behind; peak RSS 647 against 979 MB.
     - fp32 where the int8 kernels cannot be built (no C compiler): torch's int8 fallback is slow.
     """
     if device.startswith("cuda"):

@@ -23,7 +23,8 @@
  * (8 lanes), portable C; the caller picks one with fs_isa().
  *
  * fs_dequant: rows of the weight in float32, for large batches (prefill), which torch's GEMM
- * then multiplies a slice at a time.
+ * then multiplies a slice at a time (AVX-512, AVX2 or C; with AVX2 intrinsics instead of the
+ * compiler's loop, GPT-Neo-125M's 72 matrices at 26 rows: 45.5 -> 35.8 ms, fp32 GEMM 33.4).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -360,7 +361,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void dequant_avx512(
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) static void dequant_c(
+__attribute__((target("avx2,fma"))) static void dequant_avx2(
+    const int8_t *blk, const uint16_t *sb, int ng, float *out, long row0, int nb, int K, int G) {
+  for (int k = 0; k < K; k += 16) {
+    const int len = K - k < 16 ? K - k : 16;
+    for (int j = 0; j < nb; j++) {
+      const int8_t *src = blk + (long)(k / 16) * 64 + 16 * j;
+      const __m256 sc = _mm256_set1_ps(bf16_to_f32(sb[(long)j * ng + k / G]));
+      float *dst = out + (row0 + j) * K + k;
+      if (len == 16) {
+        _mm256_storeu_ps(dst, widen8(src, sc));
+        _mm256_storeu_ps(dst + 8, widen8(src + 8, sc));
+      } else {
+        for (int t = 0; t < len; t++) dst[t] = (float)src[t] * bf16_to_f32(sb[(long)j * ng + k / G]);
+      }
+    }
+  }
+}
+
+static void dequant_c(
     const int8_t *blk, const uint16_t *sb, int ng, float *out, long row0, int nb, int K, int G) {
   for (int k = 0; k < K; k += 16) {
     const int len = K - k < 16 ? K - k : 16;
@@ -382,6 +401,8 @@ void fs_dequant(const int8_t *q, const uint16_t *s, float *out, int n0, int n1, 
     const int nb = n1 - n < NB ? n1 - n : NB;
     if (isa == 2)
       dequant_avx512(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G);
+    else if (isa == 1)
+      dequant_avx2(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G);
     else
       dequant_c(q + (long)n * KP, s + (long)n * ng, ng, out, (long)b * NB, nb, K, G);
   }

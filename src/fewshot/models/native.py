@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("native.c", "native_attention.c")]
 ISAS = {"avx512": 2, "avx2": 1, "c": 0}
-GEMV_ROWS = {"avx512": 48, "avx2": 16, "c": 0}
+GEMV_ROWS = {"avx512": 48, "avx2": 12, "c": 0}
 BLOCK_ROWS = 4  # output rows per packed block (NB in the C source)
 LANE = 16  # inputs of one row side by side in a packed block
 PACK_ROWS = 4096  # rows packed per slice (a multiple of BLOCK_ROWS)
@@ -54,8 +54,8 @@ class Kernel:
     def gemv_rows(self) -> int:
         """Most rows the GEMV takes; more go to `gemm`. About where the two cost the same,
         measured on GPT-Neo-125M's 72 block matrices (2 Sapphire Rapids threads): AVX-512
-        42.7 (GEMV) against 51.3 ms (GEMM) at 48 rows, 55.4 against 60.5 at 64; AVX2 35.0
-        against 38.2 ms at 16, 51.8 against 43.4 at 24."""
+        42.7 (GEMV) against 51.3 ms (GEMM) at 48 rows, 55.4 against 60.5 at 64; AVX2 22.9
+        against 24.0 ms at 12, 29.6 against 26.9 at 16."""
         return GEMV_ROWS[self.isa]
 
     def gemv(

@@ -79,6 +79,7 @@ def test_tokenize_info_health_metrics(api_server) -> None:
         'fewshot_prefix_cache_hit_rate{model="tiny"}',
         'fewshot_engine_running_requests{model="tiny"}',
         'fewshot_engine_weight_bytes{model="tiny"}',
+        'fewshot_engine_kv_cache_bytes_touched{model="tiny"}',
         'fewshot_engine_kv_cache_blocks_used{model="tiny"}',
         'fewshot_engine_kv_cache_blocks_free{model="tiny"}',
         'fewshot_engine_kv_cache_blocks_cached{model="tiny"}',

@@ -44,6 +44,10 @@ def test_allocation_takes_blocks_in_order_and_frees_tail_first() -> None:
     # unsealed block 2 is reused first; then untouched 3..7; sealed tail (1) before head (0)
     assert kv.eviction_order() == [2, 3, 4, 5, 6, 7, 1, 0]
     assert kv.stats()["blocks_used"] == 0 and kv.stats()["blocks_cached"] == 2
+    # distinct blocks ever handed out (the pool's resident pages): the reused block counts once
+    assert kv.stats()["blocks_touched"] == 3
+    assert kv.allocate(seq_of(list(range(20, 26)), rid=1), max_cached=5) == [2, 3]
+    assert kv.stats()["blocks_touched"] == 4
 
 
 def test_prefix_hit_is_a_reference_not_a_copy() -> None:

@@ -79,6 +79,7 @@ def _run_side(
             )
             res["peak_rss_single"] = server.peak_rss()
             res["weight_bytes"] = engine_gauge(server.base_url, "weight_bytes")
+            res["kv_bytes_touched"] = engine_gauge(server.base_url, "kv_cache_bytes_touched")
         if "serving" in workloads and side.serving_requests > 0:
             log(
                 f"  {server.label}: few-shot serving, {side.serving_requests} requests x {cfg.rounds}"

@@ -190,13 +190,20 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
     tokens = (model.get("prompt_tokens", {}).get("single_prompt") or 0) + results.get(
         "meta", {}
     ).get("sizes", {}).get("single_new_tokens", 0)
-    need = None
+    need, kv_held, one_request = None, 0, 0
     if spec.get("n_params"):
         # the weights as the server holds them (int8: scales, a bf16 tied embedding), else
         # one size per weight
         weights = ours.get("weight_bytes") or spec["n_params"] * BYTES_PER_WEIGHT.get(dtype, 4)
         kv_per = 2 if dtype == "bf16" else 4
-        need = weights + 2 * spec["n_layers"] * spec["kv_width"] * tokens * kv_per
+        one_request = 2 * spec["n_layers"] * spec["kv_width"] * tokens * kv_per
+        # the KV the pool holds: every block the workload touched, what the prefix cache keeps
+        # of earlier requests included (a server without the gauge: one request's KV)
+        kv_held = max(one_request, ours.get("kv_bytes_touched") or 0)
+        need = weights + kv_held
+    kv_note = f"one request's KV: {one_request / 1e6:.0f} MB"
+    if ours.get("kv_bytes_touched"):
+        kv_note = f"KV: the pool's touched blocks, {kv_held / 1e6:.0f} MB; " + kv_note
     limit = None if need is None else need + MEMORY_HEADROOM
     r = ratio(peak, limit)
     runtime = results.get("runtime_rss")
@@ -208,7 +215,8 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
             "peak memory (RSS) of the single request, load included",
             "-"
             if r is None
-            else f"{peak / 1e6:.0f} MB against {need / 1e6:.0f} MB of weights + KV{extra}",
+            else f"{peak / 1e6:.0f} MB against {need / 1e6:.0f} MB of weights + KV ({kv_note})"
+            f"{extra}",
             f"<= weights + KV + {MEMORY_HEADROOM / 1e6:.0f} MB",
             None if r is None else r <= 1,
             _margin(r, 1.0, False),

@@ -172,6 +172,7 @@ class Engine:
             seqs = len(self.scheduler.running)
             preemptions = self.scheduler.preemptions
         kv = self.kv.stats()
+        kv["bytes_touched"] = kv["blocks_touched"] * self.runner.block_bytes  # resident KV
         return {
             "waiting_requests": waiting,
             "running_requests": running,

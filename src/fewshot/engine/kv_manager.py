@@ -34,6 +34,7 @@ class Block:
     hash: int | None = None
     parent_hash: int | None = None
     tokens: tuple[int, ...] = ()
+    touched: bool = False  # handed out at least once (its pages of the pool are resident)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class CacheCounters:
     lookup_tokens: int = 0
     evictions: int = 0
     copied_blocks: int = 0
+    touched_blocks: int = 0  # distinct blocks ever handed out
 
 
 def block_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
@@ -115,6 +117,9 @@ class KVCacheManager:
                 del self.index[block.hash]
             block.hash, block.parent_hash, block.tokens = None, None, ()
             self.counters.evictions += 1
+        if not block.touched:
+            block.touched = True
+            self.counters.touched_blocks += 1
         block.ref_count = 1
         return bid
 
@@ -240,4 +245,5 @@ class KVCacheManager:
             "cached_tokens": self.num_cached * self.block_size,
             "evictions": c.evictions,
             "copied_blocks": c.copied_blocks,
+            "blocks_touched": c.touched_blocks,
         }

@@ -77,12 +77,14 @@ class ModelRunner:
         dtype = auto_kv_dtype(model) if cc.kv_dtype in (None, "auto") else _DTYPES[cc.kv_dtype]
         self.num_blocks = pool_blocks(model, config, dtype)
         self.pool: KVPool | None = None
+        self.block_bytes = 0  # of the pool, per block (K and V, every layer)
         if model.paged:
             s = model.spec
             self.pool = KVPool(
                 s.n_layers, s.n_kv_heads, s.head_dim, self.num_blocks, cc.block_size,
                 dtype, self.device,
             )  # fmt: skip
+            self.block_bytes = self.pool.nbytes // self.num_blocks
             log.info(
                 "KV pool: %d blocks of %d tokens, %s, %.0f MiB",
                 self.num_blocks, cc.block_size, dtype, self.pool.nbytes / 2**20,

@@ -110,8 +110,8 @@ class Settings(BaseSettings):
     kv_dtype: str = Field("auto", description="KV cache dtype: auto (the model's) | fp32 | bf16")
     kernel_isa: str = Field(
         "auto",
-        description="Native CPU kernels' instruction set: auto (the best this CPU runs) | avx512 "
-        "| avx2 | c (a lower one runs what an older CPU would, e.g. to benchmark it)",
+        description="Native CPU kernels' instruction set: auto (the best this CPU runs) | "
+        "avx512vnni | avx512 | avx2 | c (a lower one runs what an older CPU would, e.g. to benchmark it)",
     )
     prefix_caching: bool = Field(True, description="Share prompt prefixes' KV between requests")
     compile: bool = Field(

@@ -32,7 +32,7 @@ KERNEL_IDS = ["reference" if k is None else k.isa for k in KERNELS]
 
 def test_native_kernel_builds_here() -> None:
     # CI and development machines have a C compiler: the fast path must not silently vanish
-    assert NATIVE is not None and NATIVE.isa in ("avx512", "avx2")
+    assert NATIVE is not None and NATIVE.isa in ("avx512vnni", "avx512", "avx2")
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
@@ -50,8 +50,12 @@ def test_int8_linear_close_to_float(kernel: native.Kernel | None, shape) -> None
     assert _rel_err(deq[:, 32:], linear.weight[:, 32:]) < 0.01  # the groups without the outlier
     for rows in (1, 3, 9, 40, 70):  # the GEMV (<= gemv_rows) and the dequantize-then-GEMM paths
         x = torch.randn(rows, in_features)
-        # weight-only: exactly the dequantized weight, up to the order of the float sums
-        torch.testing.assert_close(q(x), nn.functional.linear(x, deq, linear.bias))
+        want = nn.functional.linear(x, deq, linear.bias)
+        if kernel is None or rows > kernel.gemv_rows:  # the dequantized weight, float sums
+            torch.testing.assert_close(q(x), want)
+        else:  # the GEMV's int16 activations: within half a step of each group's grid
+            err = (q(x).double() - want.double()).abs()
+            assert (err <= _activation_bound(x, deq, q.group) + 1e-5 * want.abs()).all()
         assert _rel_err(q(x), linear(x)) < 0.05  # the outlier group rounds coarser
     x = torch.randn(5, 3, in_features)
     cast_model(q, torch.bfloat16)
@@ -59,6 +63,31 @@ def test_int8_linear_close_to_float(kernel: native.Kernel | None, shape) -> None
     assert q.weight.dtype == torch.int8 and got.dtype == torch.bfloat16
     assert got.shape == (5, 3, out_features)
     assert _rel_err(got, linear(x)) < 0.06
+
+
+def _activation_bound(x: torch.Tensor, deq: torch.Tensor, group: int) -> torch.Tensor:
+    """The most the GEMV's rounding of x [M, K] to int16 per group (a step of max|x_g| / 32767)
+    can move x @ deq^T: sum over groups of |deq_g|_1 * step_g / 2."""
+    k = x.shape[1]
+    pad = -k % group
+    xg = nn.functional.pad(x.double(), (0, pad)).view(len(x), -1, group)
+    half_step = xg.abs().amax(-1) / 32767 / 2  # [M, groups]
+    wg = nn.functional.pad(deq.double().abs(), (0, pad)).view(len(deq), -1, group).sum(-1)
+    return half_step @ wg.t()  # [M, N]
+
+
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler")
+@torch.no_grad()
+def test_gemv_is_the_same_on_every_instruction_set() -> None:
+    # every variant computes the same integer group sums and float steps: bitwise equal results
+    torch.manual_seed(4)
+    for in_features, out_features in ((96, 64), (770, 37), (48, 5)):
+        q = Int8Linear.from_linear(nn.Linear(in_features, out_features), kernel=NATIVE)
+        x = torch.randn(7, in_features) * torch.logspace(-2, 2, 7)[:, None]
+        assert NATIVE is not None
+        got = {isa: NATIVE.gemv(x, q.packed, q.bias, isa=isa) for isa in KERNEL_IDS[1:]}
+        first = got[NATIVE.isa]
+        assert all(torch.equal(first, y) for y in got.values()), list(got)
 
 
 def test_groups_are_finer_than_rows() -> None:
@@ -246,6 +275,6 @@ def test_kernel_isa_caps_the_instruction_set(monkeypatch) -> None:
     monkeypatch.setitem(native._loaded, "kernel", NATIVE)  # restored when the test ends
     assert native.load(isa="c").isa == "c"
     assert native.load().isa == "c"  # the cap holds for every later caller
-    assert native.load(isa="avx512").isa == NATIVE.isa  # never above what the CPU runs
+    assert native.load(isa="avx512vnni").isa == NATIVE.isa  # never above what the CPU runs
     with pytest.raises(ValueError, match="isa"):
         native.load(isa="neon")

@@ -1,14 +1,15 @@
-"""Native CPU kernels (`native.c`): the int8 weight-only GEMV and dequantization, and
-RMSNorm; built once with the system's C compiler, loaded with ctypes; and the packed int8
-weight layout they read.
+"""Native CPU kernels (`native.c`, `native_gemv.c`, `native_attention.c`): the int8 GEMV
+(integer products over int16 activations) and dequantization, RMSNorm, decode attention; built
+once with the system's C compiler, loaded with ctypes; and the packed int8 weight layout they
+read.
 
 `load()` compiles the source into the kernel cache (`<cache>/kernels/native-<hash>.so`,
 the hash covering the source and the compiler) the first time, in about a second, and returns
 None where there is no C compiler or no x86 intrinsics; `quant.Int8Linear` then computes with
 torch instead (correct, slow). The library links the OpenMP runtime torch already loaded, so
 its parallel loops share torch's threads (each call asks for `torch.get_num_threads()`). One build
-serves every x86 host: the instruction set (AVX-512, AVX2 or plain C) is chosen at run time
-from the CPU (`Kernel.isa`).
+serves every x86 host: the instruction set (AVX-512 with VNNI, AVX-512, AVX2 or plain C) is
+chosen at run time from the CPU (`Kernel.isa`).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from fewshot.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("native.c", "native_attention.c")]
-ISAS = {"avx512": 2, "avx2": 1, "c": 0}
-GEMV_ROWS = {"avx512": 48, "avx2": 12, "c": 0}
+SOURCES = [
+    Path(__file__).with_name(name) for name in ("native.c", "native_gemv.c", "native_attention.c")
+]
+ISAS = {"avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
+GEMV_ROWS = {"avx512vnni": 64, "avx512": 64, "avx2": 16, "c": 0}
 BLOCK_ROWS = 4  # output rows per packed block (NB in the C source)
 LANE = 16  # inputs of one row side by side in a packed block
 PACK_ROWS = 4096  # rows packed per slice (a multiple of BLOCK_ROWS)
@@ -45,7 +48,7 @@ _L = ctypes.c_long
 
 @dataclass(frozen=True)
 class Kernel:
-    """The loaded library; `isa` is what this CPU runs ("avx512", "avx2" or "c")."""
+    """The loaded library; `isa` is what this CPU runs ("avx512vnni", "avx512", "avx2" or "c")."""
 
     lib: ctypes.CDLL
     isa: str
@@ -53,9 +56,9 @@ class Kernel:
     @property
     def gemv_rows(self) -> int:
         """Most rows the GEMV takes; more go to `gemm`. About where the two cost the same,
-        measured on GPT-Neo-125M's 72 block matrices (2 Sapphire Rapids threads): AVX-512
-        42.7 (GEMV) against 51.3 ms (GEMM) at 48 rows, 55.4 against 60.5 at 64; AVX2 22.9
-        against 24.0 ms at 12, 29.6 against 26.9 at 16."""
+        measured on GPT-Neo-125M's 72 block matrices (2 Zen 4 threads, integer GEMV): AVX-512
+        62.9 (GEMV) against 84.4 ms (GEMM) at 64 rows; AVX2 33.2 against 37.1 at 16, 56.6
+        against 44.0 at 24."""
         return GEMV_ROWS[self.isa]
 
     def gemv(
@@ -268,7 +271,7 @@ _loaded: dict[str, Kernel | None] = {}
 def load(build_dir: Path | None = None, isa: str = "auto") -> Kernel | None:
     """The kernel library, built on first use (None where it cannot be built or loaded).
 
-    `isa` ("auto", "avx512", "avx2" or "c") caps the instruction set from then on, for every
+    `isa` ("auto", "avx512vnni", "avx512", "avx2" or "c") caps the instruction set from then on, for every
     caller: "avx2" on an AVX-512 CPU runs what an AVX2-only host runs (`--kernel-isa`)."""
     if isa == "auto" and "kernel" in _loaded:  # the norms ask on every call: no lock then
         return _loaded["kernel"]

@@ -250,7 +250,7 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
                          int Hkv, int D, int BS, long nblk, float scale, float cap, int bf16,
                          int isa, int threads) {
   const attn_args a = {q, k, v, tables, lo, hi, nblk, B, Hq, Hkv, D, BS, W, bf16, scale, cap};
-  const int G = Hq / Hkv, vec = isa == 2 && D % 16 == 0 ? 2 : isa >= 1 && D % 8 == 0 ? 1 : 0;
+  const int G = Hq / Hkv, vec = isa >= 2 && D % 16 == 0 ? 2 : isa >= 1 && D % 8 == 0 ? 1 : 0;
   /* work items: (sequence, chunk of CHUNK positions, KV head); a sequence's chunks start at
    * first[b] */
   long *first = grow((void **)&tls_first, &tls_first_len, B + 1, sizeof(long));

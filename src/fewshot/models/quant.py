@@ -3,8 +3,9 @@
 `Int8Linear` replaces an nn.Linear (same call: x [..., in] -> [..., out]). Its weight is int8
 with one bfloat16 scale per group of GROUP inputs of each output row (w ~= q * scale, |q| <= 127,
 symmetric), like llama.cpp's Q8_0: a quarter of fp32's bytes plus 6% for the scales, which is
-what decoding is bound by. Only the weights are quantized: activations stay float32, so the
-layer computes x @ W'^T with W' the dequantized weight, exactly (up to the order of the sums).
+what decoding is bound by. The weights are what is quantized: activations stay float32 between
+layers, and the layer computes x @ W'^T with W' the dequantized weight (the GEMV rounds x to
+int16 per group of its own, 1/256 of the weights' step; prefill multiplies in float32).
 
 Per-group scales are what keep the quality. One scale per output row let a few large weights
 set the grid of the whole row; on Gemma 3 270M (whose weights come from a 4-bit GGUF with a
@@ -12,11 +13,12 @@ scale per 32 inputs) that cost 4 points of top-1 agreement with fp32 and needed 
 "plane" on the matrices that write into the residual stream (9% more bytes).
 
 The products run in the native kernels of `native` (built at first use with the system's C
-compiler; AVX-512 or AVX2 chosen from the CPU at run time):
+compiler; AVX-512 with or without VNNI, or AVX2, chosen from the CPU at run time):
 - up to `Kernel.gemv_rows` rows (decode steps, short prompt suffixes), a GEMV that streams the
-  packed int8 weight at the memory's speed (one row) or converts each block of it once for all
-  the rows (more), and sums each (row, output) in the same order whatever the batch, so a row's
-  result is bitwise the same whatever shares the batch;
+  packed int8 weight at the memory's speed: each row of x rounded to int16 per group of GROUP
+  inputs, integer dot products per group (exact), scaled once per group in float32 in a fixed
+  order, so a row's result is bitwise the same whatever shares the batch and whatever the
+  instruction set (`native_gemv.c`);
 - more rows (prefill), the weight is dequantized a slice at a time into a buffer that stays in
   cache and multiplied by torch's float32 GEMM (the same numbers up to rounding; beyond
   `gemv_rows` rows a row's last bits can depend on the batch, as with every float GEMM).

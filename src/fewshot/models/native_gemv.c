@@ -125,12 +125,11 @@ static void store_tile(const gemv_args *a, const float *r, int mb, int n, int m0
       const __m512 s4 = _mm512_zextps128_ps512(_mm_setr_ps(                                   \
           bf16f(sb[g]), bf16f(sb[a->ng + g]), bf16f(sb[2L * a->ng + g]),                      \
           bf16f(sb[3L * a->ng + g])));                                                        \
+      const __m512 s01 = _mm512_permutexvar_ps(lo, s4), s23 = _mm512_permutexvar_ps(hi, s4);  \
       UNROLL for (int i = 0; i < MB; i++) {                                                   \
-        const __m512 c = _mm512_mul_ps(s4, _mm512_set1_ps(a->xs[(long)(m0 + i) * a->ng + g])); \
-        f[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_permutexvar_ps(lo, c), \
-                                  f[i][0]);                                                   \
-        f[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_permutexvar_ps(hi, c), \
-                                  f[i][1]);                                                   \
+        const __m512 xs = _mm512_set1_ps(a->xs[(long)(m0 + i) * a->ng + g]);                  \
+        f[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s01, xs), f[i][0]); \
+        f[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s23, xs), f[i][1]); \
       }                                                                                       \
     }                                                                                         \
     float r[MB][NB], l[32];                                                                   \

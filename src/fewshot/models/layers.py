@@ -148,6 +148,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [N, H, D], cos/sin [N, D] -> x rotated, [N, H, D]."""
+    if (kernel := native.usable(x, cos, sin)) is not None and x.shape[-1] % 2 == 0:
+        return kernel.rope(x, cos, sin)  # one call instead of ~8 operators (a decode step's)
     cos, sin = cos[:, None, :], sin[:, None, :]
     return x * cos + rotate_half(x) * sin
 

@@ -130,6 +130,31 @@ void fs_rms_norm(const float *x, const float *w, float offset, float eps, float 
   for (int r = 0; r < rows; r++) rms_row(x + (long)r * D, w, offset, eps, y + (long)r * D, D);
 }
 
+/* Rotary positions in the rotate_half convention, into y: for each row r (N of them), head h
+ * and d < D / 2, with c = cos[r], s = sin[r] ([N, D] each):
+ *   y[d] = x[d] * c[d] + (-x[d + D/2]) * s[d],   y[d + D/2] = x[d + D/2] * c[d + D/2] + x[d] * s[d + D/2]
+ * each product and the sum rounded separately, as torch computes `x * cos + rotate_half(x) * sin`
+ * (the same bits). The compiler vectorizes the inner loops. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void rope_head(
+    const float *x, const float *c, const float *s, float *y, int half) {
+  for (int d = 0; d < half; d++) {
+    const float a = x[d] * c[d], b = -x[d + half] * s[d];
+    y[d] = a + b;
+  }
+  for (int d = 0; d < half; d++) {
+    const float a = x[d + half] * c[d + half], b = x[d] * s[d + half];
+    y[d + half] = a + b;
+  }
+}
+
+void fs_rope(const float *x, const float *cos, const float *sin, float *y, int N, int H, int D) {
+  for (int r = 0; r < N; r++)
+    for (int h = 0; h < H; h++) {
+      const long o = ((long)r * H + h) * D;
+      rope_head(x + o, cos + (long)r * D, sin + (long)r * D, y + o, D / 2);
+    }
+}
+
 /* The outputs of one row that may be its maximum, for the rescored LM head: j qualifies when
  * y[j] + c * rs[j] >= max_i (y[i] - c * rs[i]) (c * rs[j]: a bound on output j's error).
  * Writes the first `cap` such j to out and returns how many there are (more than cap: the

@@ -152,6 +152,14 @@ class Kernel:
         )  # fmt: skip
         return y
 
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [N, H, D] rotated by cos/sin [N, D] (rotate_half convention), float32 contiguous:
+        the bits of `x * cos + rotate_half(x) * sin`."""
+        n, h, d = x.shape
+        y = torch.empty_like(x)
+        self.lib.fs_rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), y.data_ptr(), n, h, d)
+        return y
+
 
 SLICE_VALUES = 1 << 20  # weights dequantized per GEMM slice: 2-4 MB, about the L2 of a core
 _local = threading.local()
@@ -165,17 +173,13 @@ def _scratch(numel: int) -> torch.Tensor:
     return buf[:numel]
 
 
-def usable(x: torch.Tensor, weight: torch.Tensor) -> Kernel | None:
-    """The kernel library when the norm of x by weight can run there (float32, contiguous, on
-    the CPU, not under torch.compile); else None."""
-    if not (
-        x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and x.device.type == "cpu"
-        and x.is_contiguous()
-        and weight.is_contiguous()
-        and not torch.compiler.is_compiling()
-    ):
+def usable(*tensors: torch.Tensor) -> Kernel | None:
+    """The kernel library when an elementwise kernel can take these tensors (float32,
+    contiguous, on the CPU, not under torch.compile); else None."""
+    for t in tensors:
+        if not (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()):
+            return None
+    if torch.compiler.is_compiling():
         return None
     return load()
 
@@ -302,6 +306,8 @@ def _open(path: Path) -> Kernel:
     lib.fs_dequant.restype = None
     lib.fs_rms_norm.argtypes = [_P, _P, ctypes.c_float, ctypes.c_float, _P, _I, _I, _I]
     lib.fs_rms_norm.restype = None
+    lib.fs_rope.argtypes = [_P, _P, _P, _P, _I, _I, _I]
+    lib.fs_rope.restype = None
     lib.fs_near_max.argtypes = [_P, _P, ctypes.c_float, _I, _P, _L, _I]
     lib.fs_near_max.restype = _L
     lib.fs_decode_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _L,

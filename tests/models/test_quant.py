@@ -105,7 +105,7 @@ def test_groups_are_finer_than_rows() -> None:
 def test_int8_linear_rows_do_not_depend_on_batch(kernel: native.Kernel) -> None:
     torch.manual_seed(1)
     q = Int8Linear.from_linear(nn.Linear(48, 80), kernel=kernel)
-    rows = kernel.gemv_rows or 1
+    rows = min(kernel.gemv_rows, 80) or 1
     x = torch.randn(rows, 48) * torch.logspace(-3, 3, rows)[:, None]  # very different scales
     batch = q(x)
     for i in range(rows):
@@ -239,11 +239,25 @@ def test_without_a_compiler_the_reference_path_is_used(tmp_path, monkeypatch) ->
 
 def test_packing_round_trips() -> None:
     q = torch.randint(-127, 128, (7, 50), dtype=torch.int8)
-    packed = native.PackedWeight.pack(q, torch.ones(7, 2), 32)
-    assert packed.data.numel() == 8 * 64 and packed.scales.shape == (8, 2)  # padded to 4 rows
+    scales = torch.arange(14.0).view(7, 2)
+    packed = native.PackedWeight.pack(q, scales, 32)
+    assert packed.data.numel() == 16 * 64 and packed.scales.shape == (1, 2, 16)  # 16-row blocks
     assert torch.equal(packed.unpack(), q)
+    assert torch.equal(packed.row_scales(), scales)
     tall = torch.randint(-127, 128, (native.PACK_ROWS + 3, 40), dtype=torch.int8)  # two slices
     assert torch.equal(native.PackedWeight.pack(tall, torch.ones(len(tall), 1), 48).unpack(), tall)
+
+
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k is not None], ids=KERNEL_IDS[1:])
+@torch.no_grad()
+def test_dequantize_then_gemm_path(kernel: native.Kernel) -> None:
+    # the path past gemv_rows: the weight dequantized (transposed) a slice at a time
+    torch.manual_seed(6)
+    for in_features, out_features in ((96, 64), (770, 37)):
+        q = Int8Linear.from_linear(nn.Linear(in_features, out_features), kernel=kernel)
+        x = torch.randn(5, in_features)
+        want = nn.functional.linear(x, q.dequantized(), q.bias)
+        torch.testing.assert_close(kernel.gemm(x, q.packed, q.bias), want)
 
 
 @pytest.mark.parametrize("dim", [640, 37])  # a multiple of 16, and a tail

@@ -35,9 +35,9 @@ SOURCES = [
     Path(__file__).with_name(name) for name in ("native.c", "native_gemv.c", "native_attention.c")
 ]
 ISAS = {"avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
-GEMV_ROWS = {"avx512vnni": 64, "avx512": 64, "avx2": 16, "c": 0}
-BLOCK_ROWS = 4  # output rows per packed block (NB in the C source)
-LANE = 16  # inputs of one row side by side in a packed block
+GEMV_ROWS = {"avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 64, "c": 0}
+BLOCK_ROWS = 16  # output rows per packed block (NB in native_gemv.c)
+LANE = 16  # a group's inputs are a multiple of this
 PACK_ROWS = 4096  # rows packed per slice (a multiple of BLOCK_ROWS)
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=c11")
 
@@ -55,10 +55,10 @@ class Kernel:
 
     @property
     def gemv_rows(self) -> int:
-        """Most rows the GEMV takes; more go to `gemm`. About where the two cost the same,
-        measured on GPT-Neo-125M's 72 block matrices (2 Zen 4 threads, integer GEMV): AVX-512
-        62.9 (GEMV) against 84.4 ms (GEMM) at 64 rows; AVX2 33.2 against 37.1 at 16, 56.6
-        against 44.0 at 24."""
+        """Most rows the GEMV takes; more go to `gemm` (dequantize, torch's float32 GEMM).
+        GPT-Neo-125M's 72 block matrices on 2 Zen 4 threads, GEMV against GEMM: AVX-512 (VNNI)
+        22.4 against 69.5 ms at 64 rows, 128.5 against 353 at 341, 349 against 986 at 1,024
+        (every batch: no limit); AVX2 26.7 against 66.2 at 16, 96.8 against 119 at 64."""
         return GEMV_ROWS[self.isa]
 
     def gemv(
@@ -75,28 +75,29 @@ class Kernel:
         )  # fmt: skip
         return y
 
-    def dequant(self, w: PackedWeight, rows: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
-        """Weight rows [n0, n1) into `out` (float32 [>= n1 - n0, in]); returns the filled part."""
+    def dequant_t(self, w: PackedWeight, rows: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
+        """Weight rows [n0, n1) transposed into `out` (float32 [in, >= n1 - n0], any row
+        stride); returns the filled part [in, n1 - n0]."""
         n0, n1 = rows
-        assert n0 % BLOCK_ROWS == 0 and out.is_contiguous() and out.shape[1] == w.in_features
-        assert out.dtype == torch.float32
-        self.lib.fs_dequant(
-            w.data.data_ptr(), w.scales.data_ptr(), out.data_ptr(),
+        assert n0 % BLOCK_ROWS == 0 and out.dtype == torch.float32 and out.stride(1) == 1
+        assert out.shape[0] == w.in_features and out.shape[1] >= n1 - n0
+        self.lib.fs_dequant_t(
+            w.data.data_ptr(), w.scales.data_ptr(), out.data_ptr(), out.stride(0),
             n0, n1, w.in_features, w.group, ISAS[self.isa], torch.get_num_threads(),
         )  # fmt: skip
-        return out[: n1 - n0]
+        return out[:, : n1 - n0]
 
     def gemm(self, x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
         """x [M, K] float32 -> [M, out] float32 through torch's float32 GEMM, the weight
-        dequantized a slice of rows at a time into a small buffer that stays in cache (no
-        whole float copy, no fresh pages per call)."""
+        dequantized (transposed) a slice of rows at a time into a small buffer that stays in
+        cache (no whole float copy, no fresh pages per call)."""
         m, k = x.shape
         step = max(BLOCK_ROWS, SLICE_VALUES // k // BLOCK_ROWS * BLOCK_ROWS)
-        buf = _scratch(step * k).view(step, k)
+        buf = _scratch(step * k).view(k, step)
         y = torch.empty(m, w.out_features)
         for n0 in range(0, w.out_features, step):
             n1 = min(w.out_features, n0 + step)
-            y[:, n0:n1] = x @ self.dequant(w, (n0, n1), buf).t()
+            torch.mm(x, self.dequant_t(w, (n0, n1), buf), out=y[:, n0:n1])
         if bias is not None:
             y += bias
         return y
@@ -193,9 +194,10 @@ def padded_in(count: int, step: int) -> int:
 @dataclass(frozen=True)
 class PackedWeight:
     """An int8 weight [out, in] with a bfloat16 scale per `group` inputs of a row, in the layout
-    the kernels read: `data` int8 [N4/4, KP/16, 4, 16] flat (rows in blocks of four, 16 inputs
-    of each row side by side; N4 = out rounded up to 4, KP = in rounded up to the group; zero
-    padded), `scales` bfloat16 [N4, KP/group] (zero padded)."""
+    the kernels read (`native_gemv.c`): rows in blocks of 16, and in a block each pair of inputs
+    of the 16 rows side by side, `data` int8 [N16/16, KP/2, 16, 2] flat (N16 = out rounded up
+    to 16, KP = in rounded up to the group; zero padded); `scales` bfloat16 [N16/16, KP/group,
+    16] (the 16 rows' scales of a group side by side; zero padded)."""
 
     data: torch.Tensor
     scales: torch.Tensor
@@ -207,23 +209,29 @@ class PackedWeight:
     def pack(cls, q: torch.Tensor, scales: torch.Tensor, group: int) -> PackedWeight:
         """From int8 q [N, K] and scales [N, groups] (values exact in bfloat16)."""
         n, k = q.shape
-        n4, kp = padded_in(n, BLOCK_ROWS), padded_in(k, group)
-        data = torch.empty(n4 // BLOCK_ROWS, kp // LANE, BLOCK_ROWS, LANE, dtype=torch.int8)
-        for i in range(0, n4, PACK_ROWS):  # a slice at a time: no second full-size copy
+        n16, kp = padded_in(n, BLOCK_ROWS), padded_in(k, group)
+        data = torch.empty(n16 // BLOCK_ROWS, kp // 2, BLOCK_ROWS, 2, dtype=torch.int8)
+        for i in range(0, n16, PACK_ROWS):  # a slice at a time: no second full-size copy
             rows = q[i : i + PACK_ROWS]
-            chunk = torch.zeros(min(PACK_ROWS, n4 - i), kp, dtype=torch.int8)
+            chunk = torch.zeros(min(PACK_ROWS, n16 - i), kp, dtype=torch.int8)
             chunk[: len(rows), :k] = rows
-            blocks = chunk.view(-1, BLOCK_ROWS, kp // LANE, LANE).transpose(1, 2)
+            blocks = chunk.view(-1, BLOCK_ROWS, kp // 2, 2).transpose(1, 2)
             data[i // BLOCK_ROWS : i // BLOCK_ROWS + len(blocks)] = blocks
-        s = torch.zeros(n4, kp // group, dtype=torch.bfloat16)
+        s = torch.zeros(n16, kp // group, dtype=torch.bfloat16)
         s[:n] = scales
+        s = s.view(-1, BLOCK_ROWS, kp // group).transpose(1, 2).contiguous()
         return cls(data.view(-1), s, n, k, group)
 
     def unpack(self) -> torch.Tensor:
         """The int8 weight [out, in]."""
         kp = padded_in(self.in_features, self.group)
-        blocks = self.data.view(-1, kp // LANE, BLOCK_ROWS, LANE).transpose(1, 2)
+        blocks = self.data.view(-1, kp // 2, BLOCK_ROWS, 2).transpose(1, 2)
         return blocks.reshape(-1, kp)[: self.out_features, : self.in_features]
+
+    def row_scales(self) -> torch.Tensor:
+        """The scales [out, groups], float32."""
+        s = self.scales.transpose(1, 2).reshape(-1, self.scales.shape[1])
+        return s[: self.out_features].float()
 
     @property
     def nbytes(self) -> int:
@@ -302,8 +310,8 @@ def _open(path: Path) -> Kernel:
     lib = ctypes.CDLL(str(path))
     lib.fs_gemv.argtypes = [_P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _I, _I]
     lib.fs_gemv.restype = None
-    lib.fs_dequant.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I]
-    lib.fs_dequant.restype = None
+    lib.fs_dequant_t.argtypes = [_P, _P, _P, _L, _I, _I, _I, _I, _I, _I]
+    lib.fs_dequant_t.restype = None
     lib.fs_rms_norm.argtypes = [_P, _P, ctypes.c_float, ctypes.c_float, _P, _I, _I, _I]
     lib.fs_rms_norm.restype = None
     lib.fs_rope.argtypes = [_P, _P, _P, _P, _I, _I, _I]

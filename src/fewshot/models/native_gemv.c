@@ -1,23 +1,36 @@
-/* The int8 weight-only GEMV of CPU decoding (built with native.c into one library).
+/* The int8 weight-only GEMV of CPU decoding, and the dequantization for larger batches (built
+ * with native.c into one library).
  *
- * y[m, n] = bias[n] + sum_k x[m, k] * q[n, k] * s[n, k / G], weights packed as native.c
- * describes (rows in blocks of four, 16 inputs of each row side by side, bfloat16 scales
- * [N4, KP / G]). The products are integer: each row of x is first quantized per group of G
- * inputs to int16 (xq = round(x / xs), xs = max|x| / 32767: a rounding 1/256 of the weights'
- * own), so a group's sums are exact int32 dot products (VNNI `vpdpwssd`, or `vpmaddwd` and an
- * add), converted to float32 and scaled once per group:
+ * Weights are int8 with one bfloat16 scale per group of G inputs of an output row:
+ * w[n, k] = q[n, k] * s[n, k / G]. They are stored *packed* in blocks of 16 output rows; in a
+ * block, each pair of inputs (k, k + 1) of the 16 rows is 32 consecutive bytes, so one 32-byte
+ * load widened to int16 is the right operand of a 16-lane pair dot product whose lanes are the
+ * 16 rows:
  *
- *     lane l of (m, n), l = 0..7:   I = sum over the group's 16-input steps of
- *                                       q[k + 2l] xq[k + 2l] + q[k + 2l + 1] xq[k + 2l + 1]
- *                                   F_l = fma((float) I, s[n, g] * xs[m, g], F_l)
- *     y[m, n] = ((F_0 + F_1) + (F_2 + F_3)) + ((F_4 + F_5) + (F_6 + F_7)) + bias[n]
+ *     q: [N16 / 16][KP / 2][16][2]      s: [N16 / 16][KP / G][16]
  *
- * (I is exact in float32: |I| <= 4 * 127 * 32767 < 2^24 for G = 32.) Every variant (AVX-512
- * with or without VNNI, AVX2, plain C) computes exactly this, so a row's result depends
- * neither on the instruction set nor on the other rows of the batch. Against converting each
- * weight to float, scaling it and a float multiply-add (the previous kernel), a step of 16
- * inputs of four rows takes two widening loads and two dot products instead of 16 operations:
- * on two Zen 4 cores GPT-Neo-125M's 768 x 3072 matrix streams at ~40 instead of ~23 GB/s.
+ * (N16 = N rounded up to 16, KP = K rounded up to G, zero padded, zero scales).
+ *
+ * fs_gemv: y[m, n] = bias[n] + sum_k x[m, k] * w[n, k]. The products are integer: each row of
+ * x is first rounded per group of G inputs to int16 (xq = round(x / xs), xs = max|x| / 32767:
+ * a step 1/256 of the weights' own), so a group's sum is an exact int32 dot product (VNNI
+ * `vpdpwssd`, or `vpmaddwd` and an add), converted to float32 and scaled once per group:
+ *
+ *     I_g = sum over k in group g of q[n, k] xq[m, k]          (int32, exact)
+ *     F  <- fma((float) I_g, s[n, g] * xs[m, g], F)  for g = 0, 1, ...  (float32, F_0 = 0)
+ *     y[m, n] = F + bias[n]
+ *
+ * Every variant (AVX-512 with or without VNNI, AVX2, plain C) computes exactly this, so a row's
+ * result depends neither on the instruction set nor on the other rows of the batch. A block's
+ * weights are widened once per tile of rows of x (up to 8 with AVX-512, 2 with AVX2) and each
+ * group costs a tile row one conversion and one multiply-add for 16 outputs, so at a few rows
+ * the work is reading the weights (the loop prefetches 2 KiB ahead into L1 and 8 KiB into L2,
+ * which lets one core stream at the memory's speed) and at more rows one dot product per 32
+ * multiply-adds.
+ *
+ * fs_dequant_t: rows [n0, n1) of the weight as float32, *transposed* (out[k][n - n0]), for
+ * batches past the GEMV's rows (prefill): torch's float32 GEMM multiplies them a slice at a
+ * time.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -25,9 +38,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NB 4 /* output rows per packed block */
+#define NB 16 /* output rows per packed block */
 #define UNROLL _Pragma("GCC unroll 8")
-#define PF_L1 2048 /* prefetch distances (bytes ahead): what lets a core stream the weights */
+#define PF_L1 2048 /* prefetch distances, bytes ahead */
 #define PF_L2 8192
 #define XQ_MAX 32767.0f
 
@@ -48,10 +61,6 @@ typedef struct {
   long ldy;
   int M, N, KP, G, ng;
 } gemv_args;
-
-static inline float sum8(const float *l) {
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
 
 static inline float group_inv(float amax) { return amax > 0.0f ? XQ_MAX / amax : 0.0f; }
 
@@ -85,144 +94,150 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void quantize512(
   }
 }
 
-/* y[m0 + i, n + j] = r[i][j] + bias[n + j] for the block's real rows (the last may have < NB). */
-static void store_tile(const gemv_args *a, const float *r, int mb, int n, int m0) {
+/* y[m, n .. n + 15] = f[0 .. 15] + bias for the block's real rows (the last block may have
+ * fewer than 16). */
+static void store_row(const gemv_args *a, const float *f, int n, int m) {
   const int nb = a->N - n < NB ? a->N - n : NB;
-  for (int i = 0; i < mb; i++)
-    for (int j = 0; j < nb; j++)
-      a->y[(long)(m0 + i) * a->ldy + n + j] = r[i * NB + j] + (a->bias ? a->bias[n + j] : 0.0f);
+  for (int j = 0; j < nb; j++)
+    a->y[(long)m * a->ldy + n + j] = f[j] + (a->bias ? a->bias[n + j] : 0.0f);
 }
 
 #define DOT_VNNI(acc, w, x) _mm512_dpwssd_epi32(acc, w, x)
 #define DOT_BW(acc, w, x) _mm512_add_epi32(acc, _mm512_madd_epi16(w, x))
 
-/* MB rows of x against one block of four weight rows: rows 0 and 1 of the block share a
- * vector (their 16 inputs widened to int16 side by side), rows 2 and 3 another; each row of x
- * is broadcast to both halves. */
+/* MB rows of x (m0 ..) against one block of 16 weight rows: per pair of inputs, the pair of
+ * each row of x broadcast to every lane, one dot product per row of x. */
 #define TILE512(NAME, TARGET, DOT, MB)                                                        \
   __attribute__((target(TARGET))) static void NAME##_##MB(const gemv_args *a, int n, int m0) { \
     const int8_t *p = a->q + (long)n * a->KP;                                                 \
     const uint16_t *sb = a->s + (long)n * a->ng;                                              \
-    const __m512i lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);     \
-    const __m512i hi = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);     \
-    __m512 f[MB][2];                                                                          \
-    UNROLL for (int i = 0; i < MB; i++) f[i][0] = f[i][1] = _mm512_setzero_ps();              \
+    const int32_t *xr[MB];                                                                    \
+    UNROLL for (int i = 0; i < MB; i++) xr[i] = (const int32_t *)(a->xq + (long)(m0 + i) * a->KP); \
+    __m512 f[MB];                                                                             \
+    UNROLL for (int i = 0; i < MB; i++) f[i] = _mm512_setzero_ps();                           \
     for (int g = 0; g < a->ng; g++) {                                                         \
-      __m512i acc[MB][2];                                                                     \
-      UNROLL for (int i = 0; i < MB; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();     \
-      for (int t = 0; t < a->G; t += 16, p += 64) {                                           \
+      __m512i acc[MB];                                                                        \
+      UNROLL for (int i = 0; i < MB; i++) acc[i] = _mm512_setzero_si512();                    \
+      const int p0 = g * a->G / 2;                                                            \
+      for (int t = 0; t < a->G / 2; t += 2, p += 64) {                                        \
         _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);                                 \
         _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);                                 \
-        const __m512i w01 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));    \
-        const __m512i w23 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32))); \
+        const __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));     \
+        const __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32))); \
         UNROLL for (int i = 0; i < MB; i++) {                                                 \
-          const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(                       \
-              (const __m256i *)(a->xq + (long)(m0 + i) * a->KP + (long)g * a->G + t)));       \
-          acc[i][0] = DOT(acc[i][0], w01, xv);                                                \
-          acc[i][1] = DOT(acc[i][1], w23, xv);                                                \
+          acc[i] = DOT(acc[i], w0, _mm512_set1_epi32(xr[i][p0 + t]));                          \
+          acc[i] = DOT(acc[i], w1, _mm512_set1_epi32(xr[i][p0 + t + 1]));                      \
         }                                                                                     \
       }                                                                                       \
-      const __m512 s4 = _mm512_zextps128_ps512(_mm_setr_ps(                                   \
-          bf16f(sb[g]), bf16f(sb[a->ng + g]), bf16f(sb[2L * a->ng + g]),                      \
-          bf16f(sb[3L * a->ng + g])));                                                        \
-      const __m512 s01 = _mm512_permutexvar_ps(lo, s4), s23 = _mm512_permutexvar_ps(hi, s4);  \
-      UNROLL for (int i = 0; i < MB; i++) {                                                   \
-        const __m512 xs = _mm512_set1_ps(a->xs[(long)(m0 + i) * a->ng + g]);                  \
-        f[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s01, xs), f[i][0]); \
-        f[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s23, xs), f[i][1]); \
-      }                                                                                       \
+      const __m512 sv = _mm512_castsi512_ps(_mm512_slli_epi32(                                \
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(sb + (long)g * NB))), 16)); \
+      UNROLL for (int i = 0; i < MB; i++) f[i] = _mm512_fmadd_ps(                             \
+          _mm512_cvtepi32_ps(acc[i]),                                                         \
+          _mm512_mul_ps(sv, _mm512_set1_ps(a->xs[(long)(m0 + i) * a->ng + g])), f[i]);        \
     }                                                                                         \
-    float r[MB][NB], l[32];                                                                   \
+    float r[NB];                                                                              \
     for (int i = 0; i < MB; i++) {                                                            \
-      _mm512_storeu_ps(l, f[i][0]);                                                           \
-      _mm512_storeu_ps(l + 16, f[i][1]);                                                      \
-      for (int j = 0; j < NB; j++) r[i][j] = sum8(l + 8 * j);                                 \
+      _mm512_storeu_ps(r, f[i]);                                                              \
+      store_row(a, r, n, m0 + i);                                                             \
     }                                                                                         \
-    store_tile(a, &r[0][0], MB, n, m0);                                                       \
   }
 
 #define T_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,fma"
 #define T_BW "avx512f,avx512bw,avx512vl,fma"
 TILE512(vnni, T_VNNI, DOT_VNNI, 1)
 TILE512(vnni, T_VNNI, DOT_VNNI, 2)
-TILE512(vnni, T_VNNI, DOT_VNNI, 3)
 TILE512(vnni, T_VNNI, DOT_VNNI, 4)
+TILE512(vnni, T_VNNI, DOT_VNNI, 8)
 TILE512(bw, T_BW, DOT_BW, 1)
 TILE512(bw, T_BW, DOT_BW, 2)
-TILE512(bw, T_BW, DOT_BW, 3)
 TILE512(bw, T_BW, DOT_BW, 4)
+TILE512(bw, T_BW, DOT_BW, 8)
 
-/* Tiles of four rows of x (the weights are widened once per tile), then the rest. */
+/* Tiles of eight rows of x (the block's weights widened once per tile), then 4, 2, 1. */
 #define BLOCK512(NAME)                                                                        \
   static void block_##NAME(const gemv_args *a, int n) {                                       \
     int m0 = 0;                                                                               \
-    for (; m0 + 4 <= a->M; m0 += 4) NAME##_4(a, n, m0);                                       \
-    switch (a->M - m0) {                                                                      \
-      case 3: NAME##_3(a, n, m0); break;                                                      \
-      case 2: NAME##_2(a, n, m0); break;                                                      \
-      case 1: NAME##_1(a, n, m0); break;                                                      \
-      default: break;                                                                         \
-    }                                                                                         \
+    for (; m0 + 8 <= a->M; m0 += 8) NAME##_8(a, n, m0);                                       \
+    if (m0 + 4 <= a->M) NAME##_4(a, n, m0), m0 += 4;                                          \
+    if (m0 + 2 <= a->M) NAME##_2(a, n, m0), m0 += 2;                                          \
+    if (m0 < a->M) NAME##_1(a, n, m0);                                                        \
   }
 BLOCK512(vnni)
 BLOCK512(bw)
 
-/* One row of x against a block: each weight row's 16 inputs widened into one 256-bit vector. */
-__attribute__((target("avx2,fma"))) static void row_avx2(const gemv_args *a, int n, int m) {
-  const int8_t *p = a->q + (long)n * a->KP;
-  const uint16_t *sb = a->s + (long)n * a->ng;
-  const int16_t *xr = a->xq + (long)m * a->KP;
-  __m256 f[NB];
-  UNROLL for (int j = 0; j < NB; j++) f[j] = _mm256_setzero_ps();
-  for (int g = 0; g < a->ng; g++) {
-    __m256i acc[NB];
-    UNROLL for (int j = 0; j < NB; j++) acc[j] = _mm256_setzero_si256();
-    for (int t = 0; t < a->G; t += 16, p += 64) {
-      _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);
-      _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);
-      const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + (long)g * a->G + t));
-      UNROLL for (int j = 0; j < NB; j++) acc[j] = _mm256_add_epi32(
-          acc[j], _mm256_madd_epi16(
-                      _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * j))), xv));
-    }
-    const float xs = a->xs[(long)m * a->ng + g];
-    UNROLL for (int j = 0; j < NB; j++) f[j] = _mm256_fmadd_ps(
-        _mm256_cvtepi32_ps(acc[j]), _mm256_set1_ps(bf16f(sb[(long)j * a->ng + g]) * xs), f[j]);
+/* AVX2: the block's 16 rows as two 8-lane halves. */
+#define TILE256(MB)                                                                           \
+  __attribute__((target("avx2,fma"))) static void avx2_##MB(const gemv_args *a, int n, int m0) { \
+    const int8_t *p = a->q + (long)n * a->KP;                                                 \
+    const uint16_t *sb = a->s + (long)n * a->ng;                                              \
+    const int32_t *xr[MB];                                                                    \
+    UNROLL for (int i = 0; i < MB; i++) xr[i] = (const int32_t *)(a->xq + (long)(m0 + i) * a->KP); \
+    __m256 f[MB][2];                                                                          \
+    UNROLL for (int i = 0; i < MB; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();              \
+    for (int g = 0; g < a->ng; g++) {                                                         \
+      __m256i acc[MB][2];                                                                     \
+      UNROLL for (int i = 0; i < MB; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();     \
+      const int p0 = g * a->G / 2;                                                            \
+      for (int t = 0; t < a->G / 2; t++, p += 32) {                                           \
+        if (!(t & 1)) {                                                                       \
+          _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);                               \
+          _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);                               \
+        }                                                                                     \
+        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));        \
+        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16))); \
+        UNROLL for (int i = 0; i < MB; i++) {                                                 \
+          const __m256i xv = _mm256_set1_epi32(xr[i][p0 + t]);                                \
+          acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(w0, xv));                 \
+          acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(w1, xv));                 \
+        }                                                                                     \
+      }                                                                                       \
+      const __m256i s16 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sb + (long)g * NB))); \
+      const __m256i s16b =                                                                    \
+          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sb + (long)g * NB + 8)));   \
+      const __m256 sv0 = _mm256_castsi256_ps(_mm256_slli_epi32(s16, 16));                     \
+      const __m256 sv1 = _mm256_castsi256_ps(_mm256_slli_epi32(s16b, 16));                    \
+      UNROLL for (int i = 0; i < MB; i++) {                                                   \
+        const __m256 xs = _mm256_set1_ps(a->xs[(long)(m0 + i) * a->ng + g]);                 \
+        f[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(sv0, xs), f[i][0]); \
+        f[i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(sv1, xs), f[i][1]); \
+      }                                                                                       \
+    }                                                                                         \
+    float r[NB];                                                                              \
+    for (int i = 0; i < MB; i++) {                                                            \
+      _mm256_storeu_ps(r, f[i][0]);                                                           \
+      _mm256_storeu_ps(r + 8, f[i][1]);                                                       \
+      store_row(a, r, n, m0 + i);                                                             \
+    }                                                                                         \
   }
-  float r[NB], l[8];
-  for (int j = 0; j < NB; j++) {
-    _mm256_storeu_ps(l, f[j]);
-    r[j] = sum8(l);
-  }
-  store_tile(a, r, 1, n, m);
-}
+TILE256(1)
+TILE256(2)
 
 static void block_avx2(const gemv_args *a, int n) {
-  for (int m = 0; m < a->M; m++) row_avx2(a, n, m);
+  int m0 = 0;
+  for (; m0 + 2 <= a->M; m0 += 2) avx2_2(a, n, m0);
+  if (m0 < a->M) avx2_1(a, n, m0);
 }
 
 /* The same sums, one product at a time. */
 static void block_c(const gemv_args *a, int n) {
   const int8_t *blk = a->q + (long)n * a->KP;
+  const uint16_t *sb = a->s + (long)n * a->ng;
   for (int m = 0; m < a->M; m++) {
     const int16_t *xr = a->xq + (long)m * a->KP;
-    float r[NB];
+    float f[NB];
     for (int j = 0; j < NB; j++) {
-      float f[8] = {0};
+      float acc_f = 0.0f;
       for (int g = 0; g < a->ng; g++) {
-        int32_t acc[8] = {0};
-        for (int t = 0; t < a->G; t += 16) {
-          const int k = g * a->G + t;
-          const int8_t *w = blk + (long)(k / 16) * 64 + 16 * j;
-          for (int l = 0; l < 8; l++)
-            acc[l] += w[2 * l] * xr[k + 2 * l] + w[2 * l + 1] * xr[k + 2 * l + 1];
+        int32_t acc = 0;
+        for (int k = g * a->G; k < (g + 1) * a->G; k += 2) {
+          const int8_t *w = blk + (long)(k / 2) * 32 + 2 * j;
+          acc += w[0] * xr[k] + w[1] * xr[k + 1];
         }
-        const float c = bf16f(a->s[(long)(n + j) * a->ng + g]) * a->xs[(long)m * a->ng + g];
-        for (int l = 0; l < 8; l++) f[l] = fmaf((float)acc[l], c, f[l]);
+        acc_f = fmaf((float)acc, bf16f(sb[(long)g * NB + j]) * a->xs[(long)m * a->ng + g], acc_f);
       }
-      r[j] = sum8(f);
+      f[j] = acc_f;
     }
-    store_tile(a, r, 1, n, m);
+    store_row(a, f, n, m);
   }
 }
 
@@ -271,4 +286,81 @@ void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const
   }
   free(xq);
   free(xs);
+}
+
+/* One block's rows [n, n + nb) into out[k][n - n0] (row stride ld), k < K. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void dequant_t512(
+    const int8_t *blk, const uint16_t *sb, int ng, int G, int K, float *out, long ld, int nb) {
+  const __mmask16 mk = (__mmask16)((1u << nb) - 1);
+  for (int g = 0; g < ng; g++) {
+    const __m512 sv = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(sb + (long)g * NB))), 16));
+    for (int k = g * G; k < (g + 1) * G && k < K; k += 2) {
+      /* 16 rows x (k, k + 1): as int32 lanes, low halves are input k, high halves k + 1 */
+      const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + (long)k * 16)));
+      const __m512i lo = _mm512_srai_epi32(_mm512_slli_epi32(w, 16), 16);
+      const __m512i hi = _mm512_srai_epi32(w, 16);
+      _mm512_mask_storeu_ps(out + (long)k * ld, mk, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), sv));
+      if (k + 1 < K)
+        _mm512_mask_storeu_ps(out + (long)(k + 1) * ld, mk,
+                              _mm512_mul_ps(_mm512_cvtepi32_ps(hi), sv));
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) static void dequant_t256(
+    const int8_t *blk, const uint16_t *sb, int ng, int G, int K, float *out, long ld, int nb) {
+  __m256i mask[2];
+  for (int h = 0; h < 2; h++) {
+    int32_t lanes[8];
+    for (int j = 0; j < 8; j++) lanes[j] = 8 * h + j < nb ? -1 : 0;
+    mask[h] = _mm256_loadu_si256((const __m256i *)lanes);
+  }
+  for (int g = 0; g < ng; g++) {
+    for (int h = 0; h < 2; h++) {
+      const __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sb + (long)g * NB + 8 * h))),
+          16));
+      for (int k = g * G; k < (g + 1) * G && k < K; k += 2) {
+        const __m256i w =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + (long)k * 16 + 16 * h)));
+        const __m256i lo = _mm256_srai_epi32(_mm256_slli_epi32(w, 16), 16);
+        const __m256i hi = _mm256_srai_epi32(w, 16);
+        _mm256_maskstore_ps(out + (long)k * ld + 8 * h, mask[h],
+                            _mm256_mul_ps(_mm256_cvtepi32_ps(lo), sv));
+        if (k + 1 < K)
+          _mm256_maskstore_ps(out + (long)(k + 1) * ld + 8 * h, mask[h],
+                              _mm256_mul_ps(_mm256_cvtepi32_ps(hi), sv));
+      }
+    }
+  }
+}
+
+static void dequant_t_c(const int8_t *blk, const uint16_t *sb, int ng, int G, int K, float *out,
+                        long ld, int nb) {
+  for (int g = 0; g < ng; g++)
+    for (int k = g * G; k < (g + 1) * G && k < K; k++)
+      for (int j = 0; j < nb; j++)
+        out[(long)k * ld + j] = (float)blk[(long)(k / 2) * 32 + 2 * j + (k & 1)] *
+                                bf16f(sb[(long)g * NB + j]);
+}
+
+/* Rows [n0, n1) of the weight (n0 a multiple of 16) into out[K][ld], transposed, float32. */
+void fs_dequant_t(const int8_t *q, const uint16_t *s, float *out, long ld, int n0, int n1, int K,
+                  int G, int isa, int threads) {
+  const int KP = (K + G - 1) / G * G, ng = KP / G;
+  const int blocks = (n1 - n0 + NB - 1) / NB;
+#pragma omp parallel for schedule(static) num_threads(threads) if ((long)(n1 - n0) * K > (1L << 16))
+  for (int b = 0; b < blocks; b++) {
+    const int n = n0 + b * NB;
+    const int nb = n1 - n < NB ? n1 - n : NB;
+    const int8_t *blk = q + (long)n * KP;
+    const uint16_t *sb = s + (long)n * ng;
+    if (isa >= 2)
+      dequant_t512(blk, sb, ng, G, K, out + (n - n0), ld, nb);
+    else if (isa == 1)
+      dequant_t256(blk, sb, ng, G, K, out + (n - n0), ld, nb);
+    else
+      dequant_t_c(blk, sb, ng, G, K, out + (n - n0), ld, nb);
+  }
 }

@@ -148,7 +148,7 @@ class Int8Linear(nn.Module):
     @property
     def scales(self) -> torch.Tensor:
         """The scales [out, groups], float32."""
-        return self.packed.scales[: self.out_features].float()
+        return self.packed.row_scales()
 
     @property
     def nbytes(self) -> int:

@@ -129,17 +129,17 @@ def auto_dtype(
 
     - CUDA: bf16.
     - A CPU with AMX-BF16 (Intel Sapphire Rapids and later): bf16. oneDNN runs bf16 GEMMs on the
-      AMX tiles at 3-6x fp32's speed from 8 rows up (prefill, batched decode), where int8's
-      float32 activations make its batches compute-bound (8 rows: 1.3x bf16's time); few-shot
-      serving 13.0x the baseline against int8's 10.6x (GPT-Neo-125M). int8 stays the choice
+      AMX tiles at 3-6x fp32's speed from 8 rows up (prefill, batched decode); few-shot serving
+      13.0x the baseline against 10.6x for the previous, float-converting int8 kernel
+      (GPT-Neo-125M; the integer kernel is not measured there yet). int8 stays the choice
       there for one stream's latency and for memory (`--dtype int8`).
     - Any other CPU (AVX-512 without AMX, AVX2): int8 (`quant.py`: weight-only, a bf16 scale per
       32 inputs, native kernels; top-1 agreement with fp32 98.5% on Gemma 3 270M, few-shot
-      accuracy within 1 point). Measured on Sapphire Rapids with AMX switched off for oneDNN
-      (GPT-Neo-125M, 2 threads, BENCHMARKS.md): with AVX-512, serving 12.0x the baseline against
-      fp32's 6.3x, decode 10.2 against 24.2 ms/token; with AVX2 (oneDNN, MKL and our kernels
-      capped), serving 9.8x against 7.6x, decode 10.2 against 20.7 ms/token, a cold prompt's
-      prefill 2% behind; peak RSS 647 against 979 MB.
+      accuracy within 1 point). On a Zen 4 host (GPT-Neo-125M, 2 threads, BENCHMARKS.md):
+      serving 31.7x the baseline against bf16's 19.5x and fp32's 7.3x, decode 7.8 against 19.2
+      and 36.0 ms/token, a cold prompt 215 against 168 and 456 ms. On Sapphire Rapids with AMX
+      and AVX-512 switched off (AVX2; the previous int8 kernel): serving 9.8x against fp32's
+      7.6x, decode 10.2 against 20.7 ms/token.
     - fp32 where the int8 kernels cannot be built (no C compiler): torch's int8 fallback is slow.
     """
     if device.startswith("cuda"):

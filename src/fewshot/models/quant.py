@@ -14,14 +14,15 @@ scale per 32 inputs) that cost 4 points of top-1 agreement with fp32 and needed 
 
 The products run in the native kernels of `native` (built at first use with the system's C
 compiler; AVX-512 with or without VNNI, or AVX2, chosen from the CPU at run time):
-- up to `Kernel.gemv_rows` rows (decode steps, short prompt suffixes), a GEMV that streams the
-  packed int8 weight at the memory's speed: each row of x rounded to int16 per group of GROUP
-  inputs, integer dot products per group (exact), scaled once per group in float32 in a fixed
-  order, so a row's result is bitwise the same whatever shares the batch and whatever the
-  instruction set (`native_gemv.c`);
-- more rows (prefill), the weight is dequantized a slice at a time into a buffer that stays in
-  cache and multiplied by torch's float32 GEMM (the same numbers up to rounding; beyond
-  `gemv_rows` rows a row's last bits can depend on the batch, as with every float GEMM).
+- up to `Kernel.gemv_rows` rows (every batch with AVX-512, 64 with AVX2), a GEMV that streams
+  the packed int8 weight at the memory's speed at one row and shares each widened weight load
+  among a tile of rows at more: each row of x rounded to int16 per group of GROUP inputs,
+  integer dot products per group (exact), scaled once per group in float32 in a fixed order, so
+  a row's result is bitwise the same whatever shares the batch and whatever the instruction set
+  (`native_gemv.c`);
+- more rows (AVX2 prefill), the weight is dequantized a slice at a time into a buffer that stays
+  in cache and multiplied by torch's float32 GEMM (the same numbers up to rounding; a row's last
+  bits can then depend on the batch, as with every float GEMM).
 Without a C compiler (or off x86) the layer dequantizes with torch and calls `F.linear`: the
 same numbers up to rounding, slowly.
 
@@ -186,7 +187,9 @@ class Int8Linear(nn.Module):
         """Recompute in fp32 every output of y [M, out] that may be its row's maximum: output
         j's error has a standard deviation of at most sigma_j = |x|_2 * max(scale_j) / sqrt(12)
         (the weight roundings independent and uniform), so j qualifies when y_j + 12 sigma_j
-        reaches the largest y_i - 12 sigma_i."""
+        reaches the largest y_i - 12 sigma_i. (The GEMV's int16 rounding of x adds an error of
+        standard deviation at most |w_j|_2 max|x| / 32767 / sqrt(12): under 11% of sigma_j at
+        768 inputs even when both vectors are at their extremes, under 1% in quadrature.)"""
         widths = ((x * x).sum(dim=1).sqrt() * (12 / 12**0.5)).tolist()  # 12 sigma_j / max(s_j)
         picked = [self._candidates(y[i], c) for i, c in enumerate(widths)]
         rows = torch.cat([torch.full_like(idx, i) for i, idx in enumerate(picked)])

@@ -206,21 +206,39 @@ class PackedWeight:
     group: int
 
     @classmethod
+    def empty(cls, out_features: int, in_features: int, group: int) -> PackedWeight:
+        """An all-zero packed weight [out, in] (padding included), to `fill`."""
+        n16, kp = padded_in(out_features, BLOCK_ROWS), padded_in(in_features, group)
+        data = torch.zeros(n16 * kp, dtype=torch.int8)
+        scales = torch.zeros(n16 // BLOCK_ROWS, kp // group, BLOCK_ROWS, dtype=torch.bfloat16)
+        return cls(data, scales, out_features, in_features, group)
+
+    def fill(self, row: int, q: torch.Tensor, scales: torch.Tensor) -> None:
+        """Rows row .. row + len(q) - 1 (`row` a multiple of 16) from int8 q [r, in] and their
+        scales [r, groups] (values exact in bfloat16)."""
+        assert row % BLOCK_ROWS == 0
+        r, k = q.shape
+        kp = padded_in(self.in_features, self.group)
+        r16 = padded_in(r, BLOCK_ROWS)
+        chunk = torch.zeros(r16, kp, dtype=torch.int8)
+        chunk[:r, :k] = q
+        blocks = chunk.view(-1, BLOCK_ROWS, kp // 2, 2).transpose(1, 2)  # [b, kp/2, 16, 2]
+        b0 = row // BLOCK_ROWS
+        self.data.view(-1, kp // 2, BLOCK_ROWS, 2)[b0 : b0 + len(blocks)] = blocks
+        s = torch.zeros(r16, kp // self.group, dtype=torch.bfloat16)
+        s[:r] = scales
+        self.scales[b0 : b0 + len(blocks)] = s.view(-1, BLOCK_ROWS, kp // self.group).transpose(
+            1, 2
+        )
+
+    @classmethod
     def pack(cls, q: torch.Tensor, scales: torch.Tensor, group: int) -> PackedWeight:
-        """From int8 q [N, K] and scales [N, groups] (values exact in bfloat16)."""
-        n, k = q.shape
-        n16, kp = padded_in(n, BLOCK_ROWS), padded_in(k, group)
-        data = torch.empty(n16 // BLOCK_ROWS, kp // 2, BLOCK_ROWS, 2, dtype=torch.int8)
-        for i in range(0, n16, PACK_ROWS):  # a slice at a time: no second full-size copy
-            rows = q[i : i + PACK_ROWS]
-            chunk = torch.zeros(min(PACK_ROWS, n16 - i), kp, dtype=torch.int8)
-            chunk[: len(rows), :k] = rows
-            blocks = chunk.view(-1, BLOCK_ROWS, kp // 2, 2).transpose(1, 2)
-            data[i // BLOCK_ROWS : i // BLOCK_ROWS + len(blocks)] = blocks
-        s = torch.zeros(n16, kp // group, dtype=torch.bfloat16)
-        s[:n] = scales
-        s = s.view(-1, BLOCK_ROWS, kp // group).transpose(1, 2).contiguous()
-        return cls(data.view(-1), s, n, k, group)
+        """From int8 q [N, K] and scales [N, groups] (values exact in bfloat16), a slice at a
+        time (no second full-size copy)."""
+        packed = cls.empty(q.shape[0], q.shape[1], group)
+        for i in range(0, q.shape[0], PACK_ROWS):
+            packed.fill(i, q[i : i + PACK_ROWS], scales[i : i + PACK_ROWS])
+        return packed
 
     def unpack(self) -> torch.Tensor:
         """The int8 weight [out, in]."""

@@ -94,24 +94,22 @@ class Int8Linear(nn.Module):
 
     def __init__(
         self,
-        q: torch.Tensor,
-        scales: torch.Tensor,
+        packed: PackedWeight,
         bias: torch.Tensor | None,
         *,
-        group: int,
         exact: torch.Tensor | None = None,
         kernel: Kernel | None = None,
     ) -> None:
         super().__init__()
-        self.out_features, self.in_features = q.shape
-        self.group = group
+        self.out_features, self.in_features = packed.out_features, packed.in_features
+        self.group = packed.group
         self.kernel = kernel
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), False)
         self.exact = exact  # not a parameter of this module: shared with its owner
         # a plain attribute, not buffers: `model.to(dtype)` must leave it int8 / bfloat16
-        self.packed = PackedWeight.pack(q, scales, group)
+        self.packed = packed
         # per output row, its largest scale: bounds the error of that output (`_rescore`)
-        self._row_scale = scales.amax(dim=1).float() if exact is not None else None
+        self._row_scale = packed.row_scales().amax(dim=1) if exact is not None else None
 
     @classmethod
     def from_float(
@@ -126,10 +124,12 @@ class Int8Linear(nn.Module):
         """An Int8Linear approximating the float weight [out, in] (and bias [out]); `kernel`:
         "auto" (the native kernel where it builds), None (torch's reference path) or one."""
         g = group_for(weight.shape[1], group)
-        q, scales = quantize_groups(weight, g)
+        packed = PackedWeight.empty(weight.shape[0], weight.shape[1], g)
+        for i in range(0, weight.shape[0], native.PACK_ROWS):  # no whole-size int8 temporary
+            packed.fill(i, *quantize_groups(weight[i : i + native.PACK_ROWS], g))
         chosen = native.load() if kernel == "auto" else kernel
         assert not isinstance(chosen, str)
-        return cls(q, scales, bias, group=g, exact=exact, kernel=chosen)
+        return cls(packed, bias, exact=exact, kernel=chosen)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kw: object) -> Int8Linear:

@@ -105,6 +105,20 @@ class AttentionMetadata:
     def num_tokens(self) -> int:
         return self.query_start[-1]
 
+    @property
+    def decode_only(self) -> bool:
+        """Whether every sequence of the batch has one new token (a decode step)."""
+        return self.single is not None or (self.prefill is None and self.decode is not None)
+
+    def decode_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoding sequences' block tables (int64 [B, W], the decode group's rows or the
+        one sequence) and context ends, position + 1 (int32 [B]): the native kernels' inputs."""
+        if self.single is not None:
+            tables = torch.tensor([self.single], dtype=torch.long)
+            return tables, torch.tensor([self.start_pos[0] + 1], dtype=torch.int32)
+        assert self.decode is not None
+        return self.decode.tables, (self.decode.q_pos[:, 0] + 1).to(torch.int32)
+
     @classmethod
     def build(
         cls,
@@ -382,13 +396,7 @@ def _native_decode(
     native kernel, keys read in place: [rows, Hq, D] in q's dtype (the single case: [1, Hq * D])."""
     inputs = attn.native_inputs.get(window)
     if inputs is None:
-        if group is None:
-            assert attn.single is not None
-            tables = torch.tensor([attn.single], dtype=torch.long)
-            hi = torch.tensor([attn.start_pos[0] + 1], dtype=torch.int32)
-        else:
-            tables = group.tables
-            hi = (group.q_pos[:, 0] + 1).to(torch.int32)
+        tables, hi = attn.decode_tables()
         lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
         inputs = attn.native_inputs[window] = (tables, (lo, hi))
     tables, bounds = inputs

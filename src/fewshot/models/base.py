@@ -19,6 +19,7 @@ from torch import nn
 
 from fewshot.models.attention import AttentionMetadata
 from fewshot.models.layers import load_hf_state_dict
+from fewshot.models.native_step import DecodeLayers, FusedDecode
 
 
 @dataclass
@@ -50,6 +51,22 @@ class CausalLM(nn.Module):
 
     spec: ModelSpec
     paged: bool = True
+    fuse_decode: bool = True  # run decode steps' layers natively where they can (native_step)
+
+    def decode_layers(self) -> DecodeLayers | None:
+        """The decoder layers for the native decode step (native_step.py); None: the family
+        runs them in Python only."""
+        return None
+
+    def fused_decode(self, x: torch.Tensor, attn: AttentionMetadata) -> FusedDecode | None:
+        """The native decode step when it runs this batch (`x` the embedded new tokens), else
+        None. Built at the first decode step (after quantization has swapped the Linears)."""
+        if not self.fuse_decode or not attn.decode_only:
+            return None
+        step = self.__dict__.get("_fused_decode", False)
+        if step is False:
+            step = self.__dict__["_fused_decode"] = FusedDecode.build(self.decode_layers())
+        return step if step is not None and step.takes(x, attn) else None
 
     @property
     def kv_dtype(self) -> torch.dtype:

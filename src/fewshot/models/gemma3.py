@@ -14,6 +14,8 @@ Matches transformers' `Gemma3ForCausalLM` (module names equal its state-dict key
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -28,6 +30,7 @@ from fewshot.models.layers import (
     as_id_list,
     rope_inv_freq,
 )
+from fewshot.models.native_step import DecodeLayer, DecodeLayers
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -201,6 +204,40 @@ class Gemma3ForCausalLM(CausalLM):
             bos_token_id=config.bos_token_id,
         )
 
+    def decode_layers(self) -> DecodeLayers:
+        layers = cast(list[Gemma3DecoderLayer], list(self.model.layers))
+        tables = list(self.model.rotary_emb.tables)  # the order `forward` passes them in
+        first = layers[0].self_attn
+        return DecodeLayers(
+            layers=[
+                DecodeLayer(
+                    q=b.self_attn.q_proj,
+                    k=b.self_attn.k_proj,
+                    v=b.self_attn.v_proj,
+                    o=b.self_attn.o_proj,
+                    w1=b.mlp.gate_proj,
+                    w3=b.mlp.up_proj,
+                    w2=b.mlp.down_proj,
+                    in_norm=b.input_layernorm,
+                    post_attn=b.post_attention_layernorm,
+                    pre_ff=b.pre_feedforward_layernorm,
+                    post_ff=b.post_feedforward_layernorm,
+                    q_norm=b.self_attn.q_norm,
+                    k_norm=b.self_attn.k_norm,
+                    rope=tables.index(b.layer_type),
+                    window=b.self_attn.window,
+                    scale=b.self_attn.scale,
+                )  # fmt: skip
+                for b in layers
+            ],
+            n_heads=first.n_heads,
+            n_kv_heads=first.n_kv,
+            head_dim=first.head_dim,
+            hidden=self.config.hidden_size,
+            inner=layers[0].mlp.gate_proj.out_features,
+            act=layers[0].mlp.act,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -211,8 +248,11 @@ class Gemma3ForCausalLM(CausalLM):
         m = self.model
         x = m.embed(input_ids)  # [N, C]
         ropes = m.rotary_emb(positions, x.dtype)  # type -> 2 x [N, D]
-        for layer, block in enumerate(m.layers):
-            x = block(x, ropes[block.layer_type], attn, layer)
+        if (step := self.fused_decode(x, attn)) is not None:
+            x = step.run(x, attn, list(ropes.values()))
+        else:
+            for layer, block in enumerate(m.layers):
+                x = block(x, ropes[block.layer_type], attn, layer)
         x = x[logits_indices]  # [M, C]
         out = self.lm_head(m.norm(x)).float()  # [M, vocab]
         if self.final_softcap is not None:

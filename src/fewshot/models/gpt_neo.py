@@ -9,16 +9,16 @@ Matches transformers' `GPTNeoForCausalLM` (module names equal its state-dict key
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 from fewshot.models import attention
 from fewshot.models.attention import AttentionMetadata
 from fewshot.models.base import CausalLM, ModelSpec
-from fewshot.models.layers import (
-    activation,
-    as_id_list,
-)
+from fewshot.models.layers import LayerNorm, activation, as_id_list
+from fewshot.models.native_step import DecodeLayer, DecodeLayers
 
 
 class GPTNeoSelfAttention(nn.Module):
@@ -76,9 +76,9 @@ class GPTNeoBlock(nn.Module):
     def __init__(self, config, window: int | None) -> None:
         super().__init__()
         hidden, eps = config.hidden_size, config.layer_norm_epsilon
-        self.ln_1 = nn.LayerNorm(hidden, eps=eps)
+        self.ln_1 = LayerNorm(hidden, eps=eps)
         self.attn = GPTNeoAttention(config, window)
-        self.ln_2 = nn.LayerNorm(hidden, eps=eps)
+        self.ln_2 = LayerNorm(hidden, eps=eps)
         self.mlp = GPTNeoMLP(config)
 
     def forward(self, x: torch.Tensor, attn: AttentionMetadata, layer: int) -> torch.Tensor:
@@ -93,7 +93,7 @@ class GPTNeoModel(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.h = nn.ModuleList([GPTNeoBlock(config, w) for w in windows])
-        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
 
 def _layer_windows(config) -> list[int | None]:
@@ -137,6 +137,33 @@ class GPTNeoForCausalLM(CausalLM):
             bos_token_id=config.bos_token_id,
         )
 
+    def decode_layers(self) -> DecodeLayers:
+        blocks = cast(list[GPTNeoBlock], list(self.transformer.h))
+        first = blocks[0].attn.attention
+        return DecodeLayers(
+            layers=[
+                DecodeLayer(
+                    q=b.attn.attention.q_proj,
+                    k=b.attn.attention.k_proj,
+                    v=b.attn.attention.v_proj,
+                    o=b.attn.attention.out_proj,
+                    w1=b.mlp.c_fc,
+                    w2=b.mlp.c_proj,
+                    in_norm=b.ln_1,
+                    pre_ff=b.ln_2,
+                    window=b.attn.attention.window,
+                    scale=1.0,
+                )  # fmt: skip
+                for b in blocks
+            ],
+            n_heads=first.n_heads,
+            n_kv_heads=first.n_heads,
+            head_dim=first.head_dim,
+            hidden=self.config.hidden_size,
+            inner=blocks[0].mlp.c_fc.out_features,
+            act=blocks[0].mlp.act,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -146,8 +173,11 @@ class GPTNeoForCausalLM(CausalLM):
     ) -> torch.Tensor:
         t = self.transformer
         x = t.wte(input_ids) + t.wpe(positions)  # [N, C]
-        for layer, block in enumerate(t.h):
-            x = block(x, attn, layer)
+        if (step := self.fused_decode(x, attn)) is not None:
+            x = step.run(x, attn)
+        else:
+            for layer, block in enumerate(t.h):
+                x = block(x, attn, layer)
         x = x[logits_indices]  # [M, C]
         out = self.lm_head(t.ln_f(x)).float()  # [M, vocab]
         return out

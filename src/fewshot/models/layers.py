@@ -4,7 +4,8 @@ Everything here works on a *flattened* batch: N tokens of several sequences stac
 first dimension ([N, ...]); attention over the paged KV pool is in `attention.py`.
 
 Contents:
-- norms: `RMSNorm` (Llama), `GemmaRMSNorm` (weights stored as w, applied as 1 + w, in float32)
+- norms: `RMSNorm` (Llama), `GemmaRMSNorm` (weights stored as w, applied as 1 + w, in float32),
+  `LayerNorm` (GPT-Neo); float32 CPU rows go through the native kernels
 - rotary embeddings in the Hugging Face "rotate_half" convention: `rope_inv_freq`, `RotaryEmbedding`,
   `apply_rotary`; on the first R dims of each head only (`apply_partial_rotary`, GPT-NeoX), or in
   GPT-J's interleaved "rotate every two" convention (`interleaved_rope` + `apply_partial_rotary`)
@@ -57,12 +58,34 @@ class GemmaRMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), scale, eps=self.eps).type_as(x)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters), computed by the native kernel for float32 CPU rows (the
+    fused decode step runs the same function)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.weight is not None
+            and self.bias is not None
+            and (kernel := native.usable(x, self.weight, self.bias)) is not None
+        ):
+            return kernel.layer_norm(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
 # ---------------------------------------------------------------------------------------------
 # activations
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    if (kernel := native.usable(x)) is not None:  # float32 on the CPU: the fused step's kernel
+        return kernel.act(x, "gelu_tanh")
     return F.gelu(x, approximate="tanh")
+
+
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    if (kernel := native.usable(x)) is not None:
+        return kernel.act(x, "silu")
+    return F.silu(x)
 
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -70,10 +93,12 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_pytorch_tanh": _gelu_tanh,
     "gelu_fast": _gelu_tanh,
     "gelu": F.gelu,
-    "silu": F.silu,
-    "swish": F.silu,
+    "silu": _silu,
+    "swish": _silu,
     "relu": F.relu,
 }
+# the activations the native kernels compute (`native.ACTS`), for the fused decode step
+NATIVE_ACTS = {_gelu_tanh: "gelu_tanh", _silu: "silu"}
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -6,6 +6,8 @@ tied to the embeddings when `config.tie_word_embeddings` is set.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -20,6 +22,7 @@ from fewshot.models.layers import (
     as_id_list,
     rope_inv_freq,
 )
+from fewshot.models.native_step import DecodeLayer, DecodeLayers
 
 
 def _head_dim(config) -> int:
@@ -144,6 +147,34 @@ class LlamaForCausalLM(CausalLM):
             bos_token_id=config.bos_token_id,
         )
 
+    def decode_layers(self) -> DecodeLayers:
+        layers = cast(list[LlamaDecoderLayer], list(self.model.layers))
+        first = layers[0].self_attn
+        return DecodeLayers(
+            layers=[
+                DecodeLayer(
+                    q=b.self_attn.q_proj,
+                    k=b.self_attn.k_proj,
+                    v=b.self_attn.v_proj,
+                    o=b.self_attn.o_proj,
+                    w1=b.mlp.gate_proj,
+                    w3=b.mlp.up_proj,
+                    w2=b.mlp.down_proj,
+                    in_norm=b.input_layernorm,
+                    pre_ff=b.post_attention_layernorm,
+                    rope=0,
+                    scale=first.head_dim**-0.5,
+                )  # fmt: skip
+                for b in layers
+            ],
+            n_heads=first.n_heads,
+            n_kv_heads=first.n_kv,
+            head_dim=first.head_dim,
+            hidden=self.config.hidden_size,
+            inner=layers[0].mlp.gate_proj.out_features,
+            act=layers[0].mlp.act,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -154,8 +185,11 @@ class LlamaForCausalLM(CausalLM):
         m = self.model
         x = m.embed_tokens(input_ids)  # [N, C]
         rope = m.rotary_emb(positions, x.dtype)  # 2 x [N, D]
-        for layer, block in enumerate(m.layers):
-            x = block(x, rope, attn, layer)
+        if (step := self.fused_decode(x, attn)) is not None:
+            x = step.run(x, attn, [rope])
+        else:
+            for layer, block in enumerate(m.layers):
+                x = block(x, rope, attn, layer)
         x = x[logits_indices]  # [M, C]
         out = self.lm_head(m.norm(x)).float()  # [M, vocab]
         return out

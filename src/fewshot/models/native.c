@@ -1,6 +1,8 @@
 /* Small CPU kernels of the native library (built and loaded by native.py; the int8 GEMV and
- * its weight layout are in native_gemv.c, decode attention in native_attention.c): RMSNorm,
- * rotary positions and the rescored LM head's candidate search.
+ * its weight layout are in native_gemv.c, decode attention in native_attention.c, the fused
+ * decode step in native_step.c): RMSNorm, LayerNorm, the MLP activations, rotary positions and
+ * the rescored LM head's candidate search. The models' eager float32 code calls these same
+ * functions, so the fused step computes the same bits.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -37,6 +39,76 @@ void fs_rms_norm(const float *x, const float *w, float offset, float eps, float 
                  int D, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads) if ((long)rows * D > (1L << 16))
   for (int r = 0; r < rows; r++) rms_row(x + (long)r * D, w, offset, eps, y + (long)r * D, D);
+}
+
+/* LayerNorm of each row: y = (x - mean) * (1 / sqrt(var + eps)) * w + b, float32, mean and
+ * (biased) variance summed in 16 interleaved partial sums, then in order. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void ln_row(
+    const float *x, const float *w, const float *b, float eps, float *y, int D) {
+  float part[16] = {0};
+  int d = 0;
+  for (; d + 16 <= D; d += 16)
+    for (int t = 0; t < 16; t++) part[t] += x[d + t];
+  float sum = 0.0f;
+  for (int t = 0; t < 16; t++) sum += part[t], part[t] = 0.0f;
+  for (; d < D; d++) sum += x[d];
+  const float mean = sum / (float)D;
+  for (d = 0; d + 16 <= D; d += 16)
+    for (int t = 0; t < 16; t++) part[t] += (x[d + t] - mean) * (x[d + t] - mean);
+  float ss = 0.0f;
+  for (int t = 0; t < 16; t++) ss += part[t];
+  for (; d < D; d++) ss += (x[d] - mean) * (x[d] - mean);
+  const float r = 1.0f / sqrtf(ss / (float)D + eps);
+  for (d = 0; d < D; d++) y[d] = (x[d] - mean) * r * w[d] + b[d];
+}
+
+void fs_layer_norm(const float *x, const float *w, const float *b, float eps, float *y, int rows,
+                   int D, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if ((long)rows * D > (1L << 16))
+  for (int r = 0; r < rows; r++) ln_row(x + (long)r * D, w, b, eps, y + (long)r * D, D);
+}
+
+/* e^x, x clamped to [-87, 87]: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to
+ * r^7 (relative error ~2e-7), times 2^n from the exponent bits. Branch-free: loops vectorize. */
+static inline float exp_clamped(float x) {
+  x = x < -87.0f ? -87.0f : x > 87.0f ? 87.0f : x;
+  const float n = __builtin_rintf(x * 1.44269504f);
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, 4);
+  return p * two_n;
+}
+
+/* The MLP activations, elementwise: kind 1 tanh-approximated GELU (gelu_new,
+ * gelu_pytorch_tanh), 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), tanh(|u|) as
+ * (1 - e^-2|u|) / (1 + e^-2|u|); kind 2 SiLU, x / (1 + e^-x). Absolute error ~1e-7 of the
+ * output's scale. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void act_span(
+    const float *x, float *y, long n, int kind) {
+  if (kind == 1) {
+    for (long i = 0; i < n; i++) {
+      const float v = x[i], u = 0.7978845608f * (v + 0.044715f * v * v * v);
+      const float e = exp_clamped(-2.0f * fabsf(u)), t = (1.0f - e) / (1.0f + e);
+      y[i] = 0.5f * v * (1.0f + (u < 0.0f ? -t : t));
+    }
+  } else {
+    for (long i = 0; i < n; i++) y[i] = x[i] / (1.0f + exp_clamped(-x[i]));
+  }
+}
+
+void fs_act(const float *x, float *y, long n, int kind, int threads) {
+  const long span = 4096;
+#pragma omp parallel for schedule(static) num_threads(threads) if (n > 2 * span)
+  for (long i = 0; i < n; i += span) act_span(x + i, y + i, n - i < span ? n - i : span, kind);
 }
 
 /* Rotary positions in the rotate_half convention, into y: for each row r (N of them), head h

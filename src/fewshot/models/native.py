@@ -1,5 +1,6 @@
 """Native CPU kernels (`native.c`, `native_gemv.c`, `native_attention.c`): the int8 GEMV
-(integer products over int16 activations) and dequantization, RMSNorm, decode attention; built
+(integer products over int16 activations) and dequantization, RMSNorm, LayerNorm, the MLP
+activations, rotary positions, decode attention; built
 once with the system's C compiler, loaded with ctypes; and the packed int8 weight layout they
 read.
 
@@ -32,10 +33,12 @@ from fewshot.settings import default_cache_dir
 log = logging.getLogger(__name__)
 
 SOURCES = [
-    Path(__file__).with_name(name) for name in ("native.c", "native_gemv.c", "native_attention.c")
+    Path(__file__).with_name(name)
+    for name in ("native.c", "native_gemv.c", "native_attention.c", "native_step.c")
 ]
 ISAS = {"avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
 GEMV_ROWS = {"avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 64, "c": 0}
+ACTS = {"gelu_tanh": 1, "silu": 2}  # fs_act's kinds
 BLOCK_ROWS = 16  # output rows per packed block (NB in native_gemv.c)
 LANE = 16  # a group's inputs are a multiple of this
 PACK_ROWS = 4096  # rows packed per slice (a multiple of BLOCK_ROWS)
@@ -151,6 +154,24 @@ class Kernel:
             x.data_ptr(), weight.data_ptr(), offset, eps, y.data_ptr(), x.numel() // d, d,
             torch.get_num_threads(),
         )  # fmt: skip
+        return y
+
+    def layer_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """LayerNorm over the last dimension of a contiguous float32 x."""
+        y = torch.empty_like(x)
+        d = x.shape[-1]
+        self.lib.fs_layer_norm(
+            x.data_ptr(), weight.data_ptr(), bias.data_ptr(), eps, y.data_ptr(), x.numel() // d,
+            d, torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
+    def act(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """An MLP activation (`ACTS`: "gelu_tanh" or "silu") of a contiguous float32 x."""
+        y = torch.empty_like(x)
+        self.lib.fs_act(x.data_ptr(), y.data_ptr(), x.numel(), ACTS[kind], torch.get_num_threads())
         return y
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -332,6 +353,10 @@ def _open(path: Path) -> Kernel:
     lib.fs_dequant_t.restype = None
     lib.fs_rms_norm.argtypes = [_P, _P, ctypes.c_float, ctypes.c_float, _P, _I, _I, _I]
     lib.fs_rms_norm.restype = None
+    lib.fs_layer_norm.argtypes = [_P, _P, _P, ctypes.c_float, _P, _I, _I, _I]
+    lib.fs_layer_norm.restype = None
+    lib.fs_act.argtypes = [_P, _P, _L, _I, _I]
+    lib.fs_act.restype = None
     lib.fs_rope.argtypes = [_P, _P, _P, _P, _I, _I, _I]
     lib.fs_rope.restype = None
     lib.fs_near_max.argtypes = [_P, _P, ctypes.c_float, _I, _P, _L, _I]
@@ -339,6 +364,8 @@ def _open(path: Path) -> Kernel:
     lib.fs_decode_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _L,
                                         ctypes.c_float, ctypes.c_float, _I, _I, _I]  # fmt: skip
     lib.fs_decode_attention.restype = None
+    lib.fs_decode_step.argtypes = [_P, _P, _I, _P, _P, _I, _P, _P, _P, _I, _I]
+    lib.fs_decode_step.restype = _I
     lib.fs_isa.restype = _I
     isa = {v: k for k, v in ISAS.items()}[lib.fs_isa()]
     return Kernel(lib, isa)

@@ -1,0 +1,161 @@
+/* The decoder layers of an int8 decode step in one call (built with native.c, native_gemv.c and
+ * native_attention.c into one library; driven by native_step.py).
+ *
+ * A decode step of GPT-Neo-125M is ~20 small operations per layer; run from Python each costs
+ * its module call, its dispatch and its allocation, ~3 ms a step against ~3 ms of reading the
+ * weights. Here every layer of the stack runs in C, on the same kernels the models' eager
+ * float32 code calls (the GEMV, RMSNorm, LayerNorm, the activations, rotary positions, the
+ * decode attention; the K/V written to the pool as torch's index_copy writes it), in the same
+ * order, so the hidden states that come out are bitwise the eager path's (tested). One layer,
+ * pre-norm, each part optional where a family has no such part:
+ *
+ *     h = in_norm(x); q, k, v = h Wq, h Wk, h Wv; q, k = q_norm(q), k_norm(k) (per head);
+ *     q, k = rope(q), rope(k); K/V[slot] = k, v; o = attention(q); a = o Wo;
+ *     x = x + post_attn_norm(a)
+ *     h = pre_ff_norm(x); u = act(h W1) [* h W3]; d = u W2; x = x + post_ff_norm(d)
+ *
+ * Every sequence of the batch has exactly one new token (decode), its K/V slot in `slots`, its
+ * block table in `tables` and its context end (position + 1) in `hi`.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const float *bias,
+             float *y, long ldy, int M, int N, int K, int G, int isa, int threads);
+void fs_decode_attention(const float *q, const void *k, const void *v, const int64_t *tables,
+                         int W, const int32_t *lo, const int32_t *hi, float *out, int B, int Hq,
+                         int Hkv, int D, int BS, long nblk, float scale, float cap, int bf16,
+                         int isa, int threads);
+void fs_rms_norm(const float *x, const float *w, float offset, float eps, float *y, int rows,
+                 int D, int threads);
+void fs_layer_norm(const float *x, const float *w, const float *b, float eps, float *y, int rows,
+                   int D, int threads);
+void fs_act(const float *x, float *y, long n, int kind, int threads);
+void fs_rope(const float *x, const float *cos, const float *sin, float *y, int N, int H, int D);
+
+typedef struct { /* a packed int8 weight [N, K] (native.PackedWeight); q == NULL: absent */
+  const int8_t *q;
+  const uint16_t *s;
+  const float *bias;
+  int N, K, G;
+} fs_lin;
+
+typedef struct { /* kind 0: absent, 1: LayerNorm (w, b), 2: RMSNorm times (offset + w) */
+  const float *w, *b;
+  float offset, eps;
+  int kind;
+} fs_nrm;
+
+typedef struct {
+  fs_nrm in, post_attn, pre_ff, post_ff, qn, kn;
+  fs_lin wq, wk, wv, wo, w1, w3, w2; /* w1: activated (c_fc, gate), w3: multiplied in (up) */
+  void *k_cache, *v_cache;           /* this layer's pool tensors [Hkv][NBLK][BS][D] */
+  int rope;                          /* -1: none, else the table (0 or 1) */
+  int window;                        /* 0: every position, else the last `window` */
+  float scale, softcap;
+} fs_layer;
+
+typedef struct {
+  int n_layers, C, Hq, Hkv, D, inner, act, kv_bf16, bs;
+  long nblk;
+  const fs_layer *layers;
+} fs_stack;
+
+static void lin(const fs_lin *l, const float *x, float *y, int B, int isa, int threads) {
+  fs_gemv(x, l->K, l->q, l->s, l->bias, y, l->N, B, l->N, l->K, l->G, isa, threads);
+}
+
+/* norm(x) into y (x itself when absent) */
+static const float *norm(const fs_nrm *n, const float *x, float *y, int rows, int D,
+                         int threads) {
+  if (n->kind == 1)
+    fs_layer_norm(x, n->w, n->b, n->eps, y, rows, D, threads);
+  else if (n->kind == 2)
+    fs_rms_norm(x, n->w, n->offset, n->eps, y, rows, D, threads);
+  else
+    return x;
+  return y;
+}
+
+static uint16_t to_bf16(float f) { /* round to nearest even, as torch converts */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if (isnan(f)) return 0x7FC0;
+  return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* k or v rows [B][Hkv][D] into the pool at each sequence's slot */
+static void store_kv(const fs_stack *st, void *cache, const float *x, int B,
+                     const int64_t *slots) {
+  const int H = st->Hkv, D = st->D;
+  const long plane = st->nblk * st->bs; /* slots per head */
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      const float *src = x + ((long)b * H + h) * D;
+      const long at = ((long)h * plane + slots[b]) * D;
+      if (st->kv_bf16) {
+        uint16_t *dst = (uint16_t *)cache + at;
+        for (int d = 0; d < D; d++) dst[d] = to_bf16(src[d]);
+      } else {
+        memcpy((float *)cache + at, src, sizeof(float) * D);
+      }
+    }
+}
+
+static void add(float *x, const float *y, long n) {
+  for (long i = 0; i < n; i++) x[i] = x[i] + y[i];
+}
+
+/* x [B][C] float32, in place: through every layer of the stack. Returns 0, or -1 when out of
+ * memory (x then holds no meaningful values). */
+int fs_decode_step(const fs_stack *st, float *x, int B, const int64_t *slots,
+                   const int64_t *tables, int W, const int32_t *hi, const float *const *cos,
+                   const float *const *sin, int isa, int threads) {
+  const int C = st->C, D = st->D, qw = st->Hq * D, kw = st->Hkv * D;
+  const long wide = (long)B * (st->inner > qw ? st->inner : qw);
+  float *h = malloc(sizeof(float) * (size_t)B * C), *a = malloc(sizeof(float) * (size_t)B * C);
+  float *q = malloc(sizeof(float) * (size_t)B * qw), *q2 = malloc(sizeof(float) * (size_t)B * qw);
+  float *k = malloc(sizeof(float) * (size_t)B * kw), *k2 = malloc(sizeof(float) * (size_t)B * kw);
+  float *v = malloc(sizeof(float) * (size_t)B * kw), *o = malloc(sizeof(float) * (size_t)B * qw);
+  float *u = malloc(sizeof(float) * (size_t)wide), *u2 = malloc(sizeof(float) * (size_t)wide);
+  int32_t *lo = malloc(sizeof(int32_t) * (size_t)B);
+  int status = h && a && q && q2 && k && k2 && v && o && u && u2 && lo ? 0 : -1;
+  for (int li = 0; li < st->n_layers && status == 0; li++) {
+    const fs_layer *L = st->layers + li;
+    /* attention */
+    const float *hn = norm(&L->in, x, h, B, C, threads);
+    lin(&L->wq, hn, q, B, isa, threads);
+    lin(&L->wk, hn, k, B, isa, threads);
+    lin(&L->wv, hn, v, B, isa, threads);
+    norm(&L->qn, q, q, B * st->Hq, D, threads); /* in place: RMSNorm reads a row, then writes it */
+    norm(&L->kn, k, k, B * st->Hkv, D, threads);
+    const float *qr = q, *kr = k;
+    if (L->rope >= 0) {
+      fs_rope(q, cos[L->rope], sin[L->rope], q2, B, st->Hq, D);
+      fs_rope(k, cos[L->rope], sin[L->rope], k2, B, st->Hkv, D);
+      qr = q2, kr = k2;
+    }
+    store_kv(st, L->k_cache, kr, B, slots);
+    store_kv(st, L->v_cache, v, B, slots);
+    for (int b = 0; b < B; b++) lo[b] = L->window > 0 && hi[b] > L->window ? hi[b] - L->window : 0;
+    fs_decode_attention(qr, L->k_cache, L->v_cache, tables, W, lo, hi, o, B, st->Hq, st->Hkv, D,
+                        st->bs, st->nblk, L->scale, L->softcap, st->kv_bf16, isa, threads);
+    lin(&L->wo, o, a, B, isa, threads);
+    add(x, norm(&L->post_attn, a, a, B, C, threads), (long)B * C);
+    /* MLP */
+    hn = norm(&L->pre_ff, x, h, B, C, threads);
+    lin(&L->w1, hn, u, B, isa, threads);
+    fs_act(u, u, (long)B * st->inner, st->act, threads);
+    if (L->w3.q) {
+      lin(&L->w3, hn, u2, B, isa, threads);
+      for (long i = 0; i < (long)B * st->inner; i++) u[i] = u[i] * u2[i];
+    }
+    lin(&L->w2, u, a, B, isa, threads);
+    add(x, norm(&L->post_ff, a, a, B, C, threads), (long)B * C);
+  }
+  free(h), free(a), free(q), free(q2), free(k), free(k2), free(v), free(o), free(u), free(u2);
+  free(lo);
+  return status;
+}

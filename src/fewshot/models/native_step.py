@@ -1,0 +1,211 @@
+"""A decode step's decoder layers in one native call (`native_step.c`), for int8 models on the CPU.
+
+From Python a decode step is ~20 operations per layer, each a module call, a dispatch and an
+allocation: on GPT-Neo-125M ~3 ms a step, as much as reading the int8 weights. A family that
+describes its layers (`CausalLM.decode_layers`: which norms, projections, rotary table, window
+and scale each layer has) gets them run by `fs_decode_step` instead, on the kernels its eager
+code calls for float32 CPU tensors, in the same order: the hidden states are bitwise the eager
+path's (tests/models/test_native_step.py), so the engine's exactness tests hold on both paths.
+
+`FusedDecode.build` says None where the step cannot run natively (a weight that is not the
+native kernel's int8, a norm or activation it lacks, no C compiler); `takes` says whether a
+batch is one (every sequence one new token, the pool on the CPU in float32 or bfloat16, not
+under torch.compile). Embeddings, the final norm and the LM head (whose top outputs are
+rescored in fp32) stay in Python: one call each.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fewshot.models import native
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.kv_pool import KVPool
+from fewshot.models.layers import NATIVE_ACTS, GemmaRMSNorm, LayerNorm, RMSNorm
+from fewshot.models.quant import Int8Linear
+
+_P, _I, _F, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
+
+
+class _Lin(ctypes.Structure):  # fs_lin
+    _fields_ = [("q", _P), ("s", _P), ("bias", _P), ("N", _I), ("K", _I), ("G", _I)]
+
+
+class _Nrm(ctypes.Structure):  # fs_nrm
+    _fields_ = [("w", _P), ("b", _P), ("offset", _F), ("eps", _F), ("kind", _I)]
+
+
+_NORMS = ("in_norm", "post_attn", "pre_ff", "post_ff", "q_norm", "k_norm")
+_LINEARS = ("q", "k", "v", "o", "w1", "w3", "w2")
+
+
+class _Layer(ctypes.Structure):  # fs_layer
+    _fields_ = [
+        *((n, _Nrm) for n in _NORMS),
+        *((n, _Lin) for n in _LINEARS),
+        ("k_cache", _P), ("v_cache", _P), ("rope", _I), ("window", _I),
+        ("scale", _F), ("softcap", _F),
+    ]  # fmt: skip
+
+
+class _Stack(ctypes.Structure):  # fs_stack
+    _fields_ = [
+        ("n_layers", _I), ("C", _I), ("Hq", _I), ("Hkv", _I), ("D", _I), ("inner", _I),
+        ("act", _I), ("kv_bf16", _I), ("bs", _I), ("nblk", _L), ("layers", ctypes.POINTER(_Layer)),
+    ]  # fmt: skip
+
+
+@dataclass
+class DecodeLayer:
+    """One pre-norm decoder layer as a family describes it (module docstring of native_step.c):
+    its modules (None where it has no such part), rotary table (-1: none), window and scale."""
+
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Module
+    w1: nn.Module  # the activated projection (c_fc, gate_proj)
+    w2: nn.Module  # the MLP's output (c_proj, down_proj)
+    in_norm: nn.Module | None
+    pre_ff: nn.Module | None
+    w3: nn.Module | None = None  # multiplied into act(w1) (up_proj)
+    post_attn: nn.Module | None = None
+    post_ff: nn.Module | None = None
+    q_norm: nn.Module | None = None
+    k_norm: nn.Module | None = None
+    rope: int = -1
+    window: int | None = None
+    scale: float = 1.0
+    softcap: float | None = None
+
+
+@dataclass
+class DecodeLayers:
+    """A family's decoder layers with their shared sizes and MLP activation."""
+
+    layers: list[DecodeLayer]
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden: int
+    inner: int
+    act: object  # the activation function (layers.activation)
+
+
+def _lin(module: nn.Module | None) -> _Lin | None:
+    if module is None:
+        return _Lin()
+    if not (isinstance(module, Int8Linear) and module.kernel is not None):
+        return None
+    if module.exact is not None or (module.bias is not None and module.bias.dtype != torch.float32):
+        return None
+    w = module.packed
+    bias = None if module.bias is None else module.bias.data_ptr()
+    return _Lin(w.data.data_ptr(), w.scales.data_ptr(), bias, w.out_features, w.in_features,
+                w.group)  # fmt: skip
+
+
+def _norm(module: nn.Module | None) -> _Nrm | None:
+    if module is None:
+        return _Nrm()
+    weight = getattr(module, "weight", None)
+    if weight is None or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return None
+    if type(module) is LayerNorm and module.bias is not None:
+        if module.bias.dtype != torch.float32:
+            return None
+        return _Nrm(weight.data_ptr(), module.bias.data_ptr(), 0.0, module.eps, 1)
+    if type(module) in (RMSNorm, GemmaRMSNorm):
+        offset = 1.0 if type(module) is GemmaRMSNorm else 0.0
+        return _Nrm(weight.data_ptr(), None, offset, module.eps, 2)
+    return None
+
+
+class FusedDecode:
+    """The native decode step over one model's decoder layers (see the module docstring)."""
+
+    def __init__(self, kernel: native.Kernel, desc: DecodeLayers, layers: list[_Layer]) -> None:
+        self.kernel = kernel
+        self.desc = desc
+        self.layers = (_Layer * len(layers))(*layers)
+        self.stack = _Stack(
+            len(layers), desc.hidden, desc.n_heads, desc.n_kv_heads, desc.head_dim, desc.inner,
+            native.ACTS[NATIVE_ACTS[desc.act]], 0, 0, 0, self.layers,  # type: ignore[index]
+        )  # fmt: skip
+        self._pool: KVPool | None = None
+
+    @classmethod
+    def build(cls, desc: DecodeLayers | None) -> FusedDecode | None:
+        """The step for these layers, or None where it cannot run natively."""
+        kernel = native.load()
+        if kernel is None or desc is None or desc.act not in NATIVE_ACTS:
+            return None
+        layers = []
+        for d in desc.layers:
+            lins = [_lin(getattr(d, n)) for n in _LINEARS]
+            norms = [_norm(getattr(d, n)) for n in _NORMS]
+            if any(x is None for x in (*lins, *norms)) or d.q is None or d.w1 is None:
+                return None
+            layer = _Layer(*norms, *lins)
+            layer.rope, layer.window = d.rope, d.window or 0
+            layer.scale, layer.softcap = d.scale, d.softcap or 0.0
+            layers.append(layer)
+        return cls(kernel, desc, layers)
+
+    def takes(self, x: torch.Tensor, attn: AttentionMetadata) -> bool:
+        """Whether this batch runs natively: decode only, float32 CPU rows, a CPU pool in
+        float32 or bfloat16, not under torch.compile."""
+        pool = attn.pool
+        return (
+            attn.decode_only
+            and pool is not None
+            and pool.device.type == "cpu"
+            and pool.dtype in (torch.float32, torch.bfloat16)
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
+
+    def _bind(self, pool: KVPool) -> None:
+        """Point the layers at `pool`'s tensors (once per pool)."""
+        if pool is self._pool:
+            return
+        for i, layer in enumerate(self.layers):
+            layer.k_cache, layer.v_cache = pool.k[i].data_ptr(), pool.v[i].data_ptr()
+        s = self.stack
+        s.kv_bf16, s.bs, s.nblk = (
+            int(pool.dtype == torch.bfloat16),
+            pool.block_size,
+            pool.num_blocks,
+        )
+        self._pool = pool
+
+    def run(
+        self,
+        x: torch.Tensor,
+        attn: AttentionMetadata,
+        ropes: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    ) -> torch.Tensor:
+        """x [B, C] (the embedded new tokens) through every layer: [B, C]; writes the new K/V.
+        `ropes`: (cos, sin) [B, D] per rotary table the layers name."""
+        assert attn.pool is not None
+        self._bind(attn.pool)
+        x = x.contiguous().clone()
+        tables, hi = attn.decode_tables()
+        tables = tables.contiguous()
+        tabs = [(c.float().contiguous(), s.float().contiguous()) for c, s in ropes]  # held
+        cos = (_P * 2)(*[c.data_ptr() for c, _ in tabs])
+        sin = (_P * 2)(*[s.data_ptr() for _, s in tabs])
+        status = self.kernel.lib.fs_decode_step(
+            ctypes.byref(self.stack), x.data_ptr(), x.shape[0], attn.slot_mapping.data_ptr(),
+            tables.data_ptr(), tables.shape[1], hi.data_ptr(), cos, sin,
+            native.ISAS[self.kernel.isa], torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("the native decode step ran out of memory")
+        return x

@@ -1,0 +1,100 @@
+"""The native decode step (models/native_step.py) computes the eager path's bits: same logits,
+same K/V written, for one sequence and for batches with different lengths, sliding windows,
+shared prefixes and a bf16 pool."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fewshot.models import native
+from fewshot.models.attention import AttentionMetadata
+from fewshot.models.kv_pool import KVPool
+from fewshot.models.quant import quantize_model
+
+pytestmark = pytest.mark.skipif(native.load() is None, reason="no native kernels")
+
+BS = 16
+FUSED_ARCHS = ["gpt_neo", "llama", "gemma3"]
+
+
+@pytest.fixture(scope="module", params=FUSED_ARCHS)
+def int8_model(request, model_pair_factory):
+    _, model = model_pair_factory(request.param)
+    return quantize_model(copy.deepcopy(model)).eval()
+
+
+def _pool(model, dtype: torch.dtype) -> KVPool:
+    s = model.spec
+    return KVPool(s.n_layers, s.n_kv_heads, s.head_dim, 64, BS, dtype)
+
+
+def _forward(model, pool, tables, starts, counts, ids, fused: bool) -> torch.Tensor:
+    attn = AttentionMetadata.build(pool, tables, starts, counts)
+    positions = [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
+    rows = torch.tensor(attn.query_start[1:]) - 1
+    model.fuse_decode = fused
+    try:
+        with torch.inference_mode():
+            return model(torch.tensor(ids), torch.tensor(positions), attn, rows)
+    finally:
+        model.fuse_decode = True
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+def test_fused_decode_is_the_eager_step(int8_model, kv_dtype) -> None:
+    model = int8_model
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.spec.vocab_size
+    # three sequences sharing a two-block prefix, then their own blocks; contexts past the
+    # tiny Gemma's 32-token window; one sequence alone as well (the single-sequence path)
+    lengths = [40, 57, 70]
+    prefix = torch.randint(0, vocab, (32,), generator=gen).tolist()
+    prompts = [prefix + torch.randint(0, vocab, (n - 32,), generator=gen).tolist() for n in lengths]
+    tables = [[0, 1, *range(2 + 4 * i, 6 + 4 * i)] for i in range(3)]
+    pool = _pool(model, kv_dtype)
+    for t in pool.k + pool.v:
+        t.zero_()
+    _forward(model, pool, tables, [0] * 3, lengths, sum(prompts, []), fused=False)  # prefill
+    assert (
+        model.fused_decode(torch.zeros(1, dtype=torch.float32), _decode_meta(pool, tables, lengths))
+        is not None
+    )
+    for batch in ([0, 1, 2], [2]):
+        steps = {}
+        for fused in (False, True):
+            p = copy.deepcopy(pool)
+            ids = [prompts[i][-1] for i in batch]
+            logits = []
+            starts = [lengths[i] for i in batch]
+            for _ in range(3):  # three steps: later ones read the K/V the fused step wrote
+                out = _forward(
+                    model, p, [tables[i] for i in batch], starts, [1] * len(batch), ids, fused
+                )
+                logits.append(out)
+                ids = out.argmax(-1).tolist()
+                starts = [s + 1 for s in starts]
+            steps[fused] = (torch.stack(logits), p)
+        (eager, pool_e), (fused_logits, pool_f) = steps[False], steps[True]
+        assert torch.equal(eager, fused_logits), (eager - fused_logits).abs().max()
+        assert all(
+            torch.equal(a, b) for a, b in zip(pool_e.k + pool_e.v, pool_f.k + pool_f.v, strict=True)
+        )
+
+
+def _decode_meta(pool, tables, lengths) -> AttentionMetadata:
+    return AttentionMetadata.build(pool, tables, lengths, [1] * len(lengths))
+
+
+def test_fused_decode_needs_int8_weights(model_pair_factory) -> None:
+    _, model = model_pair_factory("gpt_neo")  # float32 weights: the eager path only
+    pool = _pool(model, torch.float32)
+    assert model.fused_decode(torch.zeros(1, 64), _decode_meta(pool, [[0, 1]], [20])) is None
+
+
+def test_prefill_is_not_fused(int8_model) -> None:
+    pool = _pool(int8_model, torch.float32)
+    attn = AttentionMetadata.build(pool, [[0, 1], [2, 3]], [0, 20], [5, 1])  # a prefill chunk
+    assert int8_model.fused_decode(torch.zeros(6, 64), attn) is None

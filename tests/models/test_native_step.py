@@ -1,6 +1,7 @@
-"""The native decode step (models/native_step.py) computes the eager path's bits: same logits,
-same K/V written, for one sequence and for batches with different lengths, sliding windows,
-shared prefixes and a bf16 pool."""
+"""The native layers (models/native_step.py) compute the eager path's bits: same logits, same
+K/V written, for one decoding sequence, for decode batches with different lengths, sliding
+windows and shared prefixes, for a decode beside a short prefill chunk, on a float32 and a bf16
+pool."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from fewshot.models import native
-from fewshot.models.attention import AttentionMetadata
+from fewshot.models.attention import NATIVE_PREFILL_TOKENS, AttentionMetadata
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.quant import quantize_model
 
@@ -35,16 +36,16 @@ def _forward(model, pool, tables, starts, counts, ids, fused: bool) -> torch.Ten
     attn = AttentionMetadata.build(pool, tables, starts, counts)
     positions = [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
     rows = torch.tensor(attn.query_start[1:]) - 1
-    model.fuse_decode = fused
+    model.fuse_layers = fused
     try:
         with torch.inference_mode():
             return model(torch.tensor(ids), torch.tensor(positions), attn, rows)
     finally:
-        model.fuse_decode = True
+        model.fuse_layers = True
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
-def test_fused_decode_is_the_eager_step(int8_model, kv_dtype) -> None:
+def test_fused_layers_is_the_eager_step(int8_model, kv_dtype) -> None:
     model = int8_model
     gen = torch.Generator().manual_seed(0)
     vocab = model.spec.vocab_size
@@ -59,23 +60,29 @@ def test_fused_decode_is_the_eager_step(int8_model, kv_dtype) -> None:
         t.zero_()
     _forward(model, pool, tables, [0] * 3, lengths, sum(prompts, []), fused=False)  # prefill
     assert (
-        model.fused_decode(torch.zeros(1, dtype=torch.float32), _decode_meta(pool, tables, lengths))
+        model.fused_layers(torch.zeros(1, dtype=torch.float32), _decode_meta(pool, tables, lengths))
         is not None
     )
-    for batch in ([0, 1, 2], [2]):
+    suffix = torch.randint(0, vocab, (9,), generator=gen).tolist()
+    for batch in ([0, 1, 2], [2], [0, 1]):
         steps = {}
         for fused in (False, True):
             p = copy.deepcopy(pool)
             ids = [prompts[i][-1] for i in batch]
+            counts = [1] * len(batch)
+            if batch == [
+                0,
+                1,
+            ]:  # a decode beside a 9-token prefill chunk (a query after its prefix)
+                ids, counts = [ids[0], *suffix], [1, len(suffix)]
             logits = []
             starts = [lengths[i] for i in batch]
             for _ in range(3):  # three steps: later ones read the K/V the fused step wrote
-                out = _forward(
-                    model, p, [tables[i] for i in batch], starts, [1] * len(batch), ids, fused
-                )
+                out = _forward(model, p, [tables[i] for i in batch], starts, counts, ids, fused)
                 logits.append(out)
                 ids = out.argmax(-1).tolist()
-                starts = [s + 1 for s in starts]
+                starts = [s + c for s, c in zip(starts, counts, strict=True)]
+                counts = [1] * len(batch)
             steps[fused] = (torch.stack(logits), p)
         (eager, pool_e), (fused_logits, pool_f) = steps[False], steps[True]
         assert torch.equal(eager, fused_logits), (eager - fused_logits).abs().max()
@@ -88,13 +95,16 @@ def _decode_meta(pool, tables, lengths) -> AttentionMetadata:
     return AttentionMetadata.build(pool, tables, lengths, [1] * len(lengths))
 
 
-def test_fused_decode_needs_int8_weights(model_pair_factory) -> None:
+def test_fused_layers_needs_int8_weights(model_pair_factory) -> None:
     _, model = model_pair_factory("gpt_neo")  # float32 weights: the eager path only
     pool = _pool(model, torch.float32)
-    assert model.fused_decode(torch.zeros(1, 64), _decode_meta(pool, [[0, 1]], [20])) is None
+    assert model.fused_layers(torch.zeros(1, 64), _decode_meta(pool, [[0, 1]], [20])) is None
 
 
-def test_prefill_is_not_fused(int8_model) -> None:
+def test_long_prefill_chunks_are_not_fused(int8_model) -> None:
     pool = _pool(int8_model, torch.float32)
-    attn = AttentionMetadata.build(pool, [[0, 1], [2, 3]], [0, 20], [5, 1])  # a prefill chunk
-    assert int8_model.fused_decode(torch.zeros(6, 64), attn) is None
+    long = NATIVE_PREFILL_TOKENS + 1  # attended by SDPA over gathered blocks
+    attn = AttentionMetadata.build(pool, [list(range(6)), [8, 9]], [0, 20], [long, 1])
+    assert int8_model.fused_layers(torch.zeros(long + 1, 64), attn) is None
+    attn = AttentionMetadata.build(pool, [list(range(6)), [8, 9]], [0, 20], [long - 1, 1])
+    assert int8_model.fused_layers(torch.zeros(long, 64), attn) is not None

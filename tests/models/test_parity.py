@@ -297,7 +297,7 @@ def test_decodes_sharing_a_prefix_read_it_once(consecutive, softcap, window, dec
         # window 3: every query's window starts past the shared blocks: no cascade needed
         assert (attn.decode.plans[window].shared is None) == (window == 3)
     else:  # the kernel reads every table in place: no gather plan at all
-        assert not attn.decode.plans and window in attn.native_inputs
+        assert not attn.decode.plans and window in attn.decode.native
     want = torch.cat(expected).reshape(3, n_heads * dim)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
 

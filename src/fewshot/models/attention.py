@@ -46,6 +46,8 @@ from fewshot.models import native
 from fewshot.models.attention_decode import attend_single, cascade
 from fewshot.models.kv_pool import KVPool
 
+NATIVE_PREFILL_TOKENS = 64  # prefill chunks up to this long attend per query in the native kernel
+
 
 @dataclass
 class _Plan:
@@ -77,6 +79,25 @@ class _Group:
     tables: torch.Tensor  # [B, max_blocks] block tables, padded with each row's last block
     n_blocks: torch.Tensor  # [B] blocks in use (covering positions < q_pos.max + 1)
     plans: dict[int | None, _Plan] = field(default_factory=dict)
+    # the native kernel's inputs, per window: (rows, per-row block tables, (first, end) positions)
+    native: dict[
+        int | None, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+    ] = field(default_factory=dict)
+
+    @property
+    def attends_natively(self) -> bool:
+        """Whether the native kernel attends this group's queries (each on its own): decodes,
+        and prefill chunks of up to NATIVE_PREFILL_TOKENS tokens."""
+        return self.rows.shape[1] <= NATIVE_PREFILL_TOKENS
+
+    def native_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The group's valid queries in its valid-row order: their rows of the batch [R], block
+        tables [R, W] (each its sequence's) and context ends, position + 1 (int32 [R])."""
+        counts = self.valid.sum(1)
+        tables = (
+            self.tables if self.rows.shape[1] == 1 else self.tables.repeat_interleave(counts, 0)
+        )
+        return self.rows[self.valid], tables, (self.q_pos[self.valid] + 1).to(torch.int32)
 
     @property
     def size(self) -> int:
@@ -106,18 +127,30 @@ class AttentionMetadata:
         return self.query_start[-1]
 
     @property
-    def decode_only(self) -> bool:
-        """Whether every sequence of the batch has one new token (a decode step)."""
-        return self.single is not None or (self.prefill is None and self.decode is not None)
+    def attends_natively(self) -> bool:
+        """Whether the native kernel (where it runs) attends every query of the batch on its
+        own: decodes and short prefill chunks (`_Group.attends_natively`)."""
+        return self.single is not None or all(
+            g is None or g.attends_natively for g in (self.decode, self.prefill)
+        )
 
-    def decode_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoding sequences' block tables (int64 [B, W], the decode group's rows or the
-        one sequence) and context ends, position + 1 (int32 [B]): the native kernels' inputs."""
+    def native_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every query's block table (int64 [N, W]) and context end, position + 1 (int32 [N]),
+        in the batch's row order: the native kernels' inputs (`attends_natively` batches)."""
         if self.single is not None:
             tables = torch.tensor([self.single], dtype=torch.long)
             return tables, torch.tensor([self.start_pos[0] + 1], dtype=torch.int32)
-        assert self.decode is not None
-        return self.decode.tables, (self.decode.q_pos[:, 0] + 1).to(torch.int32)
+        parts = [g.native_rows() for g in (self.decode, self.prefill) if g is not None]
+        if len(parts) == 1:  # one group: its valid rows are the batch's, in order
+            return parts[0][1], parts[0][2]
+        width = max(t.shape[1] for _, t, _ in parts)  # pad with each row's last block (unread)
+        tables = torch.cat(
+            [F.pad(t, (0, width - t.shape[1]), mode="replicate") for _, t, _ in parts]
+        )
+        ends = torch.cat([hi for _, _, hi in parts])
+        out_t, out_hi = torch.empty_like(tables), torch.empty_like(ends)
+        out_t[self.order], out_hi[self.order] = tables, ends
+        return out_t, out_hi
 
     @classmethod
     def build(
@@ -356,7 +389,7 @@ def paged_attention(
     for group in (attn.decode, attn.prefill):
         if group is None:
             continue
-        if group is attn.decode and kernel is not None:
+        if kernel is not None and group.attends_natively:
             parts.append(
                 _native_decode(kernel, q, attn, group, k_cache, v_cache, scale, window, softcap)
             )
@@ -392,15 +425,25 @@ def _native_decode(
     window: int | None,
     softcap: float | None,
 ) -> torch.Tensor:
-    """The decoding sequences (`group`, or the batch's one sequence when None) through the
-    native kernel, keys read in place: [rows, Hq, D] in q's dtype (the single case: [1, Hq * D])."""
-    inputs = attn.native_inputs.get(window)
-    if inputs is None:
-        tables, hi = attn.decode_tables()
-        lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
-        inputs = attn.native_inputs[window] = (tables, (lo, hi))
-    tables, bounds = inputs
-    rows = q if group is None else q[group.rows[:, 0]]
+    """The queries of `group` (decodes or short prefill chunks; the batch's one decoding
+    sequence when None) through the native kernel, each on its own, keys read in place:
+    [rows, Hq, D] in q's dtype, the group's valid-row order (the single case: [1, Hq * D])."""
+    if group is None:
+        inputs = attn.native_inputs.get(window)
+        if inputs is None:
+            tables, hi = attn.native_rows()
+            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
+            inputs = attn.native_inputs[window] = (tables, (lo, hi))
+        tables, bounds = inputs
+        rows = q
+    else:
+        found = group.native.get(window)
+        if found is None:
+            index, tables, hi = group.native_rows()
+            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
+            found = group.native[window] = (index, tables, (lo, hi))
+        index, tables, bounds = found
+        rows = q[index]
     head_dim = q.shape[-1]
     eff = scale if scale is not None else head_dim**-0.5
     out = kernel.decode_attention(

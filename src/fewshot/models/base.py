@@ -19,7 +19,7 @@ from torch import nn
 
 from fewshot.models.attention import AttentionMetadata
 from fewshot.models.layers import load_hf_state_dict
-from fewshot.models.native_step import DecodeLayers, FusedDecode
+from fewshot.models.native_step import DecodeLayers, FusedLayers
 
 
 @dataclass
@@ -51,21 +51,21 @@ class CausalLM(nn.Module):
 
     spec: ModelSpec
     paged: bool = True
-    fuse_decode: bool = True  # run decode steps' layers natively where they can (native_step)
+    fuse_layers: bool = True  # run a batch's decoder layers natively where they can (native_step)
 
     def decode_layers(self) -> DecodeLayers | None:
-        """The decoder layers for the native decode step (native_step.py); None: the family
-        runs them in Python only."""
+        """The decoder layers for the native step (native_step.py); None: the family runs them
+        in Python only."""
         return None
 
-    def fused_decode(self, x: torch.Tensor, attn: AttentionMetadata) -> FusedDecode | None:
-        """The native decode step when it runs this batch (`x` the embedded new tokens), else
-        None. Built at the first decode step (after quantization has swapped the Linears)."""
-        if not self.fuse_decode or not attn.decode_only:
+    def fused_layers(self, x: torch.Tensor, attn: AttentionMetadata) -> FusedLayers | None:
+        """The native step when it runs this batch's layers (`x` the embedded new tokens), else
+        None. Built at first use (after quantization has swapped the Linears)."""
+        if not self.fuse_layers or not attn.attends_natively:
             return None
-        step = self.__dict__.get("_fused_decode", False)
+        step = self.__dict__.get("_fused_layers", False)
         if step is False:
-            step = self.__dict__["_fused_decode"] = FusedDecode.build(self.decode_layers())
+            step = self.__dict__["_fused_layers"] = FusedLayers.build(self.decode_layers())
         return step if step is not None and step.takes(x, attn) else None
 
     @property

@@ -248,7 +248,7 @@ class Gemma3ForCausalLM(CausalLM):
         m = self.model
         x = m.embed(input_ids)  # [N, C]
         ropes = m.rotary_emb(positions, x.dtype)  # type -> 2 x [N, D]
-        if (step := self.fused_decode(x, attn)) is not None:
+        if (step := self.fused_layers(x, attn)) is not None:
             x = step.run(x, attn, list(ropes.values()))
         else:
             for layer, block in enumerate(m.layers):

@@ -173,7 +173,7 @@ class GPTNeoForCausalLM(CausalLM):
     ) -> torch.Tensor:
         t = self.transformer
         x = t.wte(input_ids) + t.wpe(positions)  # [N, C]
-        if (step := self.fused_decode(x, attn)) is not None:
+        if (step := self.fused_layers(x, attn)) is not None:
             x = step.run(x, attn)
         else:
             for layer, block in enumerate(t.h):

@@ -185,7 +185,7 @@ class LlamaForCausalLM(CausalLM):
         m = self.model
         x = m.embed_tokens(input_ids)  # [N, C]
         rope = m.rotary_emb(positions, x.dtype)  # 2 x [N, D]
-        if (step := self.fused_decode(x, attn)) is not None:
+        if (step := self.fused_layers(x, attn)) is not None:
             x = step.run(x, attn, [rope])
         else:
             for layer, block in enumerate(m.layers):

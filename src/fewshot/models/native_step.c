@@ -1,4 +1,4 @@
-/* The decoder layers of an int8 decode step in one call (built with native.c, native_gemv.c and
+/* The decoder layers of an int8 step in one call (built with native.c, native_gemv.c and
  * native_attention.c into one library; driven by native_step.py).
  *
  * A decode step of GPT-Neo-125M is ~20 small operations per layer; run from Python each costs
@@ -14,8 +14,9 @@
  *     x = x + post_attn_norm(a)
  *     h = pre_ff_norm(x); u = act(h W1) [* h W3]; d = u W2; x = x + post_ff_norm(d)
  *
- * Every sequence of the batch has exactly one new token (decode), its K/V slot in `slots`, its
- * block table in `tables` and its context end (position + 1) in `hi`.
+ * Every operation works row by row: each row of x is a query with its own K/V slot (`slots`),
+ * block table (`tables`) and context end, position + 1 (`hi`), so a batch may mix decodes and
+ * (short) prefill chunks; a chunk's own keys are written before any of its queries attends.
  */
 #include <math.h>
 #include <stdint.h>
@@ -108,9 +109,9 @@ static void add(float *x, const float *y, long n) {
   for (long i = 0; i < n; i++) x[i] = x[i] + y[i];
 }
 
-/* x [B][C] float32, in place: through every layer of the stack. Returns 0, or -1 when out of
- * memory (x then holds no meaningful values). */
-int fs_decode_step(const fs_stack *st, float *x, int B, const int64_t *slots,
+/* x [B][C] float32 (B rows), in place: through every layer of the stack. Returns 0, or -1
+ * when out of memory (x then holds no meaningful values). */
+int fs_run_layers(const fs_stack *st, float *x, int B, const int64_t *slots,
                    const int64_t *tables, int W, const int32_t *hi, const float *const *cos,
                    const float *const *sin, int isa, int threads) {
   const int C = st->C, D = st->D, qw = st->Hq * D, kw = st->Hkv * D;

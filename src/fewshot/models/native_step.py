@@ -1,17 +1,21 @@
-"""A decode step's decoder layers in one native call (`native_step.c`), for int8 models on the CPU.
+"""A step's decoder layers in one native call (`native_step.c`), for int8 models on the CPU.
 
 From Python a decode step is ~20 operations per layer, each a module call, a dispatch and an
 allocation: on GPT-Neo-125M ~3 ms a step, as much as reading the int8 weights. A family that
 describes its layers (`CausalLM.decode_layers`: which norms, projections, rotary table, window
-and scale each layer has) gets them run by `fs_decode_step` instead, on the kernels its eager
+and scale each layer has) gets them run by `fs_run_layers` instead, on the kernels its eager
 code calls for float32 CPU tensors, in the same order: the hidden states are bitwise the eager
 path's (tests/models/test_native_step.py), so the engine's exactness tests hold on both paths.
 
-`FusedDecode.build` says None where the step cannot run natively (a weight that is not the
-native kernel's int8, a norm or activation it lacks, no C compiler); `takes` says whether a
-batch is one (every sequence one new token, the pool on the CPU in float32 or bfloat16, not
-under torch.compile). Embeddings, the final norm and the LM head (whose top outputs are
-rescored in fp32) stay in Python: one call each.
+Every operation of a layer works row by row, attention included where each query attends on
+its own in the native kernel (decodes and prefill chunks of up to
+`attention.NATIVE_PREFILL_TOKENS` tokens: a few-shot query after its cached prefix), so such a
+batch, mixed or not, runs here as a whole. `FusedLayers.build` says None where the layers
+cannot run natively (a weight that is not the native kernel's int8, a norm or activation it
+lacks, no C compiler); `takes` says whether a batch can (its queries attended natively, its
+rows within the GEMV's, the pool on the CPU in float32 or bfloat16, not under torch.compile).
+Embeddings, the final norm and the LM head (whose top outputs are rescored in fp32) stay in
+Python: one call each.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ def _norm(module: nn.Module | None) -> _Nrm | None:
     return None
 
 
-class FusedDecode:
+class FusedLayers:
     """The native decode step over one model's decoder layers (see the module docstring)."""
 
     def __init__(self, kernel: native.Kernel, desc: DecodeLayers, layers: list[_Layer]) -> None:
@@ -140,7 +144,7 @@ class FusedDecode:
         self._pool: KVPool | None = None
 
     @classmethod
-    def build(cls, desc: DecodeLayers | None) -> FusedDecode | None:
+    def build(cls, desc: DecodeLayers | None) -> FusedLayers | None:
         """The step for these layers, or None where it cannot run natively."""
         kernel = native.load()
         if kernel is None or desc is None or desc.act not in NATIVE_ACTS:
@@ -158,11 +162,11 @@ class FusedDecode:
         return cls(kernel, desc, layers)
 
     def takes(self, x: torch.Tensor, attn: AttentionMetadata) -> bool:
-        """Whether this batch runs natively: decode only, float32 CPU rows, a CPU pool in
-        float32 or bfloat16, not under torch.compile."""
+        """Whether this batch's layers run natively (module docstring)."""
         pool = attn.pool
         return (
-            attn.decode_only
+            attn.attends_natively
+            and x.shape[0] <= self.kernel.gemv_rows  # the eager Int8Linear's GEMV, not its GEMM
             and pool is not None
             and pool.device.type == "cpu"
             and pool.dtype in (torch.float32, torch.bfloat16)
@@ -191,21 +195,21 @@ class FusedDecode:
         attn: AttentionMetadata,
         ropes: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
     ) -> torch.Tensor:
-        """x [B, C] (the embedded new tokens) through every layer: [B, C]; writes the new K/V.
-        `ropes`: (cos, sin) [B, D] per rotary table the layers name."""
+        """x [N, C] (the embedded new tokens) through every layer: [N, C]; writes the new K/V.
+        `ropes`: (cos, sin) [N, D] per rotary table the layers name."""
         assert attn.pool is not None
         self._bind(attn.pool)
         x = x.contiguous().clone()
-        tables, hi = attn.decode_tables()
+        tables, hi = attn.native_rows()
         tables = tables.contiguous()
         tabs = [(c.float().contiguous(), s.float().contiguous()) for c, s in ropes]  # held
         cos = (_P * 2)(*[c.data_ptr() for c, _ in tabs])
         sin = (_P * 2)(*[s.data_ptr() for _, s in tabs])
-        status = self.kernel.lib.fs_decode_step(
+        status = self.kernel.lib.fs_run_layers(
             ctypes.byref(self.stack), x.data_ptr(), x.shape[0], attn.slot_mapping.data_ptr(),
             tables.data_ptr(), tables.shape[1], hi.data_ptr(), cos, sin,
             native.ISAS[self.kernel.isa], torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
-            raise MemoryError("the native decode step ran out of memory")
+            raise MemoryError("the native layers ran out of memory")
         return x

@@ -1,7 +1,7 @@
 """Session-wide fixtures: the real GPT-2 tokenizer, a tiny GPT-Neo directory, the demo model.
 
 Tests that use `demo_llm_model` are marked slow automatically (they still run in CI).
-`--dtype auto` depends on the CPU (bf16 with AMX, else int8); in this process's tests "auto" means
+`--dtype auto` depends on the machine (int8 where the native kernels build); in this process's tests "auto" means
 fp32, the reference every exactness test compares with transformers, on every host. What auto
 picks per CPU is tested on its own (`test_auto_dtype_follows_the_hardware`).
 """
@@ -22,9 +22,7 @@ GPT2_EOS = "<|endoftext|>"
 @pytest.fixture(autouse=True, scope="session")
 def _auto_dtype_is_fp32():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(
-            "fewshot.models.loading.auto_dtype", lambda device="cpu", cpu=None, kernels=None: "fp32"
-        )
+        mp.setattr("fewshot.models.loading.auto_dtype", lambda device="cpu", kernels=None: "fp32")
         yield
 
 

@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -120,32 +120,24 @@ def load_model(
     return _finish(model, tok, name, source, dtype, t0)
 
 
-def auto_dtype(
-    device: str = "cpu", cpu: Mapping[str, bool] | None = None, kernels: bool | None = None
-) -> str:
-    """What "auto" means on `device` ("cpu" or "cuda"); `cpu`: the CPU's capabilities
-    (default: `torch.cpu.get_capabilities()`); `kernels`: whether the native int8 kernels run
-    here (default: `native.load()` succeeds, i.e. there is a C compiler).
+def auto_dtype(device: str = "cpu", kernels: bool | None = None) -> str:
+    """What "auto" means on `device` ("cpu" or "cuda"); `kernels`: whether the native int8
+    kernels run here (default: `native.load()` succeeds, i.e. there is a C compiler).
 
     - CUDA: bf16.
-    - A CPU with AMX-BF16 (Intel Sapphire Rapids and later): bf16. oneDNN runs bf16 GEMMs on the
-      AMX tiles at 3-6x fp32's speed from 8 rows up (prefill, batched decode); few-shot serving
-      13.0x the baseline against 10.6x for the previous, float-converting int8 kernel
-      (GPT-Neo-125M; the integer kernel is not measured there yet). int8 stays the choice
-      there for one stream's latency and for memory (`--dtype int8`).
-    - Any other CPU (AVX-512 without AMX, AVX2): int8 (`quant.py`: weight-only, a bf16 scale per
-      32 inputs, native kernels; top-1 agreement with fp32 98.5% on Gemma 3 270M, few-shot
-      accuracy within 1 point). On a Zen 4 host (GPT-Neo-125M, 2 threads, BENCHMARKS.md):
-      serving 31.7x the baseline against bf16's 19.5x and fp32's 7.3x, decode 7.8 against 19.2
-      and 36.0 ms/token, a cold prompt 215 against 168 and 456 ms. On Sapphire Rapids with AMX
-      and AVX-512 switched off (AVX2; the previous int8 kernel): serving 9.8x against fp32's
-      7.6x, decode 10.2 against 20.7 ms/token.
+    - A CPU where the native int8 kernels build: int8 (`quant.py`: weight-only, a bf16 scale per
+      32 inputs, integer GEMV, native layers; top-1 agreement with fp32 98.7% on Gemma 3 270M,
+      few-shot accuracy within 1 point), AMX hosts included. BENCHMARKS.md, 2 threads:
+      on an AMX host (Intel Xeon, AVX512-VNNI, AMX-BF16): GPT-Neo-125M serving 22.4x the
+      baseline against bf16's 15.6x, decode 5.6 against 16.9 ms/token, Gemma 3 270M serving
+      23.4 against 21.5 requests/s, decode 13.6 against 43.7 ms/token; bf16's AMX GEMMs still
+      take a cold prompt faster (80 against 200 ms on GPT-Neo: `--dtype bf16` for long cold
+      prompts). On a Zen 4 host (AVX-512, no AMX): serving 31.7x against bf16's 19.5x and
+      fp32's 7.3x, decode 7.8 against 19.2 and 36.0 ms/token. AVX2 only (emulated on Zen 4):
+      serving 14.7x against fp32's 6.3x, decode 9.1 against 37.3 ms/token.
     - fp32 where the int8 kernels cannot be built (no C compiler): torch's int8 fallback is slow.
     """
     if device.startswith("cuda"):
-        return "bf16"
-    caps = torch.cpu.get_capabilities() if cpu is None else cpu
-    if caps.get("amx_bf16") and caps.get("amx_tile"):
         return "bf16"
     if kernels is None:
         from fewshot.models import native

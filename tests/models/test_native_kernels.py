@@ -28,3 +28,55 @@ def test_rope_kernel_equals_torch(shape) -> None:
     assert torch.equal(NATIVE.rope(x, cos, sin), want)
     assert torch.equal(layers.apply_rotary(x, cos, sin), want)  # which takes the kernel
     assert native.usable(x.bfloat16(), cos, sin) is None  # other dtypes stay on torch
+
+
+def _naive(q, k, v, ends, scale, window, softcap):
+    """q [t, Hq, D] against k/v [L, Hkv, D]; query i sees positions < ends[i] (and >= ends[i] -
+    window); float64."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(group, 1), v.double().repeat_interleave(group, 1)
+    scores = torch.einsum("thd,lhd->htl", q.double(), k) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    pos = torch.arange(k.shape[0])[None, :]
+    end = torch.tensor(ends)[:, None]
+    ok = (pos < end) & ((pos >= end - window) if window else True)
+    return torch.einsum("htl,lhd->thd", scores.masked_fill(~ok, float("-inf")).softmax(-1), v)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("n_kv", "window", "softcap"), [(2, None, None), (1, 23, None), (4, 9, 3.0)]
+)
+def test_a_prefill_chunk_attends_like_single_queries(dtype, n_kv, window, softcap) -> None:
+    """A run of queries at consecutive positions of one sequence (a prefill chunk) attends
+    together on AVX-512 (native_runs.c): as the float64 reference, and each query's result does
+    not depend on how the chunk is split or what else is in the batch."""
+    torch.manual_seed(1)
+    n_heads, dim, bs, nblk = 4, 32, 16, 12
+    length = 150  # positions 0..149 in scattered blocks; the chunk is 131..149 (19 queries)
+    table = torch.randperm(nblk)[: -(-length // bs)]
+    k_all, v_all = torch.randn(length, n_kv, dim), torch.randn(length, n_kv, dim)
+    k_cache = torch.zeros(n_kv, nblk, bs, dim, dtype=dtype)
+    v_cache = torch.zeros(n_kv, nblk, bs, dim, dtype=dtype)
+    for p in range(length):
+        k_cache[:, table[p // bs], p % bs] = k_all[p].to(dtype)
+        v_cache[:, table[p // bs], p % bs] = v_all[p].to(dtype)
+    ends = list(range(132, length + 1))
+    q = torch.randn(len(ends), n_heads, dim)
+    assert NATIVE is not None
+
+    def attend(rows: list[int]) -> torch.Tensor:
+        hi = torch.tensor([ends[i] for i in rows], dtype=torch.int32)
+        lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
+        tables = table[None].repeat(len(rows), 1).contiguous()
+        return NATIVE.decode_attention(
+            q[rows].contiguous(), k_cache, v_cache, tables, (lo, hi), 0.3, softcap
+        )
+
+    whole = attend(list(range(len(ends))))
+    want = _naive(q, k_all.to(dtype), v_all.to(dtype), ends, 0.3, window, softcap)
+    torch.testing.assert_close(whole.double(), want, atol=1e-5, rtol=1e-5)
+    halves = torch.cat([attend(list(range(9))), attend(list(range(9, len(ends))))])
+    assert torch.equal(whole, halves)

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "native_math.h"
+
 /* 3: AVX-512 with VNNI, 2: AVX-512 (F, BW), 1: AVX2 and FMA, 0: plain C. */
 int fs_isa(void) {
   __builtin_cpu_init();
@@ -68,26 +70,6 @@ void fs_layer_norm(const float *x, const float *w, const float *b, float eps, fl
   for (int r = 0; r < rows; r++) ln_row(x + (long)r * D, w, b, eps, y + (long)r * D, D);
 }
 
-/* e^x, x clamped to [-87, 87]: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to
- * r^7 (relative error ~2e-7), times 2^n from the exponent bits. Branch-free: loops vectorize. */
-static inline float exp_clamped(float x) {
-  x = x < -87.0f ? -87.0f : x > 87.0f ? 87.0f : x;
-  const float n = __builtin_rintf(x * 1.44269504f);
-  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = ((int32_t)n + 127) << 23;
-  float two_n;
-  memcpy(&two_n, &bits, 4);
-  return p * two_n;
-}
-
 /* The MLP activations, elementwise: kind 1 tanh-approximated GELU (gelu_new,
  * gelu_pytorch_tanh), 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), tanh(|u|) as
  * (1 - e^-2|u|) / (1 + e^-2|u|); kind 2 SiLU, x / (1 + e^-x). Absolute error ~1e-7 of the
@@ -97,11 +79,11 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void act_spa
   if (kind == 1) {
     for (long i = 0; i < n; i++) {
       const float v = x[i], u = 0.7978845608f * (v + 0.044715f * v * v * v);
-      const float e = exp_clamped(-2.0f * fabsf(u)), t = (1.0f - e) / (1.0f + e);
+      const float e = fs_exp(-2.0f * fabsf(u)), t = (1.0f - e) / (1.0f + e);
       y[i] = 0.5f * v * (1.0f + (u < 0.0f ? -t : t));
     }
   } else {
-    for (long i = 0; i < n; i++) y[i] = x[i] / (1.0f + exp_clamped(-x[i]));
+    for (long i = 0; i < n; i++) y[i] = x[i] / (1.0f + fs_exp(-x[i]));
   }
 }
 

@@ -34,8 +34,15 @@ log = logging.getLogger(__name__)
 
 SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("native.c", "native_gemv.c", "native_attention.c", "native_step.c")
+    for name in (
+        "native.c",
+        "native_gemv.c",
+        "native_attention.c",
+        "native_runs.c",
+        "native_step.c",
+    )
 ]
+HEADERS = [Path(__file__).with_name("native_math.h")]  # part of the build's hash
 ISAS = {"avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
 GEMV_ROWS = {"avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 64, "c": 0}
 ACTS = {"gelu_tanh": 1, "silu": 2}  # fs_act's kinds
@@ -291,7 +298,7 @@ def _build(build_dir: Path) -> Path | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-        code = b"".join(source.read_bytes() for source in SOURCES)
+        code = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
         key = hashlib.sha256(code + version.encode() + " ".join(FLAGS).encode())
         target = build_dir / f"native-{key.hexdigest()[:16]}.so"
         if target.exists():

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "native_math.h"
+
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 static inline float widen_bf16(uint16_t h) {
@@ -33,27 +35,6 @@ static inline float widen_bf16(uint16_t h) {
   float f;
   memcpy(&f, &u, 4);
   return f;
-}
-
-/* exp(x) for x <= 0 (a score minus the row's maximum), relative error ~2e-7: x = n ln2 + r,
- * |r| <= ln2 / 2, e^r by its Taylor polynomial to r^7, times 2^n from the exponent bits; 0 below
- * -87 (where float32 runs out). Branch-free, so the loop that calls it vectorizes. */
-static inline float exp_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = __builtin_rintf(x * 1.44269504f);
-  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = ((int32_t)n + 127) << 23;
-  float two_n;
-  memcpy(&two_n, &bits, 4);
-  return p * two_n;
 }
 
 typedef struct {
@@ -68,6 +49,13 @@ typedef struct {
 
 /* Positions per work item (see the top of the file). */
 #define CHUNK 512
+/* Runs of this many rows or more (a prefill chunk's queries) go to native_runs.c. */
+#define RUN_MIN 4
+
+int fs_attend_run(const float *q, const void *k, const void *v, const int64_t *table,
+                  const int32_t *lo, const int32_t *hi, float *out, long r0, int nrows, int qb,
+                  int h, int Hq, int Hkv, int D, int BS, long nblk, float scale, float cap,
+                  int bf16);
 
 static __thread float *tls_scores;
 static __thread long tls_scores_len;
@@ -179,7 +167,7 @@ CLONES static float softmax_numerators(float *s, long L, float *sum_out) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (long t = 0; t < L; t++) {
-    s[t] = exp_neg(s[t] - m);
+    s[t] = fs_exp(s[t] - m);
     sum += s[t];
   }
   *sum_out = sum;
@@ -251,20 +239,54 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
                          int isa, int threads) {
   const attn_args a = {q, k, v, tables, lo, hi, nblk, B, Hq, Hkv, D, BS, W, bf16, scale, cap};
   const int G = Hq / Hkv, vec = isa >= 2 && D % 16 == 0 ? 2 : isa >= 1 && D % 8 == 0 ? 1 : 0;
-  /* work items: (sequence, chunk of CHUNK positions, KV head); a sequence's chunks start at
-   * first[b] */
-  long *first = grow((void **)&tls_first, &tls_first_len, B + 1, sizeof(long));
+  /* runs: RUN_MIN or more rows at consecutive positions with one block table (a prefill
+   * chunk) attend together (native_runs.c, AVX-512); run g is rows groups[2g] .. + groups[2g+1] */
+  long *first = grow((void **)&tls_first, &tls_first_len, 4L * B + 3, sizeof(long));
   if (first == NULL) return;
+  long *groups = first + B + 1, n_groups = 0;
+  for (int b0 = 0, b1; b0 < B; b0 = b1) {
+    for (b1 = b0 + 1; vec == 2 && b1 < B && hi[b1] == hi[b1 - 1] + 1 &&
+                      !memcmp(tables + (long)b1 * W, tables + (long)b0 * W, sizeof(int64_t) * W);
+         b1++)
+      ;
+    if (b1 - b0 < RUN_MIN) {
+      if (vec == 2) b1 = b0 + 1; /* rows alone; the next row may start a run */
+      continue;
+    }
+    groups[2 * n_groups] = b0;
+    groups[2 * n_groups++ + 1] = b1 - b0;
+  }
+  /* a run's items: (KV head, block of 16 of its rows x G queries); run g's blocks start at
+   * blocks[g] (after the per-row items' bookkeeping in `first`) */
+  long *blocks = groups + 2 * n_groups;
+  blocks[0] = 0;
+  for (long g = 0; g < n_groups; g++) blocks[g + 1] = blocks[g] + (groups[2 * g + 1] * G + 15) / 16;
+  /* work items: (sequence, chunk of CHUNK positions, KV head) of the rows outside runs; a
+   * row's chunks start at first[b] */
   first[0] = 0;
+  long g_at = 0;
   for (int b = 0; b < B; b++) {
-    const long n = hi[b] > lo[b] ? (hi[b] - 1) / CHUNK - lo[b] / CHUNK + 1 : 0;
+    const int in_run = g_at < n_groups && b >= groups[2 * g_at] &&
+                       b < groups[2 * g_at] + groups[2 * g_at + 1];
+    if (g_at < n_groups && b + 1 >= groups[2 * g_at] + groups[2 * g_at + 1]) g_at++;
+    const long n = !in_run && hi[b] > lo[b] ? (hi[b] - 1) / CHUNK - lo[b] / CHUNK + 1 : 0;
     first[b + 1] = first[b] + n;
   }
-  const long items = first[B] * Hkv, width = (long)G * (D + 2);
-  float *parts = grow((void **)&tls_parts, &tls_parts_len, items * width, sizeof(float));
+  const long items = first[B] * Hkv, width = (long)G * (D + 2), run_items = blocks[n_groups] * Hkv;
+  float *parts = grow((void **)&tls_parts, &tls_parts_len, items * width + 1, sizeof(float));
   if (parts == NULL) return;
-#pragma omp parallel num_threads(threads) if (items > 1)
+#pragma omp parallel num_threads(threads) if (items + run_items > 1)
   {
+#pragma omp for schedule(static) nowait
+    for (long i = 0; i < run_items; i++) { /* heads outermost, as below */
+      const long c = i % blocks[n_groups];
+      long g = 0;
+      while (blocks[g + 1] <= c) g++;
+      const long r0 = groups[2 * g];
+      fs_attend_run(q, k, v, tables + r0 * W, lo, hi, out, r0, (int)groups[2 * g + 1],
+                    (int)(c - blocks[g]), (int)(i / blocks[n_groups]), Hq, Hkv, D, BS, nblk,
+                    scale, cap, bf16);
+    }
 #pragma omp for schedule(static)
     for (long i = 0; i < items; i++) { /* heads outermost: a shared prefix stays in cache */
       const int h = (int)(i / first[B]);
@@ -286,6 +308,7 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
 #pragma omp for schedule(static)
     for (long r = 0; r < (long)B * Hq; r++) {
       const int b = (int)(r / Hq), hq = (int)(r % Hq), h = hq / G, g = hq % G;
+      if (first[b + 1] == first[b] && hi[b] > lo[b]) continue; /* a run's row: written above */
       float *o = out + r * D;
       float m = -INFINITY, l = 0.0f;
       for (long c = first[b]; c < first[b + 1]; c++) {

@@ -1,0 +1,28 @@
+/* Math shared by the native kernels' sources (native.c, native_attention.c). */
+#ifndef FEWSHOT_NATIVE_MATH_H
+#define FEWSHOT_NATIVE_MATH_H
+#include <stdint.h>
+#include <string.h>
+
+/* e^x, x clamped to [-87, 87]: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to
+ * r^7 (relative error ~2e-7), times 2^n from the exponent bits. Branch-free, so the loops that
+ * call it vectorize. */
+static inline float fs_exp(float x) {
+  x = x < -87.0f ? -87.0f : x > 87.0f ? 87.0f : x;
+  const float n = __builtin_rintf(x * 1.44269504f);
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, 4);
+  return p * two_n;
+}
+
+#endif

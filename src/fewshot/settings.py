@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(None, description="File with one API key per line")
     dtype: str = Field(
         "auto",
-        description="Weights: auto (bf16 on AMX CPUs and CUDA, else int8) | fp32 | bf16 | int8",
+        description="Weights: auto (bf16 on CUDA, int8 on CPUs with the C kernels, else fp32) | fp32 | bf16 | int8",
     )
     device: str = Field(
         "auto", description="auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N"

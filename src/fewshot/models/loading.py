@@ -128,11 +128,11 @@ def auto_dtype(device: str = "cpu", kernels: bool | None = None) -> str:
     - A CPU where the native int8 kernels build: int8 (`quant.py`: weight-only, a bf16 scale per
       32 inputs, integer GEMV, native layers; top-1 agreement with fp32 98.7% on Gemma 3 270M,
       few-shot accuracy within 1 point), AMX hosts included. BENCHMARKS.md, 2 threads:
-      on an AMX host (Intel Xeon, AVX512-VNNI, AMX-BF16): GPT-Neo-125M serving 22.4x the
-      baseline against bf16's 15.6x, decode 5.6 against 16.9 ms/token, Gemma 3 270M serving
-      23.4 against 21.5 requests/s, decode 13.6 against 43.7 ms/token; bf16's AMX GEMMs still
-      take a cold prompt faster (80 against 200 ms on GPT-Neo: `--dtype bf16` for long cold
-      prompts). On a Zen 4 host (AVX-512, no AMX): serving 31.7x against bf16's 19.5x and
+      on an AMX host (Intel Xeon, AVX512-VNNI, AMX-BF16): GPT-Neo-125M serving 21.8x the
+      baseline against bf16's 15.8x, decode 5.5 against 18.3 ms/token, Gemma 3 270M serving
+      23.3 against 21.1 requests/s, decode 13.2 against 44.4 ms/token; bf16's AMX GEMMs still
+      take cold prompts and 32 concurrent unrelated prompts faster (88 against 222 ms, 437
+      against 309 tokens/s on GPT-Neo: `--dtype bf16` for those loads). On a Zen 4 host (AVX-512, no AMX): serving 31.7x against bf16's 19.5x and
       fp32's 7.3x, decode 7.8 against 19.2 and 36.0 ms/token. AVX2 only (emulated on Zen 4):
       serving 14.7x against fp32's 6.3x, decode 9.1 against 37.3 ms/token.
     - fp32 where the int8 kernels cannot be built (no C compiler): torch's int8 fallback is slow.

@@ -371,7 +371,7 @@ def _open(path: Path) -> Kernel:
     lib.fs_decode_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _L,
                                         ctypes.c_float, ctypes.c_float, _I, _I, _I]  # fmt: skip
     lib.fs_decode_attention.restype = None
-    lib.fs_run_layers.argtypes = [_P, _P, _I, _P, _P, _I, _P, _P, _P, _I, _I]
+    lib.fs_run_layers.argtypes = [_P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _I, _I]
     lib.fs_run_layers.restype = _I
     lib.fs_isa.restype = _I
     isa = {v: k for k, v in ISAS.items()}[lib.fs_isa()]

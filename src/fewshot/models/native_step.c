@@ -52,17 +52,21 @@ typedef struct { /* kind 0: absent, 1: LayerNorm (w, b), 2: RMSNorm times (offse
 typedef struct {
   fs_nrm in, post_attn, pre_ff, post_ff, qn, kn;
   fs_lin wq, wk, wv, wo, w1, w3, w2; /* w1: activated (c_fc, gate), w3: multiplied in (up) */
-  void *k_cache, *v_cache;           /* this layer's pool tensors [Hkv][NBLK][BS][D] */
   int rope;                          /* -1: none, else the table (0 or 1) */
   int window;                        /* 0: every position, else the last `window` */
   float scale, softcap;
 } fs_layer;
 
-typedef struct {
-  int n_layers, C, Hq, Hkv, D, inner, act, kv_bf16, bs;
-  long nblk;
+typedef struct { /* the model: read-only, shared by every call */
+  int n_layers, C, Hq, Hkv, D, inner, act;
   const fs_layer *layers;
 } fs_stack;
+
+typedef struct { /* the KV pool of one call: per layer K and V [Hkv][NBLK][BS][D] */
+  void *const *k, *const *v;
+  int bf16, bs;
+  long nblk;
+} fs_pool;
 
 static void lin(const fs_lin *l, const float *x, float *y, int B, int isa, int threads) {
   fs_gemv(x, l->K, l->q, l->s, l->bias, y, l->N, B, l->N, l->K, l->G, isa, threads);
@@ -88,15 +92,15 @@ static uint16_t to_bf16(float f) { /* round to nearest even, as torch converts *
 }
 
 /* k or v rows [B][Hkv][D] into the pool at each sequence's slot */
-static void store_kv(const fs_stack *st, void *cache, const float *x, int B,
+static void store_kv(const fs_stack *st, const fs_pool *pool, void *cache, const float *x, int B,
                      const int64_t *slots) {
   const int H = st->Hkv, D = st->D;
-  const long plane = st->nblk * st->bs; /* slots per head */
+  const long plane = pool->nblk * pool->bs; /* slots per head */
   for (int b = 0; b < B; b++)
     for (int h = 0; h < H; h++) {
       const float *src = x + ((long)b * H + h) * D;
       const long at = ((long)h * plane + slots[b]) * D;
-      if (st->kv_bf16) {
+      if (pool->bf16) {
         uint16_t *dst = (uint16_t *)cache + at;
         for (int d = 0; d < D; d++) dst[d] = to_bf16(src[d]);
       } else {
@@ -111,7 +115,7 @@ static void add(float *x, const float *y, long n) {
 
 /* x [B][C] float32 (B rows), in place: through every layer of the stack. Returns 0, or -1
  * when out of memory (x then holds no meaningful values). */
-int fs_run_layers(const fs_stack *st, float *x, int B, const int64_t *slots,
+int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, const int64_t *slots,
                    const int64_t *tables, int W, const int32_t *hi, const float *const *cos,
                    const float *const *sin, int isa, int threads) {
   const int C = st->C, D = st->D, qw = st->Hq * D, kw = st->Hkv * D;
@@ -138,11 +142,11 @@ int fs_run_layers(const fs_stack *st, float *x, int B, const int64_t *slots,
       fs_rope(k, cos[L->rope], sin[L->rope], k2, B, st->Hkv, D);
       qr = q2, kr = k2;
     }
-    store_kv(st, L->k_cache, kr, B, slots);
-    store_kv(st, L->v_cache, v, B, slots);
+    store_kv(st, pool, pool->k[li], kr, B, slots);
+    store_kv(st, pool, pool->v[li], v, B, slots);
     for (int b = 0; b < B; b++) lo[b] = L->window > 0 && hi[b] > L->window ? hi[b] - L->window : 0;
-    fs_decode_attention(qr, L->k_cache, L->v_cache, tables, W, lo, hi, o, B, st->Hq, st->Hkv, D,
-                        st->bs, st->nblk, L->scale, L->softcap, st->kv_bf16, isa, threads);
+    fs_decode_attention(qr, pool->k[li], pool->v[li], tables, W, lo, hi, o, B, st->Hq, st->Hkv,
+                        D, pool->bs, pool->nblk, L->scale, L->softcap, pool->bf16, isa, threads);
     lin(&L->wo, o, a, B, isa, threads);
     add(x, norm(&L->post_attn, a, a, B, C, threads), (long)B * C);
     /* MLP */

@@ -52,16 +52,20 @@ class _Layer(ctypes.Structure):  # fs_layer
     _fields_ = [
         *((n, _Nrm) for n in _NORMS),
         *((n, _Lin) for n in _LINEARS),
-        ("k_cache", _P), ("v_cache", _P), ("rope", _I), ("window", _I),
-        ("scale", _F), ("softcap", _F),
+        ("rope", _I), ("window", _I), ("scale", _F), ("softcap", _F),
     ]  # fmt: skip
 
 
 class _Stack(ctypes.Structure):  # fs_stack
     _fields_ = [
         ("n_layers", _I), ("C", _I), ("Hq", _I), ("Hkv", _I), ("D", _I), ("inner", _I),
-        ("act", _I), ("kv_bf16", _I), ("bs", _I), ("nblk", _L), ("layers", ctypes.POINTER(_Layer)),
+        ("act", _I), ("layers", ctypes.POINTER(_Layer)),
     ]  # fmt: skip
+
+
+class _Pool(ctypes.Structure):  # fs_pool
+    _fields_ = [("k", ctypes.POINTER(_P)), ("v", ctypes.POINTER(_P)), ("bf16", _I), ("bs", _I),
+                ("nblk", _L)]  # fmt: skip
 
 
 @dataclass
@@ -139,9 +143,8 @@ class FusedLayers:
         self.layers = (_Layer * len(layers))(*layers)
         self.stack = _Stack(
             len(layers), desc.hidden, desc.n_heads, desc.n_kv_heads, desc.head_dim, desc.inner,
-            native.ACTS[NATIVE_ACTS[desc.act]], 0, 0, 0, self.layers,  # type: ignore[index]
+            native.ACTS[NATIVE_ACTS[desc.act]], self.layers,  # type: ignore[index]
         )  # fmt: skip
-        self._pool: KVPool | None = None
 
     @classmethod
     def build(cls, desc: DecodeLayers | None) -> FusedLayers | None:
@@ -175,19 +178,14 @@ class FusedLayers:
             and not torch.compiler.is_compiling()
         )
 
-    def _bind(self, pool: KVPool) -> None:
-        """Point the layers at `pool`'s tensors (once per pool)."""
-        if pool is self._pool:
-            return
-        for i, layer in enumerate(self.layers):
-            layer.k_cache, layer.v_cache = pool.k[i].data_ptr(), pool.v[i].data_ptr()
-        s = self.stack
-        s.kv_bf16, s.bs, s.nblk = (
-            int(pool.dtype == torch.bfloat16),
-            pool.block_size,
-            pool.num_blocks,
-        )
-        self._pool = pool
+    @staticmethod
+    def _pool(pool: KVPool) -> _Pool:
+        """The pool's tensors for one call (built per call: nothing shared between engines)."""
+        n = len(pool.k)
+        k = (_P * n)(*(t.data_ptr() for t in pool.k))
+        v = (_P * n)(*(t.data_ptr() for t in pool.v))
+        bf16 = int(pool.dtype == torch.bfloat16)
+        return _Pool(k, v, bf16, pool.block_size, pool.num_blocks)
 
     def run(
         self,
@@ -198,7 +196,7 @@ class FusedLayers:
         """x [N, C] (the embedded new tokens) through every layer: [N, C]; writes the new K/V.
         `ropes`: (cos, sin) [N, D] per rotary table the layers name."""
         assert attn.pool is not None
-        self._bind(attn.pool)
+        pool = self._pool(attn.pool)
         x = x.contiguous().clone()
         tables, hi = attn.native_rows()
         tables = tables.contiguous()
@@ -206,7 +204,7 @@ class FusedLayers:
         cos = (_P * 2)(*[c.data_ptr() for c, _ in tabs])
         sin = (_P * 2)(*[s.data_ptr() for _, s in tabs])
         status = self.kernel.lib.fs_run_layers(
-            ctypes.byref(self.stack), x.data_ptr(), x.shape[0], attn.slot_mapping.data_ptr(),
+            ctypes.byref(self.stack), ctypes.byref(pool), x.data_ptr(), x.shape[0], attn.slot_mapping.data_ptr(),
             tables.data_ptr(), tables.shape[1], hi.data_ptr(), cos, sin,
             native.ISAS[self.kernel.isa], torch.get_num_threads(),
         )  # fmt: skip

@@ -3,6 +3,9 @@ it, and the sampling rule keeps each token's distribution."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from engine_helpers import random_ids
 
@@ -12,6 +15,8 @@ from fewshot.engine.runner import ModelRunner
 from fewshot.engine.sampling import Sampler
 from fewshot.engine.speculation import propose
 from fewshot.engine.types import SamplingParams
+from fewshot.models import native, native_step
+from fewshot.models.quant import quantize_model
 
 
 def test_propose_takes_the_latest_longest_match() -> None:
@@ -95,3 +100,28 @@ def test_compiled_engine_equals_eager(neo, gpt2_tokenizer) -> None:
         got = [h.wait()[0].token_ids for h in handles]
         again = comp.generate(prompts[0], params)
     assert got == expected and again.token_ids == expected[0] and again.cached_tokens > 0
+
+
+def test_native_layers_change_nothing_in_the_engine(neo, gpt2_tokenizer) -> None:
+    """int8 through the engine: batched requests sharing a prefix, with speculation, give the
+    same tokens and logprobs with the decoder layers in C (models/native_step.py) as in Python."""
+    kernel = native.load()
+    if kernel is None or kernel.gemv_rows == 0:
+        pytest.skip("no native GEMV here")
+    model = quantize_model(copy.deepcopy(neo)).eval()
+    shared = few_shot_ids()
+    prompts = [shared + random_ids(5, seed=s) for s in (1, 2, 3)] + [random_ids(30, seed=4)]
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    runs = {}
+    for fused in (False, True):
+        model.fuse_layers = fused
+        with LLM.from_model(
+            model, gpt2_tokenizer, threads=1, kv_cache_mb=16, speculative_tokens=3
+        ) as llm:
+            first = llm.generate(prompts[0], params)  # its prefix is then cached for the rest
+            handles = [llm.submit(p, params, loop=None) for p in prompts[1:]]
+            results = [first, *(h.wait()[0] for h in handles)]
+            runs[fused] = [(r.token_ids, [t.logprob for t in r.tokens]) for r in results]
+    model.fuse_layers = True
+    assert runs[True] == runs[False]
+    assert native_step.FusedLayers.build(model.decode_layers()) is not None

@@ -63,10 +63,18 @@ class CausalLM(nn.Module):
         None. Built at first use (after quantization has swapped the Linears)."""
         if not self.fuse_layers or not attn.attends_natively:
             return None
-        step = self.__dict__.get("_fused_layers", False)
-        if step is False:
-            step = self.__dict__["_fused_layers"] = FusedLayers.build(self.decode_layers())
+        # keyed by the LM head, which quantize_model / pack_linears replace; `_apply` (.to(),
+        # .float(), ...) drops it: the step holds the weights' addresses
+        key = id(getattr(self, "lm_head", None))
+        cached = self.__dict__.get("_fused_layers")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_fused_layers"] = (key, FusedLayers.build(self.decode_layers()))
+        step = cached[1]
         return step if step is not None and step.takes(x, attn) else None
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self.__dict__.pop("_fused_layers", None)
+        return super()._apply(fn, recurse)
 
     @property
     def kv_dtype(self) -> torch.dtype:

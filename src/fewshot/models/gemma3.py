@@ -30,7 +30,7 @@ from fewshot.models.layers import (
     as_id_list,
     rope_inv_freq,
 )
-from fewshot.models.native_step import DecodeLayer, DecodeLayers
+from fewshot.models.native_step import DecodeLayers, describe, gated_layer
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -207,36 +207,23 @@ class Gemma3ForCausalLM(CausalLM):
     def decode_layers(self) -> DecodeLayers:
         layers = cast(list[Gemma3DecoderLayer], list(self.model.layers))
         tables = list(self.model.rotary_emb.tables)  # the order `forward` passes them in
-        first = layers[0].self_attn
-        return DecodeLayers(
-            layers=[
-                DecodeLayer(
-                    q=b.self_attn.q_proj,
-                    k=b.self_attn.k_proj,
-                    v=b.self_attn.v_proj,
-                    o=b.self_attn.o_proj,
-                    w1=b.mlp.gate_proj,
-                    w3=b.mlp.up_proj,
-                    w2=b.mlp.down_proj,
-                    in_norm=b.input_layernorm,
-                    post_attn=b.post_attention_layernorm,
-                    pre_ff=b.pre_feedforward_layernorm,
-                    post_ff=b.post_feedforward_layernorm,
-                    q_norm=b.self_attn.q_norm,
-                    k_norm=b.self_attn.k_norm,
-                    rope=tables.index(b.layer_type),
-                    window=b.self_attn.window,
-                    scale=b.self_attn.scale,
-                )  # fmt: skip
-                for b in layers
-            ],
-            n_heads=first.n_heads,
-            n_kv_heads=first.n_kv,
-            head_dim=first.head_dim,
-            hidden=self.config.hidden_size,
-            inner=layers[0].mlp.gate_proj.out_features,
-            act=layers[0].mlp.act,
-        )
+        described = [
+            gated_layer(
+                b.self_attn,
+                b.mlp,
+                in_norm=b.input_layernorm,
+                post_attn=b.post_attention_layernorm,
+                pre_ff=b.pre_feedforward_layernorm,
+                post_ff=b.post_feedforward_layernorm,
+                q_norm=b.self_attn.q_norm,
+                k_norm=b.self_attn.k_norm,
+                rope=tables.index(b.layer_type),
+                window=b.self_attn.window,
+                scale=b.self_attn.scale,
+            )  # fmt: skip
+            for b in layers
+        ]
+        return describe(described, layers[0].self_attn, layers[0].mlp.act, self.config.hidden_size)
 
     def forward(
         self,

@@ -18,7 +18,7 @@ from fewshot.models import attention
 from fewshot.models.attention import AttentionMetadata
 from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import LayerNorm, activation, as_id_list
-from fewshot.models.native_step import DecodeLayer, DecodeLayers
+from fewshot.models.native_step import DecodeLayer, DecodeLayers, describe
 
 
 class GPTNeoSelfAttention(nn.Module):
@@ -139,30 +139,23 @@ class GPTNeoForCausalLM(CausalLM):
 
     def decode_layers(self) -> DecodeLayers:
         blocks = cast(list[GPTNeoBlock], list(self.transformer.h))
-        first = blocks[0].attn.attention
-        return DecodeLayers(
-            layers=[
-                DecodeLayer(
-                    q=b.attn.attention.q_proj,
-                    k=b.attn.attention.k_proj,
-                    v=b.attn.attention.v_proj,
-                    o=b.attn.attention.out_proj,
-                    w1=b.mlp.c_fc,
-                    w2=b.mlp.c_proj,
-                    in_norm=b.ln_1,
-                    pre_ff=b.ln_2,
-                    window=b.attn.attention.window,
-                    scale=1.0,
-                )  # fmt: skip
-                for b in blocks
-            ],
-            n_heads=first.n_heads,
-            n_kv_heads=first.n_heads,
-            head_dim=first.head_dim,
-            hidden=self.config.hidden_size,
-            inner=blocks[0].mlp.c_fc.out_features,
-            act=blocks[0].mlp.act,
-        )
+        described = [
+            DecodeLayer(
+                q=b.attn.attention.q_proj,
+                k=b.attn.attention.k_proj,
+                v=b.attn.attention.v_proj,
+                o=b.attn.attention.out_proj,
+                w1=b.mlp.c_fc,
+                w2=b.mlp.c_proj,
+                in_norm=b.ln_1,
+                pre_ff=b.ln_2,
+                window=b.attn.attention.window,
+                scale=1.0,
+            )  # fmt: skip
+            for b in blocks
+        ]
+        attention = blocks[0].attn.attention
+        return describe(described, attention, blocks[0].mlp.act, self.config.hidden_size)
 
     def forward(
         self,

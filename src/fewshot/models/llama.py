@@ -22,7 +22,7 @@ from fewshot.models.layers import (
     as_id_list,
     rope_inv_freq,
 )
-from fewshot.models.native_step import DecodeLayer, DecodeLayers
+from fewshot.models.native_step import DecodeLayers, describe, gated_layer
 
 
 def _head_dim(config) -> int:
@@ -150,30 +150,19 @@ class LlamaForCausalLM(CausalLM):
     def decode_layers(self) -> DecodeLayers:
         layers = cast(list[LlamaDecoderLayer], list(self.model.layers))
         first = layers[0].self_attn
-        return DecodeLayers(
-            layers=[
-                DecodeLayer(
-                    q=b.self_attn.q_proj,
-                    k=b.self_attn.k_proj,
-                    v=b.self_attn.v_proj,
-                    o=b.self_attn.o_proj,
-                    w1=b.mlp.gate_proj,
-                    w3=b.mlp.up_proj,
-                    w2=b.mlp.down_proj,
-                    in_norm=b.input_layernorm,
-                    pre_ff=b.post_attention_layernorm,
-                    rope=0,
-                    scale=first.head_dim**-0.5,
-                )  # fmt: skip
-                for b in layers
-            ],
-            n_heads=first.n_heads,
-            n_kv_heads=first.n_kv,
-            head_dim=first.head_dim,
-            hidden=self.config.hidden_size,
-            inner=layers[0].mlp.gate_proj.out_features,
-            act=layers[0].mlp.act,
-        )
+        scale = first.head_dim**-0.5
+        described = [
+            gated_layer(
+                b.self_attn,
+                b.mlp,
+                in_norm=b.input_layernorm,
+                pre_ff=b.post_attention_layernorm,
+                rope=0,
+                scale=scale,
+            )  # fmt: skip
+            for b in layers
+        ]
+        return describe(described, first, layers[0].mlp.act, self.config.hidden_size)
 
     def forward(
         self,

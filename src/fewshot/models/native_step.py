@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,6 +104,30 @@ class DecodeLayers:
     hidden: int
     inner: int
     act: object  # the activation function (layers.activation)
+
+
+def gated_layer(attn: Any, mlp: Any, **parts: Any) -> DecodeLayer:
+    """A layer whose attention has q/k/v/o_proj and whose MLP is act(gate_proj) * up_proj ->
+    down_proj (Llama, Gemma 3); `parts`: its norms, rotary table, window, scale."""
+    return DecodeLayer(
+        q=attn.q_proj, k=attn.k_proj, v=attn.v_proj, o=attn.o_proj,
+        w1=mlp.gate_proj, w3=mlp.up_proj, w2=mlp.down_proj, **parts,
+    )  # fmt: skip
+
+
+def describe(layers: list[DecodeLayer], attn: Any, act: object, hidden: int) -> DecodeLayers:
+    """`layers` with the sizes of the first layer's attention module (`n_heads`, `head_dim`,
+    `n_kv` where it has grouped queries) and the MLP's activation."""
+    heads = int(attn.n_heads)
+    return DecodeLayers(
+        layers=layers,
+        n_heads=heads,
+        n_kv_heads=int(getattr(attn, "n_kv", heads)),
+        head_dim=int(attn.head_dim),
+        hidden=hidden,
+        inner=int(layers[0].w1.out_features),  # type: ignore[arg-type]
+        act=act,
+    )
 
 
 def _lin(module: nn.Module | None) -> _Lin | None:

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from fewshot.models import native
+from fewshot.models import native, native_step
 from fewshot.models.attention import NATIVE_PREFILL_TOKENS, AttentionMetadata
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.quant import quantize_model
@@ -112,3 +112,11 @@ def test_long_prefill_chunks_are_not_fused(int8_model) -> None:
     short = NATIVE_PREFILL_TOKENS - 1  # with the decode: 64 rows, within even AVX2's GEMV
     attn = AttentionMetadata.build(pool, [list(range(6)), [8, 9]], [0, 20], [short, 1])
     assert int8_model.fused_layers(torch.zeros(short + 1, 64), attn) is not None
+
+
+def test_a_layer_description_that_does_not_fit_stays_eager(int8_model) -> None:
+    # the C code writes by the described sizes: a mismatch must never reach it
+    desc = int8_model.decode_layers()
+    assert native_step.FusedLayers.build(desc) is not None
+    desc.inner += 16
+    assert native_step.FusedLayers.build(desc) is None

@@ -159,8 +159,28 @@ def _norm(module: nn.Module | None) -> _Nrm | None:
     return None
 
 
+def _shapes_fit(d: DecodeLayer, desc: DecodeLayers) -> bool:
+    """Whether the layer's weights and norms have the sizes the C code assumes (it writes by
+    them: a mismatch would be out of bounds, so such a model stays on the eager path)."""
+    q_width, kv_width = desc.n_heads * desc.head_dim, desc.n_kv_heads * desc.head_dim
+    want = {
+        "q": (q_width, desc.hidden), "k": (kv_width, desc.hidden), "v": (kv_width, desc.hidden),
+        "o": (desc.hidden, q_width), "w1": (desc.inner, desc.hidden),
+        "w3": (desc.inner, desc.hidden), "w2": (desc.hidden, desc.inner),
+    }  # fmt: skip
+    for name, (out, inp) in want.items():
+        m = getattr(d, name)
+        if m is not None and (m.out_features, m.in_features) != (out, inp):
+            return False
+    norms = {"in_norm": desc.hidden, "post_attn": desc.hidden, "pre_ff": desc.hidden,
+             "post_ff": desc.hidden, "q_norm": desc.head_dim, "k_norm": desc.head_dim}  # fmt: skip
+    return desc.n_heads % desc.n_kv_heads == 0 and all(
+        getattr(d, n) is None or getattr(d, n).weight.numel() == size for n, size in norms.items()
+    )
+
+
 class FusedLayers:
-    """The native decode step over one model's decoder layers (see the module docstring)."""
+    """The native step over one model's decoder layers (see the module docstring)."""
 
     def __init__(self, kernel: native.Kernel, desc: DecodeLayers, layers: list[_Layer]) -> None:
         self.kernel = kernel
@@ -181,7 +201,7 @@ class FusedLayers:
         for d in desc.layers:
             lins = [_lin(getattr(d, n)) for n in _LINEARS]
             norms = [_norm(getattr(d, n)) for n in _NORMS]
-            if any(x is None for x in (*lins, *norms)) or d.q is None or d.w1 is None:
+            if any(x is None for x in (*lins, *norms)) or not _shapes_fit(d, desc):
                 return None
             layer = _Layer(*norms, *lins)
             layer.rope, layer.window = d.rope, d.window or 0

@@ -82,7 +82,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     prompts = json.loads(Path(args.prompts).read_text())
     t0 = time.perf_counter()
-    llm = LLM.load(args.model, dtype=args.dtype, threads=args.threads)
+    from fewshot.settings import Settings
+
+    # the server's instruction-set cap (FEWSHOT_KERNEL_ISA) holds for the probe too
+    isa = Settings().kernel_isa
+    llm = LLM.load(args.model, dtype=args.dtype, threads=args.threads, kernel_isa=isa)
     load_s = time.perf_counter() - t0
     try:
         cold, prefix, queries = prompts["cold"], prompts["prefix"], prompts["single_queries"]

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from fewshot.models import native
 from fewshot.models.attention_decode import attend_single, cascade
+from fewshot.models.attention_native import native_attend
 from fewshot.models.kv_pool import KVPool
 
 NATIVE_PREFILL_TOKENS = 64  # prefill chunks up to this long attend per query in the native kernel
@@ -383,7 +384,7 @@ def paged_attention(
     kernel = _decode_kernel(k_cache)
     if attn.single is not None:
         if kernel is not None:
-            return _native_decode(kernel, q, attn, None, k_cache, v_cache, scale, window, softcap)
+            return native_attend(kernel, q, attn, None, k_cache, v_cache, scale, window, softcap)
         return attend_single(q, attn, flat_k, flat_v, bs, scale, window, softcap, fp32)
     parts = []
     for group in (attn.decode, attn.prefill):
@@ -391,7 +392,7 @@ def paged_attention(
             continue
         if kernel is not None and group.attends_natively:
             parts.append(
-                _native_decode(kernel, q, attn, group, k_cache, v_cache, scale, window, softcap)
+                native_attend(kernel, q, attn, group, k_cache, v_cache, scale, window, softcap)
             )
             continue
         plan = _plan(group, window, bs)
@@ -412,44 +413,6 @@ def _decode_kernel(k_cache: torch.Tensor) -> native.Kernel | None:
     if k_cache.device.type != "cpu" or k_cache.dtype not in (torch.float32, torch.bfloat16):
         return None
     return native.load()
-
-
-def _native_decode(
-    kernel: native.Kernel,
-    q: torch.Tensor,
-    attn: AttentionMetadata,
-    group: _Group | None,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    scale: float | None,
-    window: int | None,
-    softcap: float | None,
-) -> torch.Tensor:
-    """The queries of `group` (decodes or short prefill chunks; the batch's one decoding
-    sequence when None) through the native kernel, each on its own, keys read in place:
-    [rows, Hq, D] in q's dtype, the group's valid-row order (the single case: [1, Hq * D])."""
-    if group is None:
-        inputs = attn.native_inputs.get(window)
-        if inputs is None:
-            tables, hi = attn.native_rows()
-            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
-            inputs = attn.native_inputs[window] = (tables, (lo, hi))
-        tables, bounds = inputs
-        rows = q
-    else:
-        found = group.native.get(window)
-        if found is None:
-            index, tables, hi = group.native_rows()
-            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
-            found = group.native[window] = (index, tables, (lo, hi))
-        index, tables, bounds = found
-        rows = q[index]
-    head_dim = q.shape[-1]
-    eff = scale if scale is not None else head_dim**-0.5
-    out = kernel.decode_attention(
-        rows.float().contiguous(), k_cache, v_cache, tables, bounds, eff, softcap
-    ).to(q.dtype)
-    return out.reshape(1, -1) if group is None else out
 
 
 def run_eagerly_under_compile() -> None:

@@ -1,0 +1,56 @@
+"""`paged_attention`'s native path: queries attended one by one (or a prefill chunk's together)
+by `native_attention.c`, keys and values read in place through the block tables.
+
+The kernel's inputs (per-query block tables and [first, end) positions) depend on the batch and
+the window only, so they are built by the first layer that asks and shared by the others (on
+the metadata for the single-sequence case, on the group otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from fewshot.models import native
+
+if TYPE_CHECKING:
+    from fewshot.models.attention import AttentionMetadata, _Group
+
+
+def native_attend(
+    kernel: native.Kernel,
+    q: torch.Tensor,
+    attn: AttentionMetadata,
+    group: _Group | None,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float | None,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """The queries of `group` (decodes or short prefill chunks; the batch's one decoding
+    sequence when None) through the native kernel, each on its own, keys read in place:
+    [rows, Hq, D] in q's dtype, the group's valid-row order (the single case: [1, Hq * D])."""
+    if group is None:
+        inputs = attn.native_inputs.get(window)
+        if inputs is None:
+            tables, hi = attn.native_rows()
+            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
+            inputs = attn.native_inputs[window] = (tables, (lo, hi))
+        tables, bounds = inputs
+        rows = q
+    else:
+        found = group.native.get(window)
+        if found is None:
+            index, tables, hi = group.native_rows()
+            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
+            found = group.native[window] = (index, tables, (lo, hi))
+        index, tables, bounds = found
+        rows = q[index]
+    head_dim = q.shape[-1]
+    eff = scale if scale is not None else head_dim**-0.5
+    out = kernel.decode_attention(
+        rows.float().contiguous(), k_cache, v_cache, tables, bounds, eff, softcap
+    ).to(q.dtype)
+    return out.reshape(1, -1) if group is None else out

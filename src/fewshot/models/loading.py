@@ -12,8 +12,8 @@ Anything else raises ModelNotFoundError naming the source.
 The native class is used when the config's model_type is in the registry, else the transformers
 fallback (slow path). Native models are read tensor by tensor into their final dtype
 (`checkpoint.py`), so loading needs about the memory of the final model, not of a float copy.
-"auto" is chosen per device by `auto_dtype`: bf16 where the CPU multiplies bf16 matrices in
-hardware (AMX), and on CUDA; int8 on other CPUs (fp32 where the native kernels cannot be built).
+"auto" is chosen per device by `auto_dtype`: bf16 on CUDA, int8 on CPUs (fp32 where the native
+kernels cannot be built).
 """
 
 from __future__ import annotations
@@ -132,9 +132,10 @@ def auto_dtype(device: str = "cpu", kernels: bool | None = None) -> str:
       baseline against bf16's 15.8x, decode 5.5 against 18.3 ms/token, Gemma 3 270M serving
       23.3 against 21.1 requests/s, decode 13.2 against 44.4 ms/token; bf16's AMX GEMMs still
       take cold prompts and 32 concurrent unrelated prompts faster (88 against 222 ms, 437
-      against 309 tokens/s on GPT-Neo: `--dtype bf16` for those loads). On a Zen 4 host (AVX-512, no AMX): serving 31.7x against bf16's 19.5x and
-      fp32's 7.3x, decode 7.8 against 19.2 and 36.0 ms/token. AVX2 only (emulated on Zen 4):
-      serving 14.7x against fp32's 6.3x, decode 9.1 against 37.3 ms/token.
+      against 309 tokens/s on GPT-Neo: `--dtype bf16` for those loads). On a Zen 4 host
+      (AVX-512, no AMX): serving 31.7x against bf16's 19.5x and fp32's 7.3x, decode 7.8
+      against 19.2 and 36.0 ms/token. AVX2 only (emulated on the AMX host): serving 13.2x
+      against fp32's 7.7x, decode 7.3 against 25.4 ms/token.
     - fp32 where the int8 kernels cannot be built (no C compiler): torch's int8 fallback is slow.
     """
     if device.startswith("cuda"):

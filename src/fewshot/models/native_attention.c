@@ -243,35 +243,29 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
    * chunk) attend together (native_runs.c, AVX-512); run g is rows groups[2g] .. + groups[2g+1] */
   long *first = grow((void **)&tls_first, &tls_first_len, 4L * B + 3, sizeof(long));
   if (first == NULL) return;
+  /* work items of the rows outside runs: (row, chunk of CHUNK positions, KV head); a row's
+   * chunks start at first[b] (a run's rows have none) */
   long *groups = first + B + 1, n_groups = 0;
+  first[0] = 0;
   for (int b0 = 0, b1; b0 < B; b0 = b1) {
     for (b1 = b0 + 1; vec == 2 && b1 < B && hi[b1] == hi[b1 - 1] + 1 &&
                       !memcmp(tables + (long)b1 * W, tables + (long)b0 * W, sizeof(int64_t) * W);
          b1++)
       ;
-    if (b1 - b0 < RUN_MIN) {
-      if (vec == 2) b1 = b0 + 1; /* rows alone; the next row may start a run */
-      continue;
+    if (b1 - b0 >= RUN_MIN) {
+      groups[2 * n_groups] = b0;
+      groups[2 * n_groups++ + 1] = b1 - b0;
+      for (int b = b0; b < b1; b++) first[b + 1] = first[b];
+    } else { /* a row alone; the next row may start a run */
+      b1 = b0 + 1;
+      first[b1] = first[b0] + (hi[b0] > lo[b0] ? (hi[b0] - 1) / CHUNK - lo[b0] / CHUNK + 1 : 0);
     }
-    groups[2 * n_groups] = b0;
-    groups[2 * n_groups++ + 1] = b1 - b0;
   }
   /* a run's items: (KV head, block of 16 of its rows x G queries); run g's blocks start at
-   * blocks[g] (after the per-row items' bookkeeping in `first`) */
+   * blocks[g] */
   long *blocks = groups + 2 * n_groups;
   blocks[0] = 0;
   for (long g = 0; g < n_groups; g++) blocks[g + 1] = blocks[g] + (groups[2 * g + 1] * G + 15) / 16;
-  /* work items: (sequence, chunk of CHUNK positions, KV head) of the rows outside runs; a
-   * row's chunks start at first[b] */
-  first[0] = 0;
-  long g_at = 0;
-  for (int b = 0; b < B; b++) {
-    const int in_run = g_at < n_groups && b >= groups[2 * g_at] &&
-                       b < groups[2 * g_at] + groups[2 * g_at + 1];
-    if (g_at < n_groups && b + 1 >= groups[2 * g_at] + groups[2 * g_at + 1]) g_at++;
-    const long n = !in_run && hi[b] > lo[b] ? (hi[b] - 1) / CHUNK - lo[b] / CHUNK + 1 : 0;
-    first[b + 1] = first[b] + n;
-  }
   const long items = first[B] * Hkv, width = (long)G * (D + 2), run_items = blocks[n_groups] * Hkv;
   float *parts = grow((void **)&tls_parts, &tls_parts_len, items * width + 1, sizeof(float));
   if (parts == NULL) return;

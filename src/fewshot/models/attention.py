@@ -48,6 +48,9 @@ from fewshot.models.attention_native import native_attend
 from fewshot.models.kv_pool import KVPool
 
 NATIVE_PREFILL_TOKENS = 64  # prefill chunks up to this long attend per query in the native kernel
+# the native kernel's inputs for some queries: their rows of the batch (None: all, in order),
+# block tables [R, W] and (first, end) positions (int32 [R] each)
+NativeInputs = tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -80,10 +83,7 @@ class _Group:
     tables: torch.Tensor  # [B, max_blocks] block tables, padded with each row's last block
     n_blocks: torch.Tensor  # [B] blocks in use (covering positions < q_pos.max + 1)
     plans: dict[int | None, _Plan] = field(default_factory=dict)
-    # the native kernel's inputs, per window: (rows, per-row block tables, (first, end) positions)
-    native: dict[
-        int | None, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
-    ] = field(default_factory=dict)
+    native: dict[int | None, NativeInputs] = field(default_factory=dict)  # per window
 
     @property
     def attends_natively(self) -> bool:
@@ -94,10 +94,9 @@ class _Group:
     def native_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The group's valid queries in its valid-row order: their rows of the batch [R], block
         tables [R, W] (each its sequence's) and context ends, position + 1 (int32 [R])."""
-        counts = self.valid.sum(1)
-        tables = (
-            self.tables if self.rows.shape[1] == 1 else self.tables.repeat_interleave(counts, 0)
-        )
+        tables = self.tables
+        if self.rows.shape[1] > 1:  # each query its sequence's table
+            tables = tables.repeat_interleave(self.valid.sum(1), 0)
         return self.rows[self.valid], tables, (self.q_pos[self.valid] + 1).to(torch.int32)
 
     @property
@@ -118,10 +117,8 @@ class AttentionMetadata:
     prefill: _Group | None = None
     order: torch.Tensor | None = None  # [N] output row of each (decode rows, then prefill rows)
     single: list[int] | None = None  # the block table when the batch is one decoding sequence
-    # the native decode kernel's inputs, per window: (block tables, (first, end) positions)
-    native_inputs: dict[int | None, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = field(
-        default_factory=dict
-    )
+    # the native kernel's inputs for the one decoding sequence, per window (`NativeInputs`)
+    native_inputs: dict[int | None, NativeInputs] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:

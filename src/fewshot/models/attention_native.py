@@ -32,22 +32,17 @@ def native_attend(
     """The queries of `group` (decodes or short prefill chunks; the batch's one decoding
     sequence when None) through the native kernel, each on its own, keys read in place:
     [rows, Hq, D] in q's dtype, the group's valid-row order (the single case: [1, Hq * D])."""
-    if group is None:
-        inputs = attn.native_inputs.get(window)
-        if inputs is None:
-            tables, hi = attn.native_rows()
-            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
-            inputs = attn.native_inputs[window] = (tables, (lo, hi))
-        tables, bounds = inputs
-        rows = q
-    else:
-        found = group.native.get(window)
-        if found is None:
+    store = attn.native_inputs if group is None else group.native
+    found = store.get(window)
+    if found is None:
+        if group is None:
+            index, (tables, hi) = None, attn.native_rows()
+        else:
             index, tables, hi = group.native_rows()
-            lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
-            found = group.native[window] = (index, tables, (lo, hi))
-        index, tables, bounds = found
-        rows = q[index]
+        lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
+        found = store[window] = (index, tables, (lo, hi))
+    index, tables, bounds = found
+    rows = q if index is None else q[index]
     head_dim = q.shape[-1]
     eff = scale if scale is not None else head_dim**-0.5
     out = kernel.decode_attention(

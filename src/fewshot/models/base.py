@@ -61,7 +61,7 @@ class CausalLM(nn.Module):
     def fused_layers(self, x: torch.Tensor, attn: AttentionMetadata) -> FusedLayers | None:
         """The native step when it runs this batch's layers (`x` the embedded new tokens), else
         None. Built at first use (after quantization has swapped the Linears)."""
-        if not self.fuse_layers or torch.compiler.is_compiling() or not attn.attends_natively:
+        if not self.fuse_layers or torch.compiler.is_compiling():
             return None  # (a compiled graph traces the eager layers)
         # keyed by the LM head, which quantize_model / pack_linears replace; `_apply` (.to(),
         # .float(), ...) drops it: the step holds the weights' addresses

@@ -119,7 +119,7 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
                    const int64_t *tables, int W, const int32_t *hi, const float *const *cos,
                    const float *const *sin, int isa, int threads) {
   const int C = st->C, D = st->D, qw = st->Hq * D, kw = st->Hkv * D;
-  const long wide = (long)B * (st->inner > qw ? st->inner : qw);
+  const long wide = (long)B * st->inner;
   float *h = malloc(sizeof(float) * (size_t)B * C), *a = malloc(sizeof(float) * (size_t)B * C);
   float *q = malloc(sizeof(float) * (size_t)B * qw), *q2 = malloc(sizeof(float) * (size_t)B * qw);
   float *k = malloc(sizeof(float) * (size_t)B * kw), *k2 = malloc(sizeof(float) * (size_t)B * kw);

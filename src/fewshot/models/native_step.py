@@ -13,7 +13,8 @@ its own in the native kernel (decodes and prefill chunks of up to
 batch, mixed or not, runs here as a whole. `FusedLayers.build` says None where the layers
 cannot run natively (a weight that is not the native kernel's int8, a norm or activation it
 lacks, no C compiler); `takes` says whether a batch can (its queries attended natively, its
-rows within the GEMV's, the pool on the CPU in float32 or bfloat16, not under torch.compile).
+rows within the GEMV's, the pool on the CPU in float32 or bfloat16; `CausalLM.fused_layers`
+keeps it out of torch.compile's traces).
 Embeddings, the final norm and the LM head (whose top outputs are rescored in fp32) stay in
 Python: one call each.
 """
@@ -184,7 +185,6 @@ class FusedLayers:
 
     def __init__(self, kernel: native.Kernel, desc: DecodeLayers, layers: list[_Layer]) -> None:
         self.kernel = kernel
-        self.desc = desc
         self.layers = (_Layer * len(layers))(*layers)
         self.stack = _Stack(
             len(layers), desc.hidden, desc.n_heads, desc.n_kv_heads, desc.head_dim, desc.inner,
@@ -220,7 +220,6 @@ class FusedLayers:
             and pool.dtype in (torch.float32, torch.bfloat16)
             and x.dtype == torch.float32
             and x.device.type == "cpu"
-            and not torch.compiler.is_compiling()
         )
 
     @staticmethod
@@ -242,7 +241,7 @@ class FusedLayers:
         `ropes`: (cos, sin) [N, D] per rotary table the layers name."""
         assert attn.pool is not None
         pool = self._pool(attn.pool)
-        x = x.contiguous().clone()
+        x = x.clone(memory_format=torch.contiguous_format)  # written in place
         tables, hi = attn.native_rows()
         tables = tables.contiguous()
         tabs = [(c.float().contiguous(), s.float().contiguous()) for c, s in ropes]  # held

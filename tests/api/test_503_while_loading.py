@@ -3,6 +3,7 @@ once (in each route's format), /health 503; `wait_for_model` waits until it is r
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -18,6 +19,7 @@ def test_503_while_loading_then_wait_for_model(tiny_gpt_neo_dir) -> None:
         return from_model_loader(source, settings)
 
     settings = make_settings(f"tiny={tiny_gpt_neo_dir}")
+    gc.unfreeze()
     with serve(settings, loader=blocked_loader, ready=False) as server:
         url = server.url
         body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
@@ -54,6 +56,8 @@ def test_503_while_loading_then_wait_for_model(tiny_gpt_neo_dir) -> None:
         assert answers and answers[0].status_code == 200, answers
         assert answers[0].json()[0]["generated_text"].startswith("Hello")
         assert requests.get(url + "/health").status_code == 200
+        # the loaded model and everything before it are out of the collector's full passes
+        assert gc.get_freeze_count() > 0
 
 
 def test_failed_load_is_reported(tmp_path) -> None:

@@ -60,10 +60,59 @@ def test_prefix_hit_is_a_reference_not_a_copy() -> None:
     assert b.block_table == [0, 1, 3] and b.num_computed == 8
     assert [kv.blocks[i].ref_count for i in (0, 1, 2, 3)] == [2, 2, 1, 1]
     assert kv.counters.hits == 1 and kv.counters.hit_tokens == 8
-    # the hit is capped: a request that needs logits from position 5 reuses one block only
+    # the hit is capped: a request that needs logits from position 5 reuses one whole block,
+    # and the next block's first token by a copy (its own block cannot be shared)
     c = seq_of(list(range(10)), rid=2)
     assert kv.allocate(c, max_cached=5) == [4, 5]
-    assert c.block_table == [0, 4, 5] and c.num_computed == 4
+    assert c.block_table == [0, 4, 5] and c.num_computed == 5
+    assert kv.take_copies() == [(1, 4)] and kv.take_copies() == []
+
+
+def test_a_partial_hit_copies_the_longest_continuation() -> None:
+    kv = KVCacheManager(num_blocks=10, block_size=BS)
+    prefix = [1, 2, 3, 4, 5, 6]  # ends mid-block: block 1 holds 5, 6 and a query's tokens
+    a = seq_of(prefix + [7, 8, 9])
+    kv.allocate(a, max_cached=8)
+    computed(kv, a)
+    b = seq_of(prefix + [5, 8, 9], rid=1)
+    assert kv.allocate(b, max_cached=8) == [3, 4]
+    assert b.block_table == [0, 3, 4] and b.num_computed == 6  # 5, 6 from a's block 1
+    assert kv.take_copies() == [(1, 3)]
+    computed(kv, b)
+    assert kv.children[a.block_hashes[0]] == {1: None, 3: None}
+    # b's block shares 3 tokens with c, a's 2: b's is copied
+    c = seq_of(prefix + [5, 0, 0, 0], rid=2)
+    assert kv.allocate(c, max_cached=9) == [5, 6]
+    assert c.num_computed == 7 and kv.take_copies() == [(3, 5)]
+    # a whole match stays a reference
+    d = seq_of(prefix + [5, 8, 0, 0], rid=3)
+    assert kv.allocate(d, max_cached=9) == [7]
+    assert d.block_table == [0, 3, 7] and d.num_computed == 8 and kv.take_copies() == []
+    e = seq_of(prefix + [7, 0, 0, 0], rid=4)
+    assert kv.allocate(e, max_cached=6) == [8, 9]  # capped at 6 tokens: 5, 6; a tie goes
+    assert e.num_computed == 6 and kv.counters.partial_hits == 3  # to the most recent block
+    # the source stays referenced until the runner has its copy, then goes back as it was
+    assert kv.blocks[3].ref_count == 3  # b, d and the pending copy
+    assert kv.take_copies() == [(3, 8)] and kv.blocks[3].ref_count == 2
+    assert kv.stats()["hit_tokens"] == 6 + 7 + 8 + 6
+
+
+def test_a_partial_hit_source_is_not_evicted_by_its_own_allocation() -> None:
+    kv = KVCacheManager(num_blocks=4, block_size=BS)
+    a = seq_of([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    kv.allocate(a, max_cached=8)
+    computed(kv, a)
+    kv.free_seq(a)  # all free; 0 and 1 sealed, 1 evicted before 0
+    b = seq_of([1, 2, 3, 4, 5, 6, 0, 0, 0, 0], rid=1)  # needs 2 new blocks: 2 and 3, not 1
+    assert kv.allocate(b, max_cached=9) == [2, 3]
+    assert kv.take_copies() == [(1, 2)] and b.num_computed == 6
+    assert kv.eviction_order() == [1]
+    kv.free_seq(b)
+    # with no block to spare for the source, the tokens are recomputed instead
+    c = seq_of([1, 2, 3, 4, 5, 6] + [9] * 7, rid=2)  # 3 blocks after the hit on 0: 3 free
+    assert kv.allocate(c, max_cached=12) == [2, 3, 1]
+    assert c.num_computed == 4 and kv.take_copies() == []
+    assert 1 not in kv.children.get(kv.blocks[0].hash, {})  # evicted: no longer a candidate
 
 
 def test_a_hit_on_a_freed_block_takes_it_off_the_free_queue() -> None:

@@ -37,7 +37,7 @@ class Counting(CausalLM):
         self.inner.release(seq_id)
 
 
-def test_prefix_hit_runs_only_the_suffix_and_copies_nothing(neo, gpt2_tokenizer) -> None:
+def test_prefix_hit_runs_only_the_suffix(neo, gpt2_tokenizer) -> None:
     prefix = random_ids(300, seed=40)
     counting = Counting(neo)
     with LLM.from_model(counting, gpt2_tokenizer, threads=1, kv_cache_mb=32) as llm:
@@ -46,11 +46,15 @@ def test_prefix_hit_runs_only_the_suffix_and_copies_nothing(neo, gpt2_tokenizer)
         second = llm.generate(prefix + random_ids(9, seed=42), PARAMS)
         pool = llm.engine.runner.pool
         stats = llm.stats()
-    assert first.cached_tokens == 0 and second.cached_tokens == 288  # 18 whole blocks
-    # prefill of the 21 uncached prompt tokens (300 + 9 - 288), then 5 one-token decodes
-    assert counting.tokens == [21, 1, 1, 1, 1, 1]
-    assert pool is not None and pool.copied_bytes == 0
-    assert stats["kv_cache"]["hits"] == 1 and stats["kv_cache"]["hit_tokens"] == 288
+    # 18 whole blocks by reference, and the prefix's 12 tokens in the first request's 19th
+    # block by one block copy
+    assert first.cached_tokens == 0 and second.cached_tokens == 300
+    # prefill of the 9 query tokens only, then 5 one-token decodes
+    assert counting.tokens == [9, 1, 1, 1, 1, 1]
+    assert pool is not None
+    assert pool.copied_bytes == sum(t[:, :1].numel() * t.element_size() for t in pool.k + pool.v)
+    assert stats["kv_cache"]["hits"] == 1 and stats["kv_cache"]["hit_tokens"] == 300
+    assert stats["kv_cache"]["partial_hits"] == 1
     assert stats["kv_cache"]["blocks_used"] == 0 and stats["kv_cache"]["blocks_cached"] >= 18
 
 

@@ -9,6 +9,7 @@ toolkit's too -- this object; `await state.llm_for(model, wait=...)` gives a loa
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -195,6 +196,12 @@ class AppState:
 
     def _on_loaded(self, model: ServedModel) -> None:
         self.metrics.model_ready.labels(model.name).set(1 if model.llm is not None else 0)
+        if model.llm is not None:
+            # what is alive now (imports, modules, the engine) lives as long as the server:
+            # out of the collector's sight, its full passes walk only what requests allocate,
+            # not the whole torch/transformers object graph (vLLM's engine does the same)
+            gc.collect()
+            gc.freeze()
         if self._closed and model.llm is not None:  # finished loading after shutdown
             self._close_model(model)
 

@@ -276,6 +276,7 @@ class Engine:
     def _execute(self, out: SchedulerOutput) -> list[tuple[ScheduledChunk, Any]]:
         """Run the step; on failure retry each request alone and fail only the culprits."""
         self.runner.clear_blocks(out.new_blocks)
+        self.runner.copy_blocks(out.copies)
         try:
             results = self.runner.execute(out.chunks)
             self.scheduler.update_from_output(out)

@@ -10,6 +10,12 @@ which block. Modelled on vLLM v1's block pool and nano-vllm's block manager.
   them, so a collision can never serve wrong K/V.
 - A prefix-cache hit is a reference: the new sequence's block table starts with the cached
   blocks, their refcounts go up, and no K/V is copied.
+- A hit also reaches into the block after the last whole one (as SGLang's token-level radix
+  cache does, at our block granularity): among the sealed blocks that continue the hit, the one
+  sharing the most leading tokens with what follows is copied into the sequence's next block
+  (a `(src, dst)` pair from `take_copies()`), and those tokens count as computed. A prompt whose
+  shared prefix ends mid-block (every few-shot prompt, almost) then recomputes only its own
+  tokens, not up to a block of the prefix's.
 - Blocks with refcount 0 sit in the free queue, oldest first. A sealed one keeps its hash (and
   can still be hit, which takes it out of the queue) until allocation reuses it: that is LRU
   eviction of blocks nobody references. A sequence frees its blocks last-first, so the tail of
@@ -41,15 +47,28 @@ class Block:
 class CacheCounters:
     lookups: int = 0
     hits: int = 0
-    hit_tokens: int = 0
+    hit_tokens: int = 0  # whole blocks and partial ones
+    partial_hits: int = 0  # hits that copied the leading tokens of a block
     lookup_tokens: int = 0
     evictions: int = 0
     copied_blocks: int = 0
     touched_blocks: int = 0  # distinct blocks ever handed out
 
 
+PARTIAL_CANDIDATES = 64  # most recent sealed continuations of a hit compared for a partial one
+
+
 def block_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
     return hash((parent, tokens))
+
+
+def common_prefix(a: Seq[int], b: Seq[int], limit: int) -> int:
+    """How many leading items `a` and `b` share, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 @dataclass
@@ -62,6 +81,9 @@ class KVCacheManager:
     blocks: list[Block] = field(init=False)
     free: OrderedDict[int, None] = field(init=False)  # refcount-0 blocks, eviction order
     index: dict[int, int] = field(init=False)  # hash -> block id
+    # parent hash -> the indexed blocks continuing it, oldest first (partial hits)
+    children: dict[int | None, OrderedDict[int, None]] = field(init=False)
+    pending: list[tuple[int, int]] = field(init=False)  # partial-hit copies not yet taken
     counters: CacheCounters = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +92,8 @@ class KVCacheManager:
         self.blocks = [Block(i) for i in range(self.num_blocks)]
         self.free = OrderedDict((i, None) for i in range(self.num_blocks))
         self.index = {}
+        self.children = {}
+        self.pending = []
         self.counters = CacheCounters()
 
     # -- inspection ------------------------------------------------------------------------------
@@ -115,6 +139,10 @@ class KVCacheManager:
         if block.hash is not None:  # evict its cached content
             if self.index.get(block.hash) == bid:
                 del self.index[block.hash]
+                siblings = self.children[block.parent_hash]
+                del siblings[bid]
+                if not siblings:
+                    del self.children[block.parent_hash]
             block.hash, block.parent_hash, block.tokens = None, None, ()
             self.counters.evictions += 1
         if not block.touched:
@@ -128,6 +156,35 @@ class KVCacheManager:
         if block.ref_count == 0:
             del self.free[bid]
         block.ref_count += 1
+
+    def _unref(self, bid: int) -> None:
+        block = self.blocks[bid]
+        block.ref_count -= 1
+        if block.ref_count < 0:
+            raise RuntimeError(f"block {bid} freed twice")
+        if block.ref_count == 0:
+            self.free[bid] = None
+            if block.hash is None:
+                self.free.move_to_end(bid, last=False)  # nothing cached: reuse first
+
+    def partial_hit(self, token_ids: Seq[int], hit: list[int], max_cached: int) -> tuple[int, int]:
+        """(block id, tokens) of the sealed block continuing `hit` that shares the most leading
+        tokens with `token_ids` after it, within `max_cached`; (-1, 0) when none does."""
+        start = len(hit) * self.block_size
+        room = min(self.block_size, max_cached - start)
+        parent = self.blocks[hit[-1]].hash if hit else None
+        siblings = self.children.get(parent)
+        if not self.prefix_caching or room <= 0 or not siblings:
+            return -1, 0
+        want = token_ids[start : start + room]
+        best, best_len = -1, 0
+        for i, bid in enumerate(reversed(siblings)):  # the most recent first
+            if i == PARTIAL_CANDIDATES:
+                break
+            n = common_prefix(self.blocks[bid].tokens, want, room)
+            if n > best_len:
+                best, best_len = bid, n
+        return best, best_len
 
     def can_allocate(self, seq: Sequence, max_cached: int) -> bool:
         hit = self.lookup(seq.token_ids, max_cached)
@@ -146,18 +203,38 @@ class KVCacheManager:
         if not self.can_allocate(seq, max_cached):
             return None
         hit = self.lookup(seq.token_ids, max_cached)
-        self.counters.lookups += 1
-        self.counters.lookup_tokens += seq.num_tokens
-        if hit:
-            self.counters.hits += 1
-            self.counters.hit_tokens += len(hit) * self.block_size
         for bid in hit:
             self._ref(bid)
-        new = [self._take() for _ in range(self.blocks_for(seq.num_tokens) - len(hit))]
+        need = self.blocks_for(seq.num_tokens) - len(hit)
+        src, partial = self.partial_hit(seq.token_ids, hit, max_cached)
+        if partial and self.blocks[src].ref_count == 0 and need >= self.num_free:
+            partial = 0  # its source would take the last free block: recompute instead
+        if partial:
+            self._ref(src)  # held until `take_copies`: nothing may evict it before the copy
+        new = [self._take() for _ in range(need)]
+        if partial:
+            self.pending.append((src, new[0]))
+        c = self.counters
+        c.lookups += 1
+        c.lookup_tokens += seq.num_tokens
+        if hit or partial:
+            c.hits += 1
+            c.hit_tokens += len(hit) * self.block_size + partial
+            c.partial_hits += partial > 0
         seq.block_table = hit + new
         seq.block_hashes = [self.blocks[b].hash for b in hit]  # type: ignore[misc]
-        seq.num_computed = len(hit) * self.block_size
+        seq.num_computed = len(hit) * self.block_size + partial
         return new
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """The (src, dst) copies of the partial hits since the last call, for the runner to make
+        before the next forward (dst blocks are among the new ones: clear them first). Their
+        sources are released now: nothing allocates between here and that copy."""
+        pairs, self.pending = self.pending, []
+        for src, _ in pairs:
+            self._unref(src)
+        self.counters.copied_blocks += len(pairs)
+        return pairs
 
     def append_slots(self, seq: Sequence, num_tokens: int) -> list[int] | None:
         """Make room for positions up to `seq.num_computed + num_tokens`; the new block ids,
@@ -185,6 +262,7 @@ class KVCacheManager:
                 continue  # shared already, or another block holds this prefix
             block.hash, block.parent_hash, block.tokens = h, parent, tokens
             self.index[h] = block.block_id
+            self.children.setdefault(parent, OrderedDict())[block.block_id] = None
 
     def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]] | None:
         """Share the parent's blocks with `child` (same tokens, same computed count); returns
@@ -212,14 +290,7 @@ class KVCacheManager:
     def free_seq(self, seq: Sequence) -> None:
         """Drop a sequence's references (last block first); its computed count resets."""
         for bid in reversed(seq.block_table):
-            block = self.blocks[bid]
-            block.ref_count -= 1
-            if block.ref_count < 0:
-                raise RuntimeError(f"block {bid} freed twice")
-            if block.ref_count == 0:
-                self.free[bid] = None
-                if block.hash is None:
-                    self.free.move_to_end(bid, last=False)  # nothing cached: reuse first
+            self._unref(bid)
         seq.block_table = []
         seq.block_hashes = []
         seq.num_computed = 0
@@ -242,6 +313,7 @@ class KVCacheManager:
             "hit_tokens": c.hit_tokens,
             "lookup_tokens": c.lookup_tokens,
             "hit_rate": round(c.hits / c.lookups, 4) if c.lookups else 0.0,
+            "partial_hits": c.partial_hits,
             "cached_tokens": self.num_cached * self.block_size,
             "evictions": c.evictions,
             "copied_blocks": c.copied_blocks,

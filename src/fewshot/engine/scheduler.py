@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fewshot.engine.config import EngineConfig
-from fewshot.engine.kv_manager import KVCacheManager
+from fewshot.engine.kv_manager import KVCacheManager, common_prefix
 from fewshot.engine.request import Request, SeqStatus, Sequence
 from fewshot.engine.speculation import propose
 from fewshot.engine.types import ParameterError
@@ -59,6 +59,7 @@ class ScheduledChunk:
 class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
     new_blocks: list[int] = field(default_factory=list)  # taken this step: to be cleared
+    copies: list[tuple[int, int]] = field(default_factory=list)  # partial hits: after clearing
     preempted: list[Sequence] = field(default_factory=list)
     exhausted: list[Sequence] = field(default_factory=list)  # cannot grow even alone: finish
 
@@ -133,6 +134,7 @@ class Scheduler:
             if seq.prefilling and seq.status is SeqStatus.RUNNING:
                 budget -= self._chunk(out, seq, budget)
         self._admit(out, budget)
+        out.copies = self.kv.take_copies()
         return out
 
     def _chunk(self, out: SchedulerOutput, seq: Sequence, budget: int) -> int:
@@ -229,7 +231,7 @@ class Scheduler:
         best = 0
         for other in self.running:
             if other.prefilling:
-                best = max(best, _common_prefix(seq.token_ids, other.token_ids, limit))
+                best = max(best, common_prefix(seq.token_ids, other.token_ids, limit))
         shared = best // bs * bs
         return shared > 0 and shared > len(self.kv.lookup(seq.token_ids, limit)) * bs
 
@@ -286,11 +288,3 @@ class Scheduler:
             "running_sequences": len(self.running),
             "preemptions": self.preemptions,
         }
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = min(len(a), len(b), limit)
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

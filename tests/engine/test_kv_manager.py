@@ -65,7 +65,7 @@ def test_prefix_hit_is_a_reference_not_a_copy() -> None:
     c = seq_of(list(range(10)), rid=2)
     assert kv.allocate(c, max_cached=5) == [4, 5]
     assert c.block_table == [0, 4, 5] and c.num_computed == 5
-    assert kv.take_copies() == [(1, 4)] and kv.take_copies() == []
+    assert kv.take_copies() == [(1, 4, 1)] and kv.take_copies() == []
 
 
 def test_a_partial_hit_copies_the_longest_continuation() -> None:
@@ -77,13 +77,13 @@ def test_a_partial_hit_copies_the_longest_continuation() -> None:
     b = seq_of(prefix + [5, 8, 9], rid=1)
     assert kv.allocate(b, max_cached=8) == [3, 4]
     assert b.block_table == [0, 3, 4] and b.num_computed == 6  # 5, 6 from a's block 1
-    assert kv.take_copies() == [(1, 3)]
+    assert kv.take_copies() == [(1, 3, 2)]
     computed(kv, b)
     assert kv.children[a.block_hashes[0]] == {1: None, 3: None}
     # b's block shares 3 tokens with c, a's 2: b's is copied
     c = seq_of(prefix + [5, 0, 0, 0], rid=2)
     assert kv.allocate(c, max_cached=9) == [5, 6]
-    assert c.num_computed == 7 and kv.take_copies() == [(3, 5)]
+    assert c.num_computed == 7 and kv.take_copies() == [(3, 5, 3)]
     # a whole match stays a reference
     d = seq_of(prefix + [5, 8, 0, 0], rid=3)
     assert kv.allocate(d, max_cached=9) == [7]
@@ -93,7 +93,7 @@ def test_a_partial_hit_copies_the_longest_continuation() -> None:
     assert e.num_computed == 6 and kv.counters.partial_hits == 3  # to the most recent block
     # the source stays referenced until the runner has its copy, then goes back as it was
     assert kv.blocks[3].ref_count == 3  # b, d and the pending copy
-    assert kv.take_copies() == [(3, 8)] and kv.blocks[3].ref_count == 2
+    assert kv.take_copies() == [(3, 8, 2)] and kv.blocks[3].ref_count == 2
     assert kv.stats()["hit_tokens"] == 6 + 7 + 8 + 6
 
 
@@ -105,7 +105,7 @@ def test_a_partial_hit_source_is_not_evicted_by_its_own_allocation() -> None:
     kv.free_seq(a)  # all free; 0 and 1 sealed, 1 evicted before 0
     b = seq_of([1, 2, 3, 4, 5, 6, 0, 0, 0, 0], rid=1)  # needs 2 new blocks: 2 and 3, not 1
     assert kv.allocate(b, max_cached=9) == [2, 3]
-    assert kv.take_copies() == [(1, 2)] and b.num_computed == 6
+    assert kv.take_copies() == [(1, 2, 2)] and b.num_computed == 6
     assert kv.eviction_order() == [1]
     kv.free_seq(b)
     # with no block to spare for the source, the tokens are recomputed instead
@@ -158,8 +158,8 @@ def test_fork_shares_full_blocks_and_copies_the_partial_one() -> None:
     parent, c1, c2 = req.seqs
     kv.allocate(parent, max_cached=9)
     computed(kv, parent)
-    assert kv.fork(parent, c1) == [(2, 3)]
-    assert kv.fork(parent, c2) == [(2, 4)]
+    assert kv.fork(parent, c1) == [(2, 3, 2)]  # the 2 computed positions of block 2
+    assert kv.fork(parent, c2) == [(2, 4, 2)]
     assert c1.block_table == [0, 1, 3] and c2.block_table == [0, 1, 4]
     assert [kv.blocks[i].ref_count for i in range(5)] == [3, 3, 1, 1, 1]
     for s in req.seqs:
@@ -268,7 +268,7 @@ def test_batch_limit_counts_every_return_sequence() -> None:
     sched.add(b)
     out = run_step(sched)
     assert {c.seq.request for c in out.chunks} == {a}
-    assert sched.fork(a.seqs[0]) == [(1, 2)]
+    assert sched.fork(a.seqs[0]) == [(1, 2, 1)]
     assert sched.running_slots() == 2 and sched.waiting[0].request is b
 
 

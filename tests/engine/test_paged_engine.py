@@ -12,6 +12,7 @@ from fewshot.engine.llm import LLM
 from fewshot.engine.types import SamplingParams
 from fewshot.models.base import CausalLM
 from fewshot.models.fallback import HFFallbackLM
+from fewshot.models.kv_pool import KVPool
 
 PARAMS = SamplingParams(max_new_tokens=6, ignore_eos=True)
 
@@ -52,7 +53,10 @@ def test_prefix_hit_runs_only_the_suffix(neo, gpt2_tokenizer) -> None:
     # prefill of the 9 query tokens only, then 5 one-token decodes
     assert counting.tokens == [9, 1, 1, 1, 1, 1]
     assert pool is not None
-    assert pool.copied_bytes == sum(t[:, :1].numel() * t.element_size() for t in pool.k + pool.v)
+    # the prefix's 12 positions of that block, not the first request's tokens after them
+    assert pool.copied_bytes == sum(
+        t[:, 0, :12].numel() * t.element_size() for t in pool.k + pool.v
+    )
     assert stats["kv_cache"]["hits"] == 1 and stats["kv_cache"]["hit_tokens"] == 300
     assert stats["kv_cache"]["partial_hits"] == 1
     assert stats["kv_cache"]["blocks_used"] == 0 and stats["kv_cache"]["blocks_cached"] >= 18
@@ -165,3 +169,15 @@ def test_bf16_kv_stays_close_to_fp32_kv(neo, gpt2_tokenizer) -> None:
     b = torch.tensor([t.logprob for t in results["bf16"][1:]])
     err = (a - b).abs()  # this tiny model's logprobs are ~-12 on average: peaked logits
     assert err.mean() < 0.05 and err.max() < 0.5, (err.mean(), err.max())
+
+
+def test_a_block_copy_moves_only_the_positions_asked_for() -> None:
+    """A partial hit copies the shared tokens' K/V, never the source owner's tokens after them."""
+    pool = KVPool(2, 2, 4, num_blocks=3, block_size=4, dtype=torch.float32)
+    pool.zero_blocks([0, 1, 2])
+    for t in pool.k + pool.v:
+        t[:, 0] = torch.arange(1, 33, dtype=t.dtype).view(2, 4, 4)
+    pool.copy_blocks([(0, 2, 3)])
+    for t in pool.k + pool.v:
+        assert torch.equal(t[:, 2, :3], t[:, 0, :3]) and not t[:, 2, 3:].any()
+    assert pool.copied_bytes == 4 * 2 * 3 * 4 * 4  # 4 tensors x 2 heads x 3 positions x 4 dims

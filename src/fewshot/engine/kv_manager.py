@@ -13,7 +13,7 @@ which block. Modelled on vLLM v1's block pool and nano-vllm's block manager.
 - A hit also reaches into the block after the last whole one (as SGLang's token-level radix
   cache does, at our block granularity): among the sealed blocks that continue the hit, the one
   sharing the most leading tokens with what follows is copied into the sequence's next block
-  (a `(src, dst)` pair from `take_copies()`), and those tokens count as computed. A prompt whose
+  (a `(src, dst, tokens)` copy from `take_copies()`), and those tokens count as computed. A prompt whose
   shared prefix ends mid-block (every few-shot prompt, almost) then recomputes only its own
   tokens, not up to a block of the prefix's.
 - Blocks with refcount 0 sit in the free queue, oldest first. A sealed one keeps its hash (and
@@ -21,7 +21,8 @@ which block. Modelled on vLLM v1's block pool and nano-vllm's block manager.
   eviction of blocks nobody references. A sequence frees its blocks last-first, so the tail of
   a chain is evicted before its head; unsealed blocks go to the front (reused first).
 - `fork` gives a child sequence its parent's blocks by reference; a partial last block cannot
-  be shared (both would write into it), so the child gets a fresh one and a (src, dst) copy.
+  be shared (both would write into it), so the child gets a fresh one and a copy of its
+  computed positions.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class KVCacheManager:
     index: dict[int, int] = field(init=False)  # hash -> block id
     # parent hash -> the indexed blocks continuing it, oldest first (partial hits)
     children: dict[int | None, OrderedDict[int, None]] = field(init=False)
-    pending: list[tuple[int, int]] = field(init=False)  # partial-hit copies not yet taken
+    pending: list[tuple[int, int, int]] = field(init=False)  # partial hits' copies, not taken
     counters: CacheCounters = field(init=False)
 
     def __post_init__(self) -> None:
@@ -213,7 +214,7 @@ class KVCacheManager:
             self._ref(src)  # held until `take_copies`: nothing may evict it before the copy
         new = [self._take() for _ in range(need)]
         if partial:
-            self.pending.append((src, new[0]))
+            self.pending.append((src, new[0], partial))
         c = self.counters
         c.lookups += 1
         c.lookup_tokens += seq.num_tokens
@@ -226,15 +227,15 @@ class KVCacheManager:
         seq.num_computed = len(hit) * self.block_size + partial
         return new
 
-    def take_copies(self) -> list[tuple[int, int]]:
-        """The (src, dst) copies of the partial hits since the last call, for the runner to make
-        before the next forward (dst blocks are among the new ones: clear them first). Their
-        sources are released now: nothing allocates between here and that copy."""
-        pairs, self.pending = self.pending, []
-        for src, _ in pairs:
+    def take_copies(self) -> list[tuple[int, int, int]]:
+        """The (src, dst, tokens) copies of the partial hits since the last call, for the runner
+        to make before the next forward (dst blocks are among the new ones: clear them first).
+        Their sources are released now: nothing allocates between here and that copy."""
+        copies, self.pending = self.pending, []
+        for src, _, _ in copies:
             self._unref(src)
-        self.counters.copied_blocks += len(pairs)
-        return pairs
+        self.counters.copied_blocks += len(copies)
+        return copies
 
     def append_slots(self, seq: Sequence, num_tokens: int) -> list[int] | None:
         """Make room for positions up to `seq.num_computed + num_tokens`; the new block ids,
@@ -264,13 +265,13 @@ class KVCacheManager:
             self.index[h] = block.block_id
             self.children.setdefault(parent, OrderedDict())[block.block_id] = None
 
-    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]] | None:
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int, int]] | None:
         """Share the parent's blocks with `child` (same tokens, same computed count); returns
-        the (src, dst) block copies the runner must make, or None if no block is free."""
+        the (src, dst, positions) copies the runner must make, or None if no block is free."""
         if child.block_table:
             raise ValueError(f"{child} already holds blocks")
         table = parent.block_table[: self.blocks_for(parent.num_computed)]
-        partial = parent.num_computed % self.block_size != 0
+        partial = parent.num_computed % self.block_size
         if partial and self.num_free < 1:
             return None
         shared = table[:-1] if partial else table
@@ -279,11 +280,11 @@ class KVCacheManager:
         child.block_table = list(shared)
         child.block_hashes = list(parent.block_hashes)
         child.num_computed = parent.num_computed
-        copies: list[tuple[int, int]] = []
+        copies: list[tuple[int, int, int]] = []
         if partial:
             dst = self._take()
             child.block_table.append(dst)
-            copies.append((table[-1], dst))
+            copies.append((table[-1], dst, partial))
             self.counters.copied_blocks += 1
         return copies
 

@@ -172,9 +172,10 @@ class ModelRunner:
                 out.append(ChunkLogits(None, None))
         return out
 
-    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+    def copy_blocks(self, copies: list[tuple[int, int, int]]) -> None:
+        """(src, dst, positions) copies between pool blocks, before the forward that reads them."""
         if self.pool is not None:
-            self.pool.copy_blocks(pairs)
+            self.pool.copy_blocks(copies)
 
     def fork_state(self, parent: Sequence, child: Sequence) -> None:
         """For a model with its own per-sequence state (fallback): copy it to the child."""

@@ -59,7 +59,7 @@ class ScheduledChunk:
 class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
     new_blocks: list[int] = field(default_factory=list)  # taken this step: to be cleared
-    copies: list[tuple[int, int]] = field(default_factory=list)  # partial hits: after clearing
+    copies: list[tuple[int, int, int]] = field(default_factory=list)  # (src, dst, positions)
     preempted: list[Sequence] = field(default_factory=list)
     exhausted: list[Sequence] = field(default_factory=list)  # cannot grow even alone: finish
 
@@ -253,14 +253,14 @@ class Scheduler:
             seq.num_computed = end
             self.kv.seal(seq)
 
-    def fork(self, parent: Sequence) -> list[tuple[int, int]]:
+    def fork(self, parent: Sequence) -> list[tuple[int, int, int]]:
         """Start the other return sequences of `parent`'s request from its computed prompt.
 
         Each child shares the parent's blocks; one that finds no free block waits in the queue
         (it is then recomputed, mostly from the prefix cache). Returns the block copies."""
         req = parent.request
         req.forked = True
-        copies: list[tuple[int, int]] = []
+        copies: list[tuple[int, int, int]] = []
         for child in req.seqs:
             if child is parent or child.finish is not None:
                 continue

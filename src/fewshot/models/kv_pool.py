@@ -58,12 +58,11 @@ class KVPool:
         for t in self.k + self.v:
             t.index_fill_(1, index, 0)
 
-    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
-        """Copy block src -> dst in every layer (copy-on-write of a shared partial block)."""
-        if not pairs:
-            return
-        src = self._index([s for s, _ in pairs])
-        dst = self._index([d for _, d in pairs])
-        for t in self.k + self.v:
-            t.index_copy_(1, dst, t.index_select(1, src))
-            self.copied_bytes += t[:, : len(pairs)].numel() * t.element_size()
+    def copy_blocks(self, copies: Sequence[tuple[int, int, int]]) -> None:
+        """Copy the first n positions of block src into block dst, in every layer, for each
+        (src, dst, n): a shared partial block's copy-on-write, a partial prefix-cache hit.
+        Only those positions: what follows them in src is not the new owner's."""
+        for src, dst, n in copies:
+            for t in self.k + self.v:
+                t[:, dst, :n].copy_(t[:, src, :n])
+                self.copied_bytes += t[:, dst, :n].numel() * t.element_size()

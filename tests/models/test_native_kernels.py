@@ -54,7 +54,7 @@ def test_a_prefill_chunk_attends_like_single_queries(dtype, n_kv, window, softca
     together on AVX-512 (native_runs.c): as the float64 reference, and each query's result does
     not depend on how the chunk is split or what else is in the batch."""
     torch.manual_seed(1)
-    n_heads, dim, bs, nblk = 4, 32, 16, 12
+    n_heads, dim, bs, nblk = 4, 80, 16, 12  # 80: slices of 64 and of 16
     length = 150  # positions 0..149 in scattered blocks; the chunk is 131..149 (19 queries)
     table = torch.randperm(nblk)[: -(-length // bs)]
     k_all, v_all = torch.randn(length, n_kv, dim), torch.randn(length, n_kv, dim)

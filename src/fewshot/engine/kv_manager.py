@@ -177,14 +177,14 @@ class KVCacheManager:
         siblings = self.children.get(parent)
         if not self.prefix_caching or room <= 0 or not siblings:
             return -1, 0
-        want = token_ids[start : start + room]
+        want = tuple(token_ids[start : start + room])
         best, best_len = -1, 0
         for i, bid in enumerate(reversed(siblings)):  # the most recent first
-            if i == PARTIAL_CANDIDATES:
+            if i == PARTIAL_CANDIDATES or best_len == len(want):
                 break
-            n = common_prefix(self.blocks[bid].tokens, want, room)
-            if n > best_len:
-                best, best_len = bid, n
+            tokens = self.blocks[bid].tokens
+            if tokens[: best_len + 1] == want[: best_len + 1]:  # it beats the best so far
+                best, best_len = bid, common_prefix(tokens, want, room)
         return best, best_len
 
     def can_allocate(self, seq: Sequence, max_cached: int) -> bool:

@@ -62,6 +62,67 @@ TGT static inline void widen_row(const char *r, int bf16, int n, float *dst) {
   }
 }
 
+/* s[j] = scale * (the 16 queries . key j), j < n: the sum over d in order, one FMA chain per
+ * key; four keys at a time, so four chains are in flight (one chain alone waits on each FMA's
+ * latency) and each query column is loaded once for the four. */
+TGT static inline void scores(const float *qt, const float *kf, int n, int D, float scale,
+                              __m512 *s) {
+  int j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float *k0 = kf + j * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int d = 0; d < D; d++) {
+      const __m512 qd = _mm512_load_ps(qt + d * L16);
+      a0 = _mm512_fmadd_ps(qd, _mm512_set1_ps(k0[d]), a0);
+      a1 = _mm512_fmadd_ps(qd, _mm512_set1_ps(k1[d]), a1);
+      a2 = _mm512_fmadd_ps(qd, _mm512_set1_ps(k2[d]), a2);
+      a3 = _mm512_fmadd_ps(qd, _mm512_set1_ps(k3[d]), a3);
+    }
+    s[j] = _mm512_mul_ps(a0, _mm512_set1_ps(scale));
+    s[j + 1] = _mm512_mul_ps(a1, _mm512_set1_ps(scale));
+    s[j + 2] = _mm512_mul_ps(a2, _mm512_set1_ps(scale));
+    s[j + 3] = _mm512_mul_ps(a3, _mm512_set1_ps(scale));
+  }
+  for (; j < n; j++) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int d = 0; d < D; d++)
+      acc = _mm512_fmadd_ps(_mm512_load_ps(qt + d * L16), _mm512_set1_ps(kf[j * D + d]), acc);
+    s[j] = _mm512_mul_ps(acc, _mm512_set1_ps(scale));
+  }
+}
+
+/* One query's output row o [D] <- o * corr + sum over keys j < n of e[j * 16] * v_j, each
+ * 16-value slice summed over j in order; four slices at a time (four chains in flight, one
+ * broadcast of e per key for the four). */
+TGT static inline void values(float *o, float corr, const float *e, const float *vf, int n,
+                              int D) {
+  int d = 0;
+  for (; d + 64 <= D; d += 64) {
+    __m512 a0 = _mm512_mul_ps(_mm512_load_ps(o + d), _mm512_set1_ps(corr));
+    __m512 a1 = _mm512_mul_ps(_mm512_load_ps(o + d + 16), _mm512_set1_ps(corr));
+    __m512 a2 = _mm512_mul_ps(_mm512_load_ps(o + d + 32), _mm512_set1_ps(corr));
+    __m512 a3 = _mm512_mul_ps(_mm512_load_ps(o + d + 48), _mm512_set1_ps(corr));
+    for (int j = 0; j < n; j++) {
+      const __m512 ej = _mm512_set1_ps(e[j * L16]);
+      const float *v = vf + j * D + d;
+      a0 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v), a0);
+      a1 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v + 16), a1);
+      a2 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v + 32), a2);
+      a3 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v + 48), a3);
+    }
+    _mm512_store_ps(o + d, a0);
+    _mm512_store_ps(o + d + 16, a1);
+    _mm512_store_ps(o + d + 32, a2);
+    _mm512_store_ps(o + d + 48, a3);
+  }
+  for (; d < D; d += 16) {
+    __m512 acc = _mm512_mul_ps(_mm512_load_ps(o + d), _mm512_set1_ps(corr));
+    for (int j = 0; j < n; j++)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(e[j * L16]), _mm512_loadu_ps(vf + j * D + d), acc);
+    _mm512_store_ps(o + d, acc);
+  }
+}
+
 /* KV head h, queries qb * 16 .. qb * 16 + 15 of the run of rows r0 .. r0 + nrows - 1 (one
  * block table, `table`); query i of the run is row r0 + i / G, query head h * G + i % G. q and
  * out [rows][Hq][D], lo / hi per row of the batch; D a multiple of 16. Returns 0, or -1 when out
@@ -110,11 +171,8 @@ TGT int fs_attend_run(const float *q, const void *k, const void *v, const int64_
     __m512 s[L16];
     __mmask16 valid[L16];
     __m512 mx = m;
+    scores(qt, kf, n, D, scale, s);
     for (int j = 0; j < n; j++) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int d = 0; d < D; d++)
-        acc = _mm512_fmadd_ps(_mm512_load_ps(qt + d * L16), _mm512_set1_ps(kf[j * D + d]), acc);
-      s[j] = _mm512_mul_ps(acc, _mm512_set1_ps(scale));
       if (cap > 0.0f) {
         float t[L16];
         _mm512_storeu_ps(t, s[j]);
@@ -138,13 +196,7 @@ TGT int fs_attend_run(const float *q, const void *k, const void *v, const int64_
     m = mx;
     float cf[L16];
     _mm512_storeu_ps(cf, corr);
-    for (int i = 0; i < nq; i++)
-      for (int d = 0; d < D; d += 16) {
-        __m512 acc = _mm512_mul_ps(_mm512_load_ps(o + i * D + d), _mm512_set1_ps(cf[i]));
-        for (int j = 0; j < n; j++)
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(e[j * L16 + i]), _mm512_loadu_ps(vf + j * D + d), acc);
-        _mm512_store_ps(o + i * D + d, acc);
-      }
+    for (int i = 0; i < nq; i++) values(o + i * D, cf[i], e + i, vf, n, D);
   }
   float lf[L16];
   _mm512_storeu_ps(lf, l);

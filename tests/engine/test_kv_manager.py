@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fewshot.engine.config import EngineConfig
-from fewshot.engine.kv_manager import KVCacheManager
+from fewshot.engine.kv_manager import KVCacheManager, block_hash
 from fewshot.engine.request import Request, SeqStatus, Sequence
 from fewshot.engine.scheduler import Scheduler
 from fewshot.engine.types import SamplingParams
@@ -150,6 +150,23 @@ def test_hash_collision_never_serves_other_tokens() -> None:
     block = kv.blocks[a.block_table[0]]
     block.tokens = (9, 9, 9, 9)  # as if another prefix had the same hash
     assert kv.lookup([1, 2, 3, 4, 5], 4) == []
+
+
+def test_block_digests_name_the_whole_prefix() -> None:
+    """Blocks are named by a cryptographic digest chained over the prefix (not Python's hash of
+    a tuple, which a client could make collide with another client's blocks)."""
+    first = block_hash(None, (1, 2, 3, 4))
+    assert isinstance(first, bytes) and len(first) == 32
+    assert block_hash(None, (1, 2, 3, 4)) == first  # stable
+    assert block_hash(first, (5, 6, 7, 8)) != block_hash(
+        block_hash(None, (0, 2, 3, 4)), (5, 6, 7, 8)
+    )
+    assert block_hash(None, (1, 2, 3, 5)) != first
+    kv = KVCacheManager(num_blocks=4, block_size=BS)
+    a = seq_of([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    kv.allocate(a, max_cached=8)
+    computed(kv, a)
+    assert a.block_hashes == [first, block_hash(first, (5, 6, 7, 8))]
 
 
 def test_fork_shares_full_blocks_and_copies_the_partial_one() -> None:

@@ -4,10 +4,12 @@ Pure Python over block ids (no tensors): the runner owns the pool, this module d
 which block. Modelled on vLLM v1's block pool and nano-vllm's block manager.
 
 - A block is *sealed* once every one of its `block_size` positions is computed: it then carries
-  the chained hash of the tokens up to its end, `hash((parent_hash, tokens))`, like vLLM's
-  `hash_block_tokens`, and enters the hash index. A hash names the whole prefix up to the
-  block's end; the block also keeps its tokens and its parent's hash, and a lookup compares
-  them, so a collision can never serve wrong K/V.
+  the chained hash of the tokens up to its end, a BLAKE2b digest of its parent's digest and its
+  token ids (vLLM hashes blocks with SHA-256 for the same reason: Python's `hash` of a tuple of
+  ints is not randomized and not collision-resistant, so a client could craft a prompt whose
+  blocks collide with another client's and be served that client's K/V), and enters the hash
+  index. A digest names the whole prefix up to the block's end; the block also keeps its tokens
+  and its parent's digest, and a lookup compares them too.
 - A prefix-cache hit is a reference: the new sequence's block table starts with the cached
   blocks, their refcounts go up, and no K/V is copied.
 - A hit also reaches into the block after the last whole one (as SGLang's token-level radix
@@ -27,6 +29,8 @@ which block. Modelled on vLLM v1's block pool and nano-vllm's block manager.
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
@@ -38,8 +42,8 @@ from fewshot.engine.request import Sequence
 class Block:
     block_id: int
     ref_count: int = 0
-    hash: int | None = None
-    parent_hash: int | None = None
+    hash: bytes | None = None
+    parent_hash: bytes | None = None
     tokens: tuple[int, ...] = ()
     touched: bool = False  # handed out at least once (its pages of the pool are resident)
 
@@ -59,8 +63,12 @@ class CacheCounters:
 PARTIAL_CANDIDATES = 64  # most recent sealed continuations of a hit compared for a partial one
 
 
-def block_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
-    return hash((parent, tokens))
+def block_hash(parent: bytes | None, tokens: tuple[int, ...]) -> bytes:
+    """The digest naming a block's whole prefix: its parent's digest (none for the first block)
+    and its token ids, through BLAKE2b (256 bits)."""
+    digest = hashlib.blake2b(parent or b"", digest_size=32)
+    digest.update(array("q", tokens).tobytes())
+    return digest.digest()
 
 
 def common_prefix(a: Seq[int], b: Seq[int], limit: int) -> int:
@@ -81,9 +89,9 @@ class KVCacheManager:
     prefix_caching: bool = True
     blocks: list[Block] = field(init=False)
     free: OrderedDict[int, None] = field(init=False)  # refcount-0 blocks, eviction order
-    index: dict[int, int] = field(init=False)  # hash -> block id
+    index: dict[bytes, int] = field(init=False)  # digest -> block id
     # parent hash -> the indexed blocks continuing it, oldest first (partial hits)
-    children: dict[int | None, OrderedDict[int, None]] = field(init=False)
+    children: dict[bytes | None, OrderedDict[int, None]] = field(init=False)
     pending: list[tuple[int, int, int]] = field(init=False)  # partial hits' copies, not taken
     counters: CacheCounters = field(init=False)
 
@@ -118,7 +126,7 @@ class KVCacheManager:
             return []
         bs = self.block_size
         found: list[int] = []
-        parent: int | None = None
+        parent: bytes | None = None
         for j in range(max(0, max_tokens) // bs):
             tokens = tuple(token_ids[j * bs : (j + 1) * bs])
             h = block_hash(parent, tokens)

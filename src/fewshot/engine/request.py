@@ -33,7 +33,7 @@ class Sequence:
     status: SeqStatus = SeqStatus.WAITING
     num_computed: int = 0  # leading tokens whose K/V is in the pool
     block_table: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)  # of the sealed leading blocks
+    block_hashes: list[bytes] = field(default_factory=list)  # of the sealed leading blocks
     # output side (set by the core loop; the scheduler never reads these)
     sampler: Any = None
     stopping: Any = None

@@ -14,10 +14,10 @@ which block. Modelled on vLLM v1's block pool and nano-vllm's block manager.
   blocks, their refcounts go up, and no K/V is copied.
 - A hit also reaches into the block after the last whole one (as SGLang's token-level radix
   cache does, at our block granularity): among the sealed blocks that continue the hit, the one
-  sharing the most leading tokens with what follows is copied into the sequence's next block
-  (a `(src, dst, tokens)` copy from `take_copies()`), and those tokens count as computed. A prompt whose
-  shared prefix ends mid-block (every few-shot prompt, almost) then recomputes only its own
-  tokens, not up to a block of the prefix's.
+  sharing the most leading tokens with what follows has those positions copied into the
+  sequence's next block (a `(src, dst, tokens)` copy from `take_copies()`), and they count as
+  computed. A prompt whose shared prefix ends mid-block (almost every few-shot prompt) then
+  recomputes only its own tokens, not up to a block of the prefix's.
 - Blocks with refcount 0 sit in the free queue, oldest first. A sealed one keeps its hash (and
   can still be hit, which takes it out of the queue) until allocation reuses it: that is LRU
   eviction of blocks nobody references. A sequence frees its blocks last-first, so the tail of
@@ -90,7 +90,7 @@ class KVCacheManager:
     blocks: list[Block] = field(init=False)
     free: OrderedDict[int, None] = field(init=False)  # refcount-0 blocks, eviction order
     index: dict[bytes, int] = field(init=False)  # digest -> block id
-    # parent hash -> the indexed blocks continuing it, oldest first (partial hits)
+    # parent digest -> the indexed blocks continuing it, oldest first (partial hits)
     children: dict[bytes | None, OrderedDict[int, None]] = field(init=False)
     pending: list[tuple[int, int, int]] = field(init=False)  # partial hits' copies, not taken
     counters: CacheCounters = field(init=False)

@@ -119,3 +119,23 @@ def test_gemma3_sliding_window_batched_and_cached_equals_alone(gemma_pair, gpt2_
         results = [h.wait()[0] for h in handles]
     assert [r.token_ids for r in results] == alone
     assert all(r.cached_tokens >= 288 for r in results)
+
+
+def test_partial_hit_then_fork_equals_alone(neo, gpt2_tokenizer) -> None:
+    """A request whose prefix ends mid-block (its tokens there copied from another request's
+    block) and that then forks n sequences from its prompt: each sequence samples what it
+    samples on an engine without a prefix cache, with the same logprobs up to float rounding
+    (a wrong or missing copied position moves them by far more)."""
+    params = SamplingParams(max_new_tokens=6, do_sample=True, seed=3, n=3, ignore_eos=True)
+    prompt = PREFIX + SUFFIXES[1]
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_caching=False) as solo:
+        want = solo.generate_many(prompt, params)
+    with LLM.from_model(neo, gpt2_tokenizer, threads=1, kv_cache_mb=64) as engine_llm:
+        engine_llm.generate(PREFIX + SUFFIXES[2], PARAMS)
+        results = engine_llm.generate_many(prompt, params)
+        stats = engine_llm.stats()["kv_cache"]
+    assert [r.token_ids for r in results] == [r.token_ids for r in want]
+    got = torch.tensor([[t.logprob for t in r.tokens] for r in results])
+    expected = torch.tensor([[t.logprob for t in r.tokens] for r in want])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert results[0].cached_tokens == 300 and stats["partial_hits"] == 1

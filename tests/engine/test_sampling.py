@@ -16,6 +16,7 @@ from fewshot.engine.sampling import (
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
+    argmax,
     warp,
 )
 from fewshot.engine.types import SamplingParams
@@ -107,3 +108,16 @@ def test_greedy_with_repetition_penalty_avoids_repeats() -> None:
     logits = torch.tensor([5.0, 4.9, 0.0])
     choice = Sampler(SamplingParams(repetition_penalty=2.0)).choose(logits, [0])
     assert choice.token_id == 1
+
+
+def test_argmax_is_torchs_choice_on_ties_and_nan() -> None:
+    """The engine's greedy pick (through max(dim)) is torch.argmax's: the first maximum, and a
+    NaN counts as the largest."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (6, 5000), generator=gen).float()  # many tied maxima per row
+    x[2, 4321] = float("nan")
+    x[4, 17] = float("nan")
+    x[4, 3] = float("nan")
+    assert torch.equal(argmax(x), torch.argmax(x, dim=-1))
+    for row in x:
+        assert int(argmax(row)) == int(torch.argmax(row))

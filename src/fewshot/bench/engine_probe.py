@@ -26,11 +26,12 @@ def _decode_s_per_token(result: Any) -> float | None:
 def _decode_loop(model: Any, cache: Any, token: int, steps: int) -> int:
     import torch
 
+    from fewshot.engine.sampling import argmax
     from fewshot.models.standalone import run
 
     for _ in range(steps):
         logits = run(model, torch.tensor([token], dtype=torch.long), [cache], [1])
-        token = int(logits[0].argmax())
+        token = int(argmax(logits[0]))  # the engine's greedy pick
     return token
 
 

@@ -18,7 +18,7 @@ import torch
 
 from fewshot.engine.config import EngineConfig
 from fewshot.engine.request import Sequence
-from fewshot.engine.sampling import Choice, batch_logprobs, top_alternatives
+from fewshot.engine.sampling import Choice, argmax, batch_logprobs, top_alternatives
 from fewshot.engine.scheduler import ScheduledChunk
 from fewshot.models.attention import AttentionMetadata, run_eagerly_under_compile
 from fewshot.models.base import CausalLM
@@ -194,7 +194,7 @@ class ModelRunner:
         greedy = [i for i, (seq, _) in enumerate(items) if seq.sampler.plain_greedy]
         if len(greedy) > 1:
             stacked = torch.stack([items[i][1] for i in greedy])  # [R, V]
-            tokens = torch.argmax(stacked, dim=-1)
+            tokens = argmax(stacked)
             chosen = batch_logprobs(stacked).gather(1, tokens[:, None])[:, 0]
             for i, t, lp in zip(greedy, tokens.tolist(), chosen.tolist(), strict=True):
                 choices[i] = Choice(t, lp)
@@ -216,7 +216,7 @@ class ModelRunner:
             processed = sampler.process(rows[i], context)
             draft = drafts[i] if i < len(drafts) else None
             if sampler.generator is None:  # greedy: identical to plain decoding
-                token = int(torch.argmax(processed))
+                token = int(argmax(processed))
                 accepted = token == draft
             else:  # rejection sampling against a point-mass proposal: p(x), else p without x
                 probs = torch.softmax(processed.float(), dim=-1)

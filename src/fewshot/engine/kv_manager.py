@@ -195,8 +195,9 @@ class KVCacheManager:
                 best, best_len = bid, common_prefix(tokens, want, room)
         return best, best_len
 
-    def can_allocate(self, seq: Sequence, max_cached: int) -> bool:
-        hit = self.lookup(seq.token_ids, max_cached)
+    def _fits(self, seq: Sequence, hit: list[int]) -> bool:
+        """Whether the blocks `seq` needs beyond the cached `hit` are free (a hit on a free
+        block takes it off the free queue)."""
         reusable = sum(1 for b in hit if self.blocks[b].ref_count == 0)
         need = self.blocks_for(seq.num_tokens) - len(hit)
         return need <= self.num_free - reusable
@@ -209,9 +210,9 @@ class KVCacheManager:
         runner clears them), or None when they do not fit (nothing changes then)."""
         if seq.block_table:
             raise ValueError(f"{seq} already holds blocks")
-        if not self.can_allocate(seq, max_cached):
-            return None
         hit = self.lookup(seq.token_ids, max_cached)
+        if not self._fits(seq, hit):
+            return None
         for bid in hit:
             self._ref(bid)
         need = self.blocks_for(seq.num_tokens) - len(hit)

@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     kernel_isa: str = Field(
         "auto",
         description="Native CPU kernels' instruction set: auto (the best this CPU runs) | "
-        "avx512vnni | avx512 | avx2 | c (a lower one runs what an older CPU would, e.g. to benchmark it)",
+        "amx | avx512vnni | avx512 | avx2 | c (a lower one runs what an older CPU would, e.g. to "
+        "benchmark it)",
     )
     prefix_caching: bool = Field(True, description="Share prompt prefixes' KV between requests")
     compile: bool = Field(

@@ -32,11 +32,11 @@ KERNEL_IDS = ["reference" if k is None else k.isa for k in KERNELS]
 
 def test_native_kernel_builds_here() -> None:
     # CI and development machines have a C compiler: the fast path must not silently vanish
-    assert NATIVE is not None and NATIVE.isa in ("avx512vnni", "avx512", "avx2")
+    assert NATIVE is not None and NATIVE.isa in ("amx", "avx512vnni", "avx512", "avx2")
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
-@pytest.mark.parametrize("shape", [(64, 96), (40, 96), (100, 70), (770, 33)])
+@pytest.mark.parametrize("shape", [(128, 96), (200, 96), (100, 70), (770, 33)])
 @torch.no_grad()
 def test_int8_linear_close_to_float(kernel: native.Kernel | None, shape) -> None:
     torch.manual_seed(0)
@@ -47,7 +47,8 @@ def test_int8_linear_close_to_float(kernel: native.Kernel | None, shape) -> None
     assert q.weight.dtype == torch.int8 and q.weight.shape == (out_features, in_features)
     assert q.scales.shape == (out_features, -(-in_features // q.group))
     deq = q.dequantized()
-    assert _rel_err(deq[:, 32:], linear.weight[:, 32:]) < 0.01  # the groups without the outlier
+    g = q.group  # the groups without the outlier column:
+    assert _rel_err(deq[:, g:], linear.weight[:, g:]) < 0.01
     for rows in (1, 3, 9, 40, 70):  # the GEMV (<= gemv_rows) and the dequantize-then-GEMM paths
         x = torch.randn(rows, in_features)
         want = nn.functional.linear(x, deq, linear.bias)
@@ -80,13 +81,14 @@ def _activation_bound(x: torch.Tensor, deq: torch.Tensor, group: int) -> torch.T
 @torch.no_grad()
 def test_gemv_is_the_same_on_every_instruction_set() -> None:
     # every variant computes the same integer group sums and float steps: bitwise equal results,
-    # for every tile shape (AVX-512 runs tiles of 8 rows, then one of the remaining 1-7)
+    # for every tile shape (AVX-512 runs tiles of 8 rows, then one of the remaining 1-7; AMX
+    # tiles of 16 rows, then one of the rest, from 9 rows on)
     torch.manual_seed(4)
     for in_features, out_features in ((96, 64), (770, 37), (48, 5)):
         q = Int8Linear.from_linear(nn.Linear(in_features, out_features), kernel=NATIVE)
-        x = torch.randn(17, in_features) * torch.logspace(-2, 2, 17)[:, None]
+        x = torch.randn(41, in_features) * torch.logspace(-2, 2, 41)[:, None]
         assert NATIVE is not None
-        for rows in range(1, len(x) + 1):
+        for rows in [*range(1, 18), 32, 33, 41]:
             got = {isa: NATIVE.gemv(x[:rows], q.packed, q.bias, isa=isa) for isa in KERNEL_IDS[1:]}
             first = got[NATIVE.isa]
             assert all(torch.equal(first, y) for y in got.values()), (rows, list(got))
@@ -95,11 +97,14 @@ def test_gemv_is_the_same_on_every_instruction_set() -> None:
 def test_groups_are_finer_than_rows() -> None:
     # one large weight per row spoils a per-row grid, not a per-group one
     torch.manual_seed(3)
-    w = torch.randn(64, 256) * 0.02
+    w = torch.randn(64, 512) * 0.02
     w[:, 0] = 2.0
-    grouped = Int8Linear.from_float(w).dequantized()
-    per_row = Int8Linear.from_float(w, group=256).dequantized()
-    assert _rel_err(grouped[:, 32:], w[:, 32:]) * 20 < _rel_err(per_row[:, 32:], w[:, 32:])
+    grouped = Int8Linear.from_float(w)
+    per_row = Int8Linear.from_float(w, group=512).dequantized()
+    g = grouped.group  # the columns past the outlier's group
+    assert _rel_err(grouped.dequantized()[:, g:], w[:, g:]) * 20 < _rel_err(
+        per_row[:, g:], w[:, g:]
+    )
 
 
 @pytest.mark.parametrize("kernel", [k for k in KERNELS if k is not None], ids=KERNEL_IDS[1:])
@@ -292,6 +297,6 @@ def test_kernel_isa_caps_the_instruction_set(monkeypatch) -> None:
     monkeypatch.setitem(native._loaded, "kernel", NATIVE)  # restored when the test ends
     assert native.load(isa="c").isa == "c"
     assert native.load().isa == "c"  # the cap holds for every later caller
-    assert native.load(isa="avx512vnni").isa == NATIVE.isa  # never above what the CPU runs
+    assert native.load(isa="amx").isa == NATIVE.isa  # never above what the CPU runs
     with pytest.raises(ValueError, match="isa"):
         native.load(isa="neon")

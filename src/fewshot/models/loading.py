@@ -126,7 +126,7 @@ def auto_dtype(device: str = "cpu", kernels: bool | None = None) -> str:
 
     - CUDA: bf16.
     - A CPU where the native int8 kernels build: int8 (`quant.py`: weight-only, a bf16 scale per
-      32 inputs, integer GEMV, native layers; top-1 agreement with fp32 98.7% on Gemma 3 270M,
+      64 inputs, integer GEMV, native layers; top-1 agreement with fp32 98.7% on Gemma 3 270M,
       few-shot accuracy within 1 point), AMX hosts included. BENCHMARKS.md, 2 threads:
       on an AMX host (Intel Xeon, AVX512-VNNI, AMX-BF16): GPT-Neo-125M serving 21.8x the
       baseline against bf16's 15.8x, decode 5.5 against 18.3 ms/token, Gemma 3 270M serving

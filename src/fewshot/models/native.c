@@ -13,10 +13,12 @@
 #include "native_math.h"
 
 /* 3: AVX-512 with VNNI, 2: AVX-512 (F, BW), 1: AVX2 and FMA, 0: plain C. */
+int fs_amx(void); /* native_gemv.c: AMX-INT8 present and granted to this process */
+
 int fs_isa(void) {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
-    return __builtin_cpu_supports("avx512vnni") ? 3 : 2;
+    return __builtin_cpu_supports("avx512vnni") ? 3 + fs_amx() : 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
   return 0;
 }

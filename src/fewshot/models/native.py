@@ -43,8 +43,8 @@ SOURCES = [
     )
 ]
 HEADERS = [Path(__file__).with_name("native_math.h")]  # part of the build's hash
-ISAS = {"avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
-GEMV_ROWS = {"avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 64, "c": 0}
+ISAS = {"amx": 4, "avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
+GEMV_ROWS = {"amx": 1 << 30, "avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 64, "c": 0}
 ACTS = {"gelu_tanh": 1, "silu": 2}  # fs_act's kinds
 BLOCK_ROWS = 16  # output rows per packed block (NB in native_gemv.c)
 LANE = 16  # a group's inputs are a multiple of this
@@ -58,7 +58,8 @@ _L = ctypes.c_long
 
 @dataclass(frozen=True)
 class Kernel:
-    """The loaded library; `isa` is what this CPU runs ("avx512vnni", "avx512", "avx2" or "c")."""
+    """The loaded library; `isa` is what this CPU runs ("amx", "avx512vnni", "avx512", "avx2"
+    or "c"; "amx": AVX-512 VNNI and the AMX-INT8 tiles, which the GEMV uses from 9 rows)."""
 
     lib: ctypes.CDLL
     isa: str
@@ -329,8 +330,9 @@ _loaded: dict[str, Kernel | None] = {}
 def load(build_dir: Path | None = None, isa: str = "auto") -> Kernel | None:
     """The kernel library, built on first use (None where it cannot be built or loaded).
 
-    `isa` ("auto", "avx512vnni", "avx512", "avx2" or "c") caps the instruction set from then on, for every
-    caller: "avx2" on an AVX-512 CPU runs what an AVX2-only host runs (`--kernel-isa`)."""
+    `isa` ("auto", "amx", "avx512vnni", "avx512", "avx2" or "c") caps the instruction set from
+    then on, for every caller: "avx2" on an AVX-512 CPU runs what an AVX2-only host runs
+    (`--kernel-isa`)."""
     if isa == "auto" and "kernel" in _loaded:  # the norms ask on every call: no lock then
         return _loaded["kernel"]
     if isa not in ISAS and isa != "auto":

@@ -32,11 +32,16 @@
  * batches past the GEMV's rows (prefill): torch's float32 GEMM multiplies them a slice at a
  * time.
  */
+#define _GNU_SOURCE /* syscall() under -std=c11 */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define NB 16 /* output rows per packed block */
 #define UNROLL _Pragma("GCC unroll 8")
@@ -175,6 +180,183 @@ TILE512(bw, T_BW, DOT_BW, 8)
 BLOCK512(vnni)
 BLOCK512(bw)
 
+/* AMX-INT8 (isa 4, groups of 64 inputs, enough rows): the same integer group sums on the tiles.
+ * A tile multiplies bytes, so each int16 xq is split as xq = 256 * hi + lo (hi signed, lo
+ * unsigned): I_g = 256 * sum(q hi) + sum(q lo), `tdpbssd` and `tdpbusd` over one group (64
+ * inputs = one tile step), both exact in int32, then the float steps above, unchanged: the
+ * results are bitwise the other variants'. A block's packed pairs are regrouped into the tiles'
+ * layout (four inputs of a row per 32-bit word) once per block, in a per-thread scratch. */
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define HAVE_AMX 1
+#define AMX_G 64
+#define AMX_MIN_ROWS 9 /* fewer rows stay on the VNNI tiles (measured: 8 rows the same time, 10 faster) */
+
+static int has_amx(void) {
+  static int known = -1;
+  if (known < 0) {
+    unsigned a, b, c, d;
+    known = 0;
+    /* CPUID.7.0: EDX bit 24 AMX-TILE, bit 25 AMX-INT8; then Linux's per-process permission */
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1))
+      known = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  }
+  return known;
+}
+
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} tile_config;
+
+/* tiles: 0, 1 the hi / lo sums (rows x 16 int32), 2, 3 the hi / lo bytes of `rows` rows of x, 4
+ * a group of the block's weights (16 rows of four inputs x 16 outputs) */
+__attribute__((target("amx-tile,amx-int8"))) static void amx_config(int rows) {
+  tile_config c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = 0; t < 5; t++) c.rows[t] = (uint8_t)(t == 4 ? 16 : rows), c.colsb[t] = 64;
+  /* GCC 12 takes ldtilecfg's operand for an address only and drops the stores above */
+  __asm__ __volatile__("" : : "r"(&c) : "memory");
+  _tile_loadconfig(&c);
+}
+
+__attribute__((target("amx-tile,amx-int8"))) static void amx_end(void) { _tile_release(); }
+
+
+/* Group g of a block's packed pairs into the tiles' layout: pairs (k, k + 1) of 16 outputs,
+ * then (k + 2, k + 3), as 16-bit units, interleaved. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void regroup(const int8_t *p,
+                                                                            int8_t *bq, int g) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
+                                       8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (long r = (long)g * AMX_G / 4; r < (long)(g + 1) * AMX_G / 4; r++) {
+    _mm_prefetch((const char *)(p + r * 64 + PF_L1), _MM_HINT_T0);
+    _mm_prefetch((const char *)(p + r * 64 + PF_L2), _MM_HINT_T1);
+    _mm512_storeu_si512(bq + r * 64, _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(p + r * 64)));
+  }
+}
+
+/* Blocks [b0, b1) of this thread. While a block's groups go through the tiles, the next
+ * block's are regrouped (its weights stream in meanwhile) into the other half of `bq`.
+ * `rows` is the tile configuration's current row count (changed for a last partial tile). */
+__attribute__((target("avx512f,avx512bw,avx512vl,fma,amx-tile,amx-int8"))) static void blocks_amx(
+    const gemv_args *a, const int8_t *xt, int b0, int b1, int8_t *bq) {
+  const long bb = (long)NB * a->KP; /* bytes of a block */
+  int rows = a->M < 16 ? a->M : 16;
+  amx_config(rows);
+  if (b0 < b1)
+    for (int g = 0; g < a->ng; g++) regroup(a->q + b0 * bb, bq, g);
+  int32_t hi[16 * 16] __attribute__((aligned(64))), lo[16 * 16] __attribute__((aligned(64)));
+  for (int b = b0; b < b1; b++) {
+    const int8_t *cur = bq + (b - b0 & 1) * bb, *next_p = a->q + (long)(b + 1) * bb;
+    int8_t *next = bq + (b - b0 + 1 & 1) * bb;
+    const int n = b * NB;
+    const uint16_t *sb = a->s + (long)n * a->ng;
+    for (int m0 = 0; m0 < a->M; m0 += 16) {
+      const int mr = a->M - m0 < 16 ? a->M - m0 : 16;
+      if (mr != rows) amx_config(rows = mr);
+      __m512 f[16];
+      UNROLL for (int i = 0; i < 16; i++) f[i] = _mm512_setzero_ps();
+      for (int g = 0; g < a->ng; g++) {
+        if (m0 == 0 && b + 1 < b1) regroup(next_p, next, g);
+        _tile_zero(0);
+        _tile_zero(1);
+        const int8_t *xg = xt + ((long)m0 / 16 * a->ng + g) * 2048;
+        _tile_loadd(2, xg, 64);
+        _tile_loadd(3, xg + 1024, 64);
+        _tile_loadd(4, cur + (long)g * AMX_G * 16, 64);
+        _tile_dpbssd(0, 2, 4);
+        _tile_dpbusd(1, 3, 4);
+        _tile_stored(0, hi, 64);
+        _tile_stored(1, lo, 64);
+        const __m512 sv = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(sb + (long)g * NB))), 16));
+        UNROLL for (int i = 0; i < 16; i++) {
+          if (i < mr) {
+            const __m512i acc = _mm512_add_epi32(
+                _mm512_slli_epi32(_mm512_load_si512(hi + 16 * i), 8), _mm512_load_si512(lo + 16 * i));
+            f[i] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(acc),
+                _mm512_mul_ps(sv, _mm512_set1_ps(a->xs[(long)(m0 + i) * a->ng + g])), f[i]);
+          }
+        }
+      }
+      float r[NB];
+      for (int i = 0; i < mr; i++) {
+        _mm512_storeu_ps(r, f[i]);
+        store_row(a, r, n, m0 + i);
+      }
+    }
+  }
+  amx_end();
+}
+
+/* xq [M][KP] -> the tiles' bytes of x: per tile of 16 rows and per group, the 16 rows' hi bytes
+ * (64 each) then their lo bytes, xq = 256 * hi + lo; rows past M stay zero. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void split_bytes(const int16_t *xq,
+                                                                          int M, int KP, int ng,
+                                                                          int8_t *xt) {
+  const __m512i low = _mm512_set1_epi16(0xFF);
+  for (int m = 0; m < M; m++)
+    for (int g = 0; g < ng; g++) {
+      int8_t *h = xt + ((long)m / 16 * ng + g) * 2048 + (m % 16) * 64;
+      for (int k = 0; k < AMX_G; k += 32) {
+        const __m512i v = _mm512_loadu_si512(xq + (long)m * KP + g * AMX_G + k);
+        _mm256_storeu_si256((__m256i *)(h + k), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+        _mm256_storeu_si256((__m256i *)(h + 1024 + k),
+                            _mm512_cvtepi16_epi8(_mm512_and_si512(v, low)));
+      }
+    }
+}
+
+/* This thread's scratch of at least `bytes` (64-byte aligned, kept between calls: a fresh
+ * allocation of this size would be new pages, faulted in on every call); NULL without memory. */
+static int8_t *scratch(size_t bytes) {
+  static __thread int8_t *buf;
+  static __thread size_t cap;
+  if (bytes > cap) {
+    free(buf);
+    cap = (bytes + 4095) / 4096 * 4096;
+    buf = aligned_alloc(64, cap);
+    if (!buf) cap = 0;
+  }
+  return buf;
+}
+
+/* The AMX path of fs_gemv; 0 when it cannot run (no memory), and the caller goes on. */
+static int gemv_amx(const gemv_args *a, int threads, int parallel) {
+  const int MP = (a->M + 15) / 16 * 16, nt = parallel ? threads : 1;
+  const long bytes = (long)MP * a->KP, xs_bytes = ((long)MP * a->ng * 4 + 63) / 64 * 64;
+  int8_t *xt = scratch((size_t)(2 * bytes + xs_bytes + 2L * NB * a->KP));
+  if (!xt) return 0;
+  float *xs = (float *)(xt + 2 * bytes);
+  if (MP > a->M) memset(xt + (long)(MP - 16) * 2 * a->KP, 0, (size_t)32 * a->KP); /* last tile */
+  split_bytes(a->xq, a->M, a->KP, a->ng, xt);
+  memcpy(xs, a->xs, sizeof(float) * (size_t)a->M * a->ng);
+  memset(xs + (long)a->M * a->ng, 0, sizeof(float) * (size_t)(MP - a->M) * a->ng);
+  gemv_args b = *a;
+  b.xs = xs;
+  const int blocks = (a->N + NB - 1) / NB;
+  int ok = 1;
+#pragma omp parallel num_threads(nt) reduction(& : ok)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const size_t bq_bytes = (size_t)2 * NB * a->KP;
+    /* the calling thread's own scratch holds x: its blocks' buffer goes after it */
+    int8_t *bq = t == 0 ? (int8_t *)xs + xs_bytes : scratch(bq_bytes);
+    const int b0 = (int)((long)blocks * t / T), b1 = (int)((long)blocks * (t + 1) / T);
+    if (bq) blocks_amx(&b, xt, b0, b1, bq);
+    ok = bq != NULL;
+  }
+  return ok;
+}
+#else
+static int has_amx(void) { return 0; }
+#endif
+
+int fs_amx(void) { return has_amx(); }
+
 /* AVX2: the block's 16 rows as two 8-lane halves. */
 #define TILE256(MB)                                                                           \
   __attribute__((target("avx2,fma"))) static void avx2_##MB(const gemv_args *a, int n, int m0) { \
@@ -260,7 +442,8 @@ static int has_vnni(void) {
   return known;
 }
 
-/* isa: 3 AVX-512 with VNNI, 2 AVX-512 (BW), 1 AVX2, 0 C (the caller's choice, see fs_isa). */
+/* isa: 4 AMX-INT8 (and VNNI), 3 AVX-512 with VNNI, 2 AVX-512 (BW), 1 AVX2, 0 C (the caller's
+ * choice, see fs_isa). */
 void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const float *bias,
              float *y, long ldy, int M, int N, int K, int G, int isa, int threads) {
   const int KP = (K + G - 1) / G * G, ng = KP / G;
@@ -282,6 +465,15 @@ void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const
   const gemv_args a = {xq, xs, q, s, bias, y, ldy, M, N, KP, G, ng};
   const int blocks = (N + NB - 1) / NB;
   const long work = (long)M * N * K;
+  if (isa == 4 && !has_amx()) isa = 3;
+#ifdef HAVE_AMX
+  if (isa == 4 && G == AMX_G && M >= AMX_MIN_ROWS && gemv_amx(&a, threads, work > (1L << 17))) {
+    free(xq);
+    free(xs);
+    return;
+  }
+#endif
+  if (isa == 4) isa = 3;
   if (isa == 3 && !has_vnni()) isa = 2;
 #pragma omp parallel for schedule(static) num_threads(threads) if (work > (1L << 17))
   for (int b = 0; b < blocks; b++) {

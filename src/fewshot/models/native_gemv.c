@@ -318,22 +318,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,amx-tile,amx-int8"))) stati
   amx_end();
 }
 
-/* xq [M][KP] -> the tiles' bytes of x: per tile of 16 rows and per group, the 16 rows' hi bytes
- * (64 each) then their lo bytes, xq = 256 * hi + lo; rows past M stay zero. */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void split_bytes(const int16_t *xq,
-                                                                          int M, int KP, int ng,
-                                                                          int8_t *xt) {
+/* Row m of xq [KP] -> the tiles' bytes of x: per tile of 16 rows and per group, the 16 rows'
+ * hi bytes (64 each) then their lo bytes, xq = 256 * hi + lo. (A last tile's rows past M are
+ * never read: its tiles are configured with the rows it has.) */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void split_row(const int16_t *xq,
+                                                                        int m, int ng,
+                                                                        int8_t *xt) {
   const __m512i low = _mm512_set1_epi16(0xFF);
-  for (int m = 0; m < M; m++)
-    for (int g = 0; g < ng; g++) {
-      int8_t *h = xt + ((long)m / 16 * ng + g) * 2 * AMX_TILE_BYTES + (m % 16) * 64;
-      for (int k = 0; k < AMX_G; k += 32) {
-        const __m512i v = _mm512_loadu_si512(xq + (long)m * KP + g * AMX_G + k);
-        _mm256_storeu_si256((__m256i *)(h + k), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
-        _mm256_storeu_si256((__m256i *)(h + AMX_TILE_BYTES + k),
-                            _mm512_cvtepi16_epi8(_mm512_and_si512(v, low)));
-      }
+  for (int g = 0; g < ng; g++) {
+    int8_t *h = xt + ((long)m / 16 * ng + g) * 2 * AMX_TILE_BYTES + (m % 16) * 64;
+    for (int k = 0; k < AMX_G; k += 32) {
+      const __m512i v = _mm512_loadu_si512(xq + g * AMX_G + k);
+      _mm256_storeu_si256((__m256i *)(h + k), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+      _mm256_storeu_si256((__m256i *)(h + AMX_TILE_BYTES + k),
+                          _mm512_cvtepi16_epi8(_mm512_and_si512(v, low)));
     }
+  }
 }
 
 /* This thread's scratch of at least `bytes` (64-byte aligned, kept between calls: a fresh
@@ -350,34 +350,9 @@ static int8_t *scratch(size_t bytes) {
   return buf;
 }
 
-/* The AMX path of fs_gemv; 0 when it cannot run (no memory), and the caller goes on. */
-static int gemv_amx(const gemv_args *a, int threads, int parallel) {
-  const int MP = (a->M + 15) / 16 * 16, nt = parallel ? threads : 1;
-  const long bytes = (long)MP * a->KP, xs_bytes = ((long)MP * a->ng * 4 + 63) / 64 * 64;
-  int8_t *xt = scratch((size_t)(2 * bytes + xs_bytes + 2L * NB * a->KP));
-  if (!xt) return 0;
-  float *xs = (float *)(xt + 2 * bytes);
-  if (MP > a->M) memset(xt + (long)(MP - 16) * 2 * a->KP, 0, (size_t)32 * a->KP); /* last tile */
-  split_bytes(a->xq, a->M, a->KP, a->ng, xt);
-  memcpy(xs, a->xs, sizeof(float) * (size_t)a->M * a->ng);
-  memset(xs + (long)a->M * a->ng, 0, sizeof(float) * (size_t)(MP - a->M) * a->ng);
-  gemv_args b = *a;
-  b.xs = xs;
-  const int blocks = (a->N + NB - 1) / NB;
-  int ok = 1;
-#pragma omp parallel num_threads(nt) reduction(& : ok)
-  {
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const size_t bq_bytes = (size_t)2 * NB * a->KP;
-    /* the calling thread's own scratch holds x: its blocks' buffer goes after it */
-    int8_t *bq = t == 0 ? (int8_t *)xs + xs_bytes : scratch(bq_bytes);
-    const int b0 = (int)((long)blocks * t / T), b1 = (int)((long)blocks * (t + 1) / T);
-    if (bq) blocks_amx(&b, xt, b0, b1, bq);
-    ok = bq != NULL;
-  }
-  return ok;
-}
 #else
+#define AMX_G 0
+#define AMX_MIN_ROWS 0
 static int has_amx(void) { return 0; }
 #endif
 
@@ -472,9 +447,21 @@ static int has_vnni(void) {
  * choice, see fs_isa). */
 void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const float *bias,
              float *y, long ldy, int M, int N, int K, int G, int isa, int threads) {
-  const int KP = (K + G - 1) / G * G, ng = KP / G;
+  const int KP = (K + G - 1) / G * G, ng = KP / G, blocks = (N + NB - 1) / NB;
+  if (isa == 4 && !has_amx()) isa = 3;
+  const int amx = isa == 4 && G == AMX_G && M >= AMX_MIN_ROWS;
+  if (isa == 4) isa = 3;
+  if (isa == 3 && !has_vnni()) isa = 2;
   int16_t *xq = malloc(sizeof(int16_t) * (size_t)M * KP + 64);
   float *xs = malloc(sizeof(float) * (size_t)M * ng + 64);
+  /* AMX: x's tile bytes, then the calling thread's regrouped blocks (other threads: their own) */
+  const long xt_bytes = 2L * (M + 15) / 16 * 16 * KP;
+#ifdef HAVE_AMX
+  int8_t *xt = amx ? scratch((size_t)(xt_bytes + 2L * NB * KP)) : NULL;
+#else
+  int8_t *xt = NULL;
+  (void)amx;
+#endif
   if (!xq || !xs) { /* out of memory: NaN results rather than a crash */
     for (int m = 0; m < M; m++)
       for (int n = 0; n < N; n++) y[(long)m * ldy + n] = NAN;
@@ -482,36 +469,48 @@ void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const
     free(xs);
     return;
   }
-  for (int m = 0; m < M; m++) {
-    if (isa >= 2)
-      quantize512(x + (long)m * ldx, K, KP, G, xq + (long)m * KP, xs + (long)m * ng);
-    else
-      quantize_c(x + (long)m * ldx, K, KP, G, xq + (long)m * KP, xs + (long)m * ng);
-  }
   const gemv_args a = {xq, xs, q, s, bias, y, ldy, M, N, KP, G, ng};
-  const int blocks = (N + NB - 1) / NB;
-  const long work = (long)M * N * K;
-  if (isa == 4 && !has_amx()) isa = 3;
+  int tiles_done = 1;
+  /* one parallel region: the rows are quantized (and split for the tiles) in parallel, then
+   * each thread takes its blocks */
+#pragma omp parallel num_threads(threads) if ((long)M * N * K > (1L << 17)) \
+    reduction(& : tiles_done)
+  {
+#pragma omp for schedule(static)
+    for (int m = 0; m < M; m++) {
+      if (isa >= 2)
+        quantize512(x + (long)m * ldx, K, KP, G, xq + (long)m * KP, xs + (long)m * ng);
+      else
+        quantize_c(x + (long)m * ldx, K, KP, G, xq + (long)m * KP, xs + (long)m * ng);
 #ifdef HAVE_AMX
-  if (isa == 4 && G == AMX_G && M >= AMX_MIN_ROWS && gemv_amx(&a, threads, work > (1L << 17))) {
-    free(xq);
-    free(xs);
-    return;
-  }
+      if (xt) split_row(xq + (long)m * KP, m, ng, xt);
 #endif
-  if (isa == 4) isa = 3;
-  if (isa == 3 && !has_vnni()) isa = 2;
-#pragma omp parallel for schedule(static) num_threads(threads) if (work > (1L << 17))
-  for (int b = 0; b < blocks; b++) {
-    if (isa == 3)
-      block_vnni(&a, b * NB);
-    else if (isa == 2)
-      block_bw(&a, b * NB);
-    else if (isa == 1)
-      block_avx2(&a, b * NB);
-    else
-      block_c(&a, b * NB);
+    }
+#ifdef HAVE_AMX
+    if (xt) {
+      const int t = omp_get_thread_num(), T = omp_get_num_threads();
+      int8_t *bq = t == 0 ? xt + xt_bytes : scratch((size_t)2 * NB * KP);
+      const int b0 = (int)((long)blocks * t / T), b1 = (int)((long)blocks * (t + 1) / T);
+      if (bq) blocks_amx(&a, xt, b0, b1, bq);
+      tiles_done = bq != NULL;
+    }
+#endif
+    if (!xt) {
+#pragma omp for schedule(static)
+      for (int b = 0; b < blocks; b++) {
+        if (isa == 3)
+          block_vnni(&a, b * NB);
+        else if (isa == 2)
+          block_bw(&a, b * NB);
+        else if (isa == 1)
+          block_avx2(&a, b * NB);
+        else
+          block_c(&a, b * NB);
+      }
+    }
   }
+  if (!tiles_done) /* a thread without memory for its blocks: the VNNI tiles, for every block */
+    for (int b = 0; b < blocks; b++) block_vnni(&a, b * NB);
   free(xq);
   free(xs);
 }

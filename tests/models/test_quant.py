@@ -244,6 +244,29 @@ def test_without_a_compiler_the_reference_path_is_used(tmp_path, monkeypatch) ->
     torch.testing.assert_close(q(x), nn.functional.linear(x, q.dequantized(), layer.bias))
 
 
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler")
+def test_a_toolchain_without_amx_still_builds_the_kernels(tmp_path, monkeypatch) -> None:
+    # an assembler older than AMX fails the first build: the second leaves the tiles out
+    real, tried = native.subprocess.run, []
+
+    def run(cmd, *args, **kwargs):
+        if "-o" in cmd:
+            tried.append("-DFS_NO_AMX" in cmd)
+            if not tried[-1]:
+                return native.subprocess.CompletedProcess(cmd, 1, "", "no such instruction")
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(native.subprocess, "run", run)
+    path = native._build(tmp_path)
+    assert path is not None and tried == [False, True]
+    kernel = native._open(path)
+    assert kernel.isa != "amx" and kernel.lib.fs_amx() == 0
+    q = Int8Linear.from_float(torch.randn(48, 128), kernel=kernel)
+    x = torch.randn(20, 128)
+    assert NATIVE is not None
+    assert torch.equal(kernel.gemv(x, q.packed, None), NATIVE.gemv(x, q.packed, None))
+
+
 def test_packing_round_trips() -> None:
     q = torch.randint(-127, 128, (7, 50), dtype=torch.int8)
     scales = torch.arange(14.0).view(7, 2)

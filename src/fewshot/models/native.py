@@ -307,9 +307,10 @@ def _build(build_dir: Path) -> Path | None:
         build_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
         os.close(fd)
-        done = subprocess.run(
-            [cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True
-        )
+        cmd = [cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:  # e.g. an assembler older than AMX: the kernels without it
+            done = subprocess.run([*cmd, "-DFS_NO_AMX"], capture_output=True, text=True)
         if done.returncode != 0:
             os.unlink(tmp)
             log.warning("building the native kernels failed, using torch's slower paths:\n%s",

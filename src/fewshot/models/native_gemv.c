@@ -190,7 +190,8 @@ BLOCK512(bw)
  * block weights, 2 threads, ms per pass against the VNNI tiles: 8 rows 3.5 / 3.5, 16 rows 4.9 /
  * 6.6, 24 rows 7.6 / 9.7, 64 rows 17.1 / 27.0 (one tile step costs about as much as the int32
  * sums' trip through memory and their scaling: the per-group scales bound the gain). */
-#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#if !defined(FS_NO_AMX) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define HAVE_AMX 1
 #define AMX_G 64
 #define AMX_TILE_BYTES 1024 /* 16 rows x 64 bytes */

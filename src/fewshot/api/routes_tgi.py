@@ -9,6 +9,7 @@ sequences stay in the text, /generate_stream sends `data:` events whose last one
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -177,7 +178,9 @@ async def stream_response(
     )
 
 
-async def _tgi_events(stream: Stream, job: Job, p: GenerateParameters, special: set[int]) -> Any:
+async def _tgi_events(
+    stream: Stream, job: Job, p: GenerateParameters, special: AbstractSet[int]
+) -> Any:
     try:
         async for item in stream.events():
             if item is None:

@@ -3,6 +3,7 @@ and the Hugging Face routes."""
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from fewshot.api.schemas_tgi import Details, PrefillToken, StreamDetails, Token
@@ -20,7 +21,7 @@ def token(info: TokenInfo) -> Token:
     return Token(id=info.id, text=info.text, logprob=info.logprob, special=info.special)
 
 
-def top_tokens(info: TokenInfo, special_ids: set[int]) -> list[Token]:
+def top_tokens(info: TokenInfo, special_ids: AbstractSet[int]) -> list[Token]:
     return [
         Token(id=t.id, text=t.text, logprob=t.logprob, special=t.id in special_ids)
         for t in info.top
@@ -32,7 +33,7 @@ def empty_token() -> Token:
     return Token(id=0, text="", logprob=None, special=True)
 
 
-def details(result: GenerationResult, *, top_n: int, special_ids: set[int]) -> Details:
+def details(result: GenerationResult, *, top_n: int, special_ids: AbstractSet[int]) -> Details:
     """`details` of a GenerateResponse (`top_tokens` set only when asked for)."""
     extra = {"top_tokens": [top_tokens(t, special_ids) for t in result.tokens]} if top_n else {}
     return Details(
@@ -57,8 +58,8 @@ def stream_details(result: GenerationResult) -> StreamDetails:
     )
 
 
-def special_ids(llm: Any) -> set[int]:
+def special_ids(llm: Any) -> AbstractSet[int]:
     ids = getattr(llm.tokenizer, "special_ids", None)
     if callable(ids):
         ids = ids()
-    return set(ids) if ids else set()
+    return ids if isinstance(ids, frozenset) else frozenset(ids or ())

@@ -15,7 +15,7 @@ import ctypes
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +188,15 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    @property
-    def special_ids(self) -> set[int]:
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Special added tokens, EOS and BOS. Computed once: reading the backend's added tokens
+        builds an object per token (Gemma 3 has 6,000), 4-5 ms that every TGI reply paid."""
         ids = {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
         ids.update(self.eos_token_ids)
         if self.bos_token_id is not None:
             ids.add(self.bos_token_id)
-        return ids
+        return frozenset(ids)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids

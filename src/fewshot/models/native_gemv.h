@@ -1,0 +1,50 @@
+/* What native_gemv.c (the int8 GEMV's AVX-512, AVX2 and C variants) and native_amx.c (its
+ * AMX-INT8 variant) share: the packed weight's block, the GEMV's arguments, a row's store, and
+ * the AMX variant's entry points (stubs that report no AMX where the toolchain lacks it). */
+#ifndef FEWSHOT_NATIVE_GEMV_H
+#define FEWSHOT_NATIVE_GEMV_H
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NB 16 /* output rows per packed block */
+#define UNROLL _Pragma("GCC unroll 8")
+#define PF_L1 2048 /* prefetch distances, bytes ahead */
+#define PF_L2 8192
+
+static inline float bf16f(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+typedef struct {
+  const int16_t *xq; /* [M][KP] the quantized activations, zero past K */
+  const float *xs;   /* [M][ng] their scales */
+  const int8_t *q;
+  const uint16_t *s;
+  const float *bias;
+  float *y;
+  long ldy;
+  int M, N, KP, G, ng;
+} gemv_args;
+
+/* y[m, n .. n + 15] = f[0 .. 15] + bias for the block's real rows (the last block may have
+ * fewer than 16). */
+static inline void store_row(const gemv_args *a, const float *f, int n, int m) {
+  const int nb = a->N - n < NB ? a->N - n : NB;
+  for (int j = 0; j < nb; j++)
+    a->y[(long)m * a->ldy + n + j] = f[j] + (a->bias ? a->bias[n + j] : 0.0f);
+}
+
+#define AMX_G 64         /* the AMX variant's group: one tile step of 64 inputs */
+#define AMX_MIN_ROWS 9   /* fewer rows stay on the VNNI tiles (8 rows: the same time, 10 faster) */
+#define AMX_TILE_BYTES 1024 /* 16 rows x 64 bytes */
+
+int fs_amx(void); /* 1 when this CPU has AMX-INT8 and Linux grants it to this process */
+int8_t *fs_amx_scratch(size_t bytes);
+void fs_amx_split_row(const int16_t *xq, int m, int ng, int8_t *xt);
+void fs_amx_blocks(const gemv_args *a, const int8_t *xt, int b0, int b1, int8_t *bq);
+#endif

@@ -21,7 +21,7 @@ time):
   among a tile of rows at more: each row of x rounded to int16 per group of GROUP inputs,
   integer dot products per group (exact), scaled once per group in float32 in a fixed order, so
   a row's result is bitwise the same whatever shares the batch and whatever the instruction set
-  (`native_gemv.c`);
+  (`native_gemv.c`; from 9 rows on AMX hosts the same sums on the tiles, `native_amx.c`);
 - more rows (AVX2 prefill), the weight is dequantized a slice at a time into a buffer that stays
   in cache and multiplied by torch's float32 GEMM (the same numbers up to rounding; a row's last
   bits can then depend on the batch, as with every float GEMM).

@@ -70,6 +70,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void regroup(
   }
 }
 
+/* One group on the tiles: the hi / lo sums in tiles SH / SL, the weights in tile W, x's bytes in
+ * tiles 2 and 3 (the tile numbers must be constants: a macro, not a function) */
+#define TILE_STEP(SH, SL, W, HI, LO)                                                          \
+  do {                                                                                        \
+    _tile_zero(SH);                                                                           \
+    _tile_zero(SL);                                                                           \
+    _tile_loadd(2, xg, 64);                                                                   \
+    _tile_loadd(3, xg + AMX_TILE_BYTES, 64);                                                  \
+    _tile_loadd(W, wg, 64);                                                                   \
+    _tile_dpbssd(SH, 2, W);                                                                   \
+    _tile_dpbusd(SL, 3, W);                                                                   \
+    _tile_stored(SH, HI, 64);                                                                 \
+    _tile_stored(SL, LO, 64);                                                                 \
+  } while (0)
+
 /* Blocks [b0, b1) of this thread. While a block's groups go through the tiles, the next
  * block's are regrouped (its weights stream in meanwhile) into the other half of `bq`.
  * `rows` is the tile configuration's current row count (changed for a last partial tile). */
@@ -98,27 +113,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,amx-tile,amx-int8"))) void 
           if (m0 == 0 && b + 1 < b1) regroup(next_p, next, g);
           const int8_t *xg = xt + ((long)m0 / 16 * a->ng + g) * 2 * AMX_TILE_BYTES;
           const int8_t *wg = cur + (long)g * AMX_TILE_BYTES;
-          if (g & 1) {
-            _tile_zero(5);
-            _tile_zero(6);
-            _tile_loadd(2, xg, 64);
-            _tile_loadd(3, xg + AMX_TILE_BYTES, 64);
-            _tile_loadd(7, wg, 64);
-            _tile_dpbssd(5, 2, 7);
-            _tile_dpbusd(6, 3, 7);
-            _tile_stored(5, hi[1], 64);
-            _tile_stored(6, lo[1], 64);
-          } else {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_loadd(2, xg, 64);
-            _tile_loadd(3, xg + AMX_TILE_BYTES, 64);
-            _tile_loadd(4, wg, 64);
-            _tile_dpbssd(0, 2, 4);
-            _tile_dpbusd(1, 3, 4);
-            _tile_stored(0, hi[0], 64);
-            _tile_stored(1, lo[0], 64);
-          }
+          if (g & 1)
+            TILE_STEP(5, 6, 7, hi[1], lo[1]);
+          else
+            TILE_STEP(0, 1, 4, hi[0], lo[0]);
         }
         if (g == 0) continue;
         const int gp = g - 1;

@@ -30,13 +30,6 @@
 
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-static inline float widen_bf16(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
 typedef struct {
   const float *q; /* [B][Hq][D] */
   const void *k, *v; /* [Hkv][NBLK][BS][D] */

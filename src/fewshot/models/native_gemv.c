@@ -218,7 +218,7 @@ static void block_c(const gemv_args *a, int n) {
           const int8_t *w = blk + (long)(k / 2) * 32 + 2 * j;
           acc += w[0] * xr[k] + w[1] * xr[k + 1];
         }
-        acc_f = fmaf((float)acc, bf16f(sb[(long)g * NB + j]) * a->xs[(long)m * a->ng + g], acc_f);
+        acc_f = fmaf((float)acc, widen_bf16(sb[(long)g * NB + j]) * a->xs[(long)m * a->ng + g], acc_f);
       }
       f[j] = acc_f;
     }
@@ -351,7 +351,7 @@ static void dequant_t_c(const int8_t *blk, const uint16_t *sb, int ng, int G, in
     for (int k = g * G; k < (g + 1) * G && k < K; k++)
       for (int j = 0; j < nb; j++)
         out[(long)k * ld + j] = (float)blk[(long)(k / 2) * 32 + 2 * j + (k & 1)] *
-                                bf16f(sb[(long)g * NB + j]);
+                                widen_bf16(sb[(long)g * NB + j]);
 }
 
 /* Rows [n0, n1) of the weight (n0 a multiple of 16) into out[K][ld], transposed, float32. */

@@ -8,17 +8,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "native_math.h"
+
 #define NB 16 /* output rows per packed block */
 #define UNROLL _Pragma("GCC unroll 8")
 #define PF_L1 2048 /* prefetch distances, bytes ahead */
 #define PF_L2 8192
-
-static inline float bf16f(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 typedef struct {
   const int16_t *xq; /* [M][KP] the quantized activations, zero past K */

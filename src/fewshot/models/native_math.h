@@ -1,8 +1,16 @@
-/* Math shared by the native kernels' sources (native.c, native_attention.c). */
+/* Math shared by the native kernels' sources (native.c, native_attention.c, native_gemv.c). */
 #ifndef FEWSHOT_NATIVE_MATH_H
 #define FEWSHOT_NATIVE_MATH_H
 #include <stdint.h>
 #include <string.h>
+
+/* A bfloat16's bits as float32 (exact: bf16 is float32's upper half). */
+static inline float widen_bf16(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
 
 /* e^x, x clamped to [-87, 87]: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to
  * r^7 (relative error ~2e-7), times 2^n from the exponent bits. Branch-free, so the loops that

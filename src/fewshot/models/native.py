@@ -1,17 +1,16 @@
 """Native CPU kernels (`native.c`, `native_gemv.c`, `native_amx.c`, `native_attention.c`,
-`native_runs.c`, `native_step.c`): the int8 GEMV
-(integer products over int16 activations) and dequantization, RMSNorm, LayerNorm, the MLP
-activations, rotary positions, decode attention; built
-once with the system's C compiler, loaded with ctypes; and the packed int8 weight layout they
-read.
+`native_runs.c`, `native_step.c`): the int8 GEMV (integer products over int16 activations) and
+dequantization, RMSNorm, LayerNorm, the MLP activations, rotary positions, decode attention;
+built once with the system's C compiler, loaded with ctypes; and the packed int8 weight layout
+they read.
 
 `load()` compiles the source into the kernel cache (`<cache>/kernels/native-<hash>.so`,
 the hash covering the source and the compiler) the first time, in about a second, and returns
 None where there is no C compiler or no x86 intrinsics; `quant.Int8Linear` then computes with
 torch instead (correct, slow). The library links the OpenMP runtime torch already loaded, so
 its parallel loops share torch's threads (each call asks for `torch.get_num_threads()`). One build
-serves every x86 host: the instruction set (AMX-INT8, AVX-512 with VNNI, AVX-512, AVX2 or plain C) is
-chosen at run time from the CPU (`Kernel.isa`).
+serves every x86 host: the instruction set (AMX-INT8, AVX-512 with VNNI, AVX-512, AVX2 or plain
+C) is chosen at run time from the CPU (`Kernel.isa`).
 """
 
 from __future__ import annotations

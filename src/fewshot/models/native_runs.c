@@ -32,6 +32,8 @@ static float *buffer(long n) {
 }
 
 #define TGT __attribute__((target("avx512f,avx512bw,fma")))
+#define UNROLL4 _Pragma("GCC unroll 4")
+#define UNROLL8 _Pragma("GCC unroll 8")
 
 /* e^x lane by lane, x clamped to [-87, 87] (native_math.h's fs_exp, vectorized) */
 TGT static inline __m512 exp512(__m512 x) {
@@ -63,11 +65,23 @@ TGT static inline void widen_row(const char *r, int bf16, int n, float *dst) {
 }
 
 /* s[j] = scale * (the 16 queries . key j), j < n: the sum over d in order, one FMA chain per
- * key; four keys at a time, so four chains are in flight (one chain alone waits on each FMA's
- * latency) and each query column is loaded once for the four. */
+ * key; eight keys at a time, so eight chains are in flight (an FMA's latency is four cycles and
+ * two issue per cycle: fewer chains wait on it) and each query column is loaded once for the
+ * eight; then four, then one. */
 TGT static inline void scores(const float *qt, const float *kf, int n, int D, float scale,
                               __m512 *s) {
+  const __m512 sc = _mm512_set1_ps(scale);
   int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const float *k0 = kf + j * D;
+    __m512 a[8];
+    UNROLL8 for (int c = 0; c < 8; c++) a[c] = _mm512_setzero_ps();
+    for (int d = 0; d < D; d++) {
+      const __m512 qd = _mm512_load_ps(qt + d * L16);
+      UNROLL8 for (int c = 0; c < 8; c++) a[c] = _mm512_fmadd_ps(qd, _mm512_set1_ps(k0[c * D + d]), a[c]);
+    }
+    UNROLL8 for (int c = 0; c < 8; c++) s[j + c] = _mm512_mul_ps(a[c], sc);
+  }
   for (; j + 4 <= n; j += 4) {
     const float *k0 = kf + j * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -78,49 +92,55 @@ TGT static inline void scores(const float *qt, const float *kf, int n, int D, fl
       a2 = _mm512_fmadd_ps(qd, _mm512_set1_ps(k2[d]), a2);
       a3 = _mm512_fmadd_ps(qd, _mm512_set1_ps(k3[d]), a3);
     }
-    s[j] = _mm512_mul_ps(a0, _mm512_set1_ps(scale));
-    s[j + 1] = _mm512_mul_ps(a1, _mm512_set1_ps(scale));
-    s[j + 2] = _mm512_mul_ps(a2, _mm512_set1_ps(scale));
-    s[j + 3] = _mm512_mul_ps(a3, _mm512_set1_ps(scale));
+    s[j] = _mm512_mul_ps(a0, sc);
+    s[j + 1] = _mm512_mul_ps(a1, sc);
+    s[j + 2] = _mm512_mul_ps(a2, sc);
+    s[j + 3] = _mm512_mul_ps(a3, sc);
   }
   for (; j < n; j++) {
     __m512 acc = _mm512_setzero_ps();
     for (int d = 0; d < D; d++)
       acc = _mm512_fmadd_ps(_mm512_load_ps(qt + d * L16), _mm512_set1_ps(kf[j * D + d]), acc);
-    s[j] = _mm512_mul_ps(acc, _mm512_set1_ps(scale));
+    s[j] = _mm512_mul_ps(acc, sc);
   }
 }
 
-/* One query's output row o [D] <- o * corr + sum over keys j < n of e[j * 16] * v_j, each
- * 16-value slice summed over j in order; four slices at a time (four chains in flight, one
- * broadcast of e per key for the four). */
-TGT static inline void values(float *o, float corr, const float *e, const float *vf, int n,
-                              int D) {
-  int d = 0;
-  for (; d + 64 <= D; d += 64) {
-    __m512 a0 = _mm512_mul_ps(_mm512_load_ps(o + d), _mm512_set1_ps(corr));
-    __m512 a1 = _mm512_mul_ps(_mm512_load_ps(o + d + 16), _mm512_set1_ps(corr));
-    __m512 a2 = _mm512_mul_ps(_mm512_load_ps(o + d + 32), _mm512_set1_ps(corr));
-    __m512 a3 = _mm512_mul_ps(_mm512_load_ps(o + d + 48), _mm512_set1_ps(corr));
-    for (int j = 0; j < n; j++) {
-      const __m512 ej = _mm512_set1_ps(e[j * L16]);
-      const float *v = vf + j * D + d;
-      a0 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v), a0);
-      a1 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v + 16), a1);
-      a2 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v + 32), a2);
-      a3 = _mm512_fmadd_ps(ej, _mm512_loadu_ps(v + 48), a3);
+/* Output rows o_i [D] <- o_i * corr_i + sum over keys j < n of e[j * 16 + i] * v_j for the
+ * queries i < nq, each 16-value slice summed over j in order. Two queries' 64-value pieces at a
+ * time: eight chains in flight, each value slice loaded once for the two. */
+TGT static inline void values(float *o, const float *corr, const float *e, const float *vf,
+                              int n, int D, int nq) {
+  int i = 0;
+  if (D % 64 == 0)
+    for (; i + 2 <= nq; i += 2)
+      for (int d = 0; d < D; d += 64) {
+        float *o0 = o + i * D + d, *o1 = o0 + D;
+        __m512 a[4], b[4];
+        UNROLL4 for (int c = 0; c < 4; c++) {
+          a[c] = _mm512_mul_ps(_mm512_load_ps(o0 + 16 * c), _mm512_set1_ps(corr[i]));
+          b[c] = _mm512_mul_ps(_mm512_load_ps(o1 + 16 * c), _mm512_set1_ps(corr[i + 1]));
+        }
+        for (int j = 0; j < n; j++) {
+          const __m512 e0 = _mm512_set1_ps(e[j * L16 + i]), e1 = _mm512_set1_ps(e[j * L16 + i + 1]);
+          const float *v = vf + j * D + d;
+          UNROLL4 for (int c = 0; c < 4; c++) {
+            const __m512 vc = _mm512_loadu_ps(v + 16 * c);
+            a[c] = _mm512_fmadd_ps(e0, vc, a[c]);
+            b[c] = _mm512_fmadd_ps(e1, vc, b[c]);
+          }
+        }
+        UNROLL4 for (int c = 0; c < 4; c++) {
+          _mm512_store_ps(o0 + 16 * c, a[c]);
+          _mm512_store_ps(o1 + 16 * c, b[c]);
+        }
+      }
+  for (; i < nq; i++)
+    for (int d = 0; d < D; d += 16) {
+      __m512 acc = _mm512_mul_ps(_mm512_load_ps(o + i * D + d), _mm512_set1_ps(corr[i]));
+      for (int j = 0; j < n; j++)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(e[j * L16 + i]), _mm512_loadu_ps(vf + j * D + d), acc);
+      _mm512_store_ps(o + i * D + d, acc);
     }
-    _mm512_store_ps(o + d, a0);
-    _mm512_store_ps(o + d + 16, a1);
-    _mm512_store_ps(o + d + 32, a2);
-    _mm512_store_ps(o + d + 48, a3);
-  }
-  for (; d < D; d += 16) {
-    __m512 acc = _mm512_mul_ps(_mm512_load_ps(o + d), _mm512_set1_ps(corr));
-    for (int j = 0; j < n; j++)
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(e[j * L16]), _mm512_loadu_ps(vf + j * D + d), acc);
-    _mm512_store_ps(o + d, acc);
-  }
 }
 
 /* KV head h, queries qb * 16 .. qb * 16 + 15 of the run of rows r0 .. r0 + nrows - 1 (one
@@ -196,7 +216,7 @@ TGT int fs_attend_run(const float *q, const void *k, const void *v, const int64_
     m = mx;
     float cf[L16];
     _mm512_storeu_ps(cf, corr);
-    for (int i = 0; i < nq; i++) values(o + i * D, cf[i], e + i, vf, n, D);
+    values(o, cf, e, vf, n, D, nq);
   }
   float lf[L16];
   _mm512_storeu_ps(lf, l);

@@ -78,7 +78,8 @@ TGT static inline void scores(const float *qt, const float *kf, int n, int D, fl
     UNROLL8 for (int c = 0; c < 8; c++) a[c] = _mm512_setzero_ps();
     for (int d = 0; d < D; d++) {
       const __m512 qd = _mm512_load_ps(qt + d * L16);
-      UNROLL8 for (int c = 0; c < 8; c++) a[c] = _mm512_fmadd_ps(qd, _mm512_set1_ps(k0[c * D + d]), a[c]);
+      UNROLL8 for (int c = 0; c < 8; c++)
+        a[c] = _mm512_fmadd_ps(qd, _mm512_set1_ps(k0[c * D + d]), a[c]);
     }
     UNROLL8 for (int c = 0; c < 8; c++) s[j + c] = _mm512_mul_ps(a[c], sc);
   }
@@ -121,7 +122,8 @@ TGT static inline void values(float *o, const float *corr, const float *e, const
           b[c] = _mm512_mul_ps(_mm512_load_ps(o1 + 16 * c), _mm512_set1_ps(corr[i + 1]));
         }
         for (int j = 0; j < n; j++) {
-          const __m512 e0 = _mm512_set1_ps(e[j * L16 + i]), e1 = _mm512_set1_ps(e[j * L16 + i + 1]);
+          const __m512 e0 = _mm512_set1_ps(e[j * L16 + i]);
+          const __m512 e1 = _mm512_set1_ps(e[j * L16 + i + 1]);
           const float *v = vf + j * D + d;
           UNROLL4 for (int c = 0; c < 4; c++) {
             const __m512 vc = _mm512_loadu_ps(v + 16 * c);

@@ -75,9 +75,10 @@ void fs_layer_norm(const float *x, const float *w, const float *b, float eps, fl
 /* The MLP activations, elementwise: kind 1 tanh-approximated GELU (gelu_new,
  * gelu_pytorch_tanh), 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), tanh(|u|) as
  * (1 - e^-2|u|) / (1 + e^-2|u|); kind 2 SiLU, x / (1 + e^-x). Absolute error ~1e-7 of the
- * output's scale. */
+ * output's scale. With `mul` (a gated MLP's up projection), each result is then multiplied by
+ * mul's element: the bits of torch's `act(gate) * up` over this function's act. */
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void act_span(
-    const float *x, float *y, long n, int kind) {
+    const float *x, const float *mul, float *y, long n, int kind) {
   if (kind == 1) {
     for (long i = 0; i < n; i++) {
       const float v = x[i], u = 0.7978845608f * (v + 0.044715f * v * v * v);
@@ -87,12 +88,15 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void act_spa
   } else {
     for (long i = 0; i < n; i++) y[i] = x[i] / (1.0f + fs_exp(-x[i]));
   }
+  if (mul != NULL)
+    for (long i = 0; i < n; i++) y[i] = y[i] * mul[i];
 }
 
-void fs_act(const float *x, float *y, long n, int kind, int threads) {
+void fs_act(const float *x, const float *mul, float *y, long n, int kind, int threads) {
   const long span = 4096;
 #pragma omp parallel for schedule(static) num_threads(threads) if (n > 2 * span)
-  for (long i = 0; i < n; i += span) act_span(x + i, y + i, n - i < span ? n - i : span, kind);
+  for (long i = 0; i < n; i += span)
+    act_span(x + i, mul == NULL ? NULL : mul + i, y + i, n - i < span ? n - i : span, kind);
 }
 
 /* Rotary positions in the rotate_half convention, into y: for each row r (N of them), head h

@@ -180,7 +180,9 @@ class Kernel:
     def act(self, x: torch.Tensor, kind: str) -> torch.Tensor:
         """An MLP activation (`ACTS`: "gelu_tanh" or "silu") of a contiguous float32 x."""
         y = torch.empty_like(x)
-        self.lib.fs_act(x.data_ptr(), y.data_ptr(), x.numel(), ACTS[kind], torch.get_num_threads())
+        self.lib.fs_act(
+            x.data_ptr(), None, y.data_ptr(), x.numel(), ACTS[kind], torch.get_num_threads()
+        )
         return y
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -366,7 +368,7 @@ def _open(path: Path) -> Kernel:
     lib.fs_rms_norm.restype = None
     lib.fs_layer_norm.argtypes = [_P, _P, _P, ctypes.c_float, _P, _I, _I, _I]
     lib.fs_layer_norm.restype = None
-    lib.fs_act.argtypes = [_P, _P, _L, _I, _I]
+    lib.fs_act.argtypes = [_P, _P, _P, _L, _I, _I]
     lib.fs_act.restype = None
     lib.fs_rope.argtypes = [_P, _P, _P, _P, _I, _I, _I]
     lib.fs_rope.restype = None

@@ -33,7 +33,7 @@ void fs_rms_norm(const float *x, const float *w, float offset, float eps, float 
                  int D, int threads);
 void fs_layer_norm(const float *x, const float *w, const float *b, float eps, float *y, int rows,
                    int D, int threads);
-void fs_act(const float *x, float *y, long n, int kind, int threads);
+void fs_act(const float *x, const float *mul, float *y, long n, int kind, int threads);
 void fs_rope(const float *x, const float *cos, const float *sin, float *y, int N, int H, int D);
 
 typedef struct { /* a packed int8 weight [N, K] (native.PackedWeight); q == NULL: absent */
@@ -152,11 +152,8 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
     /* MLP */
     hn = norm(&L->pre_ff, x, h, B, C, threads);
     lin(&L->w1, hn, u, B, isa, threads);
-    fs_act(u, u, (long)B * st->inner, st->act, threads);
-    if (L->w3.q) {
-      lin(&L->w3, hn, u2, B, isa, threads);
-      for (long i = 0; i < (long)B * st->inner; i++) u[i] = u[i] * u2[i];
-    }
+    if (L->w3.q) lin(&L->w3, hn, u2, B, isa, threads);
+    fs_act(u, L->w3.q ? u2 : NULL, u, wide, st->act, threads); /* u = act(u) [* u2] */
     lin(&L->w2, u, a, B, isa, threads);
     add(x, norm(&L->post_ff, a, a, B, C, threads), (long)B * C);
   }

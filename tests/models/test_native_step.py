@@ -120,3 +120,25 @@ def test_a_layer_description_that_does_not_fit_stays_eager(int8_model) -> None:
     assert native_step.FusedLayers.build(desc) is not None
     desc.inner += 16
     assert native_step.FusedLayers.build(desc) is None
+
+
+def test_projections_of_one_input_run_as_one_gemv(int8_model) -> None:
+    """q, k and v (and a gated MLP's gate and up) are stored one after the other and run as one
+    GEMV whose parts go to their own outputs; each module's weight is a view of that storage (no
+    second copy), and building the step again reuses it."""
+    desc = int8_model.decode_layers()
+    step = native_step.FusedLayers.build(desc)
+    assert step is not None
+    for layer, d in zip(step.layers, desc.layers, strict=True):
+        assert layer.qkv == 1
+        assert layer.q.N == d.q.out_features + d.k.out_features + d.v.out_features
+        storage = d.q.packed.data._base
+        assert storage is not None and layer.q.q == storage.data_ptr()
+        assert all(m.packed.data._base is storage for m in (d.k, d.v))
+        assert layer.gate_up == (d.w3 is not None)
+        if d.w3 is not None:
+            assert layer.w1.N == d.w1.out_features + d.w3.out_features
+            assert d.w3.packed.data._base is d.w1.packed.data._base
+    again = native_step.FusedLayers.build(desc)
+    assert again is not None
+    assert [layer.q.q for layer in again.layers] == [layer.q.q for layer in step.layers]

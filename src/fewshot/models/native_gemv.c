@@ -236,9 +236,10 @@ static int has_vnni(void) {
 }
 
 /* isa: 4 AMX-INT8 (and VNNI), 3 AVX-512 with VNNI, 2 AVX-512 (BW), 1 AVX2, 0 C (the caller's
- * choice, see fs_isa). */
-void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const float *bias,
-             float *y, long ldy, int M, int N, int K, int G, int isa, int threads) {
+ * choice, see fs_isa). The outputs go to `nout` (1 .. MAX_OUTS) parts, `outs` (fs_out). */
+void fs_gemv_parts(const float *x, long ldx, const int8_t *q, const uint16_t *s,
+                   const float *bias, const fs_out *outs, int nout, int M, int N, int K, int G,
+                   int isa, int threads) {
   const int KP = (K + G - 1) / G * G, ng = KP / G, blocks = (N + NB - 1) / NB;
   const int amx = isa == 4 && G == AMX_G && M >= AMX_MIN_ROWS && fs_amx();
   if (isa == 4) isa = 3;
@@ -248,14 +249,19 @@ void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const
   /* AMX: x's tile bytes, then the calling thread's regrouped blocks (other threads: their own) */
   const long xt_bytes = 2L * (M + 15) / 16 * 16 * KP;
   int8_t *xt = amx ? fs_amx_scratch((size_t)(xt_bytes + 2L * NB * KP)) : NULL;
+  gemv_args a = {xq, xs, q, s, bias, {{0}}, M, N, KP, G, ng};
+  for (int o = 0; o < MAX_OUTS; o++) a.out[o] = outs[o < nout ? o : nout - 1];
+  a.out[nout - 1].n1 = N;
   if (!xq || !xs) { /* out of memory: NaN results rather than a crash */
+    float nan_row[NB];
+    for (int j = 0; j < NB; j++) nan_row[j] = NAN;
+    a.bias = NULL;
     for (int m = 0; m < M; m++)
-      for (int n = 0; n < N; n++) y[(long)m * ldy + n] = NAN;
+      for (int n = 0; n < N; n += NB) store_row(&a, nan_row, n, m);
     free(xq);
     free(xs);
     return;
   }
-  const gemv_args a = {xq, xs, q, s, bias, y, ldy, M, N, KP, G, ng};
   int tiles_done = 1;
   /* one parallel region: the rows are quantized (and split for the tiles) in parallel, then
    * each thread takes its blocks */
@@ -295,6 +301,13 @@ void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const
     for (int b = 0; b < blocks; b++) block_vnni(&a, b * NB);
   free(xq);
   free(xs);
+}
+
+/* y [M][ldy] = x W^T + bias: one output part. */
+void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const float *bias,
+             float *y, long ldy, int M, int N, int K, int G, int isa, int threads) {
+  const fs_out out = {y, ldy, N};
+  fs_gemv_parts(x, ldx, q, s, bias, &out, 1, M, N, K, G, isa, threads);
 }
 
 /* One block's rows [n, n + nb) into out[k][n - n0] (row stride ld), k < K. */

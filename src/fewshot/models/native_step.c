@@ -23,8 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-void fs_gemv(const float *x, long ldx, const int8_t *q, const uint16_t *s, const float *bias,
-             float *y, long ldy, int M, int N, int K, int G, int isa, int threads);
+#include "native_gemv.h"
+
 void fs_decode_attention(const float *q, const void *k, const void *v, const int64_t *tables,
                          int W, const int32_t *lo, const int32_t *hi, float *out, int B, int Hq,
                          int Hkv, int D, int BS, long nblk, float scale, float cap, int bf16,
@@ -55,6 +55,9 @@ typedef struct {
   int rope;                          /* -1: none, else the table (0 or 1) */
   int window;                        /* 0: every position, else the last `window` */
   float scale, softcap;
+  /* qkv: wq holds q, k and v one after the other (one GEMV; wk, wv unused); gate_up: w1 holds
+   * the gate and up projections (w3 unused) */
+  int qkv, gate_up;
 } fs_layer;
 
 typedef struct { /* the model: read-only, shared by every call */
@@ -70,6 +73,17 @@ typedef struct { /* the KV pool of one call: per layer K and V [Hkv][NBLK][BS][D
 
 static void lin(const fs_lin *l, const float *x, float *y, int B, int isa, int threads) {
   fs_gemv(x, l->K, l->q, l->s, l->bias, y, l->N, B, l->N, l->K, l->G, isa, threads);
+}
+
+/* A stored-together weight (qkv, gate_up) into its parts' outputs, each [B][width]. */
+static void lin_parts(const fs_lin *l, const float *x, float *const *ys, const int *widths,
+                      int n, int B, int isa, int threads) {
+  fs_out outs[MAX_OUTS];
+  for (int i = 0, n1 = 0; i < n; i++) {
+    n1 += widths[i];
+    outs[i] = (fs_out){ys[i], widths[i], n1};
+  }
+  fs_gemv_parts(x, l->K, l->q, l->s, l->bias, outs, n, B, l->N, l->K, l->G, isa, threads);
 }
 
 /* norm(x) into y (x itself when absent) */
@@ -131,9 +145,15 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
     const fs_layer *L = st->layers + li;
     /* attention */
     const float *hn = norm(&L->in, x, h, B, C, threads);
-    lin(&L->wq, hn, q, B, isa, threads);
-    lin(&L->wk, hn, k, B, isa, threads);
-    lin(&L->wv, hn, v, B, isa, threads);
+    if (L->qkv) {
+      float *const ys[3] = {q, k, v};
+      const int widths[3] = {qw, kw, kw};
+      lin_parts(&L->wq, hn, ys, widths, 3, B, isa, threads);
+    } else {
+      lin(&L->wq, hn, q, B, isa, threads);
+      lin(&L->wk, hn, k, B, isa, threads);
+      lin(&L->wv, hn, v, B, isa, threads);
+    }
     norm(&L->qn, q, q, B * st->Hq, D, threads); /* in place: RMSNorm reads a row, then writes it */
     norm(&L->kn, k, k, B * st->Hkv, D, threads);
     const float *qr = q, *kr = k;
@@ -151,9 +171,15 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
     add(x, norm(&L->post_attn, a, a, B, C, threads), (long)B * C);
     /* MLP */
     hn = norm(&L->pre_ff, x, h, B, C, threads);
-    lin(&L->w1, hn, u, B, isa, threads);
-    if (L->w3.q) lin(&L->w3, hn, u2, B, isa, threads);
-    fs_act(u, L->w3.q ? u2 : NULL, u, wide, st->act, threads); /* u = act(u) [* u2] */
+    if (L->gate_up) {
+      float *const ys[2] = {u, u2};
+      const int widths[2] = {st->inner, st->inner};
+      lin_parts(&L->w1, hn, ys, widths, 2, B, isa, threads);
+    } else {
+      lin(&L->w1, hn, u, B, isa, threads);
+      if (L->w3.q) lin(&L->w3, hn, u2, B, isa, threads);
+    }
+    fs_act(u, L->gate_up || L->w3.q ? u2 : NULL, u, wide, st->act, threads); /* act(u) [* u2] */
     lin(&L->w2, u, a, B, isa, threads);
     add(x, norm(&L->post_ff, a, a, B, C, threads), (long)B * C);
   }

@@ -54,7 +54,7 @@ class _Layer(ctypes.Structure):  # fs_layer
     _fields_ = [
         *((n, _Nrm) for n in _NORMS),
         *((n, _Lin) for n in _LINEARS),
-        ("rope", _I), ("window", _I), ("scale", _F), ("softcap", _F),
+        ("rope", _I), ("window", _I), ("scale", _F), ("softcap", _F), ("qkv", _I), ("gate_up", _I),
     ]  # fmt: skip
 
 
@@ -144,6 +144,60 @@ def _lin(module: nn.Module | None) -> _Lin | None:
                 w.group)  # fmt: skip
 
 
+def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] | None:
+    """One GEMV for projections of the same input (q, k and v; gate and up): their packed
+    weights stored one after the other, each module's own weight now a view of that storage
+    (no second copy; a view joined before is reused in place). Returns the joint weight and the
+    tensors it points to; None when they cannot be joined (one not the native int8, a width not
+    in whole blocks of 16, different inputs or groups). One call instead of three: GPT-Neo-125M
+    one row per pass of its block weights 2.09 -> 1.89 ms, Gemma 3 270M (small k, v) 3.41 ->
+    2.84 ms (2 threads, AMX host)."""
+    mods = [m for m in modules if isinstance(m, Int8Linear) and _lin(m) is not None]
+    ps = [m.packed for m in mods]
+    if len(mods) != len(modules) or len({(p.in_features, p.group) for p in ps}) != 1:
+        return None
+    if any(p.out_features % native.BLOCK_ROWS for p in ps):
+        return None
+    data, scales = _stored_together(ps) or (
+        torch.cat([p.data for p in ps]),
+        torch.cat([p.scales for p in ps]),
+    )
+    at = block = 0
+    for m, p in zip(mods, ps, strict=True):
+        n, blocks = p.data.numel(), p.scales.shape[0]
+        m.packed = native.PackedWeight(
+            data[at : at + n], scales[block : block + blocks], p.out_features, p.in_features,
+            p.group,
+        )  # fmt: skip
+        at, block = at + n, block + blocks
+    held = [data, scales]
+    bias: torch.Tensor | None = None
+    if any(m.bias is not None for m in mods):
+        bias = torch.cat([torch.zeros(m.out_features) if m.bias is None else m.bias for m in mods])
+        held.append(bias)
+    width = sum(p.out_features for p in ps)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    lin = _Lin(data.data_ptr(), scales.data_ptr(), bias_ptr, width, ps[0].in_features, ps[0].group)
+    return lin, held
+
+
+def _stored_together(ps: list[native.PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The storage that `_joint` made for these weights, when they are its views in order."""
+    data, scales = ps[0].data._base, ps[0].scales._base
+    if data is None or scales is None:
+        return None
+    at = block = 0
+    for p in ps:
+        if p.data._base is not data or p.scales._base is not scales:
+            return None
+        if p.data.data_ptr() != data.data_ptr() + at:
+            return None
+        if p.scales.data_ptr() != scales[block:].data_ptr():
+            return None
+        at, block = at + p.data.numel(), block + p.scales.shape[0]
+    return (data, scales) if at == data.numel() and block == scales.shape[0] else None
+
+
 def _norm(module: nn.Module | None) -> _Nrm | None:
     if module is None:
         return _Nrm()
@@ -183,8 +237,15 @@ def _shapes_fit(d: DecodeLayer, desc: DecodeLayers) -> bool:
 class FusedLayers:
     """The native step over one model's decoder layers (see the module docstring)."""
 
-    def __init__(self, kernel: native.Kernel, desc: DecodeLayers, layers: list[_Layer]) -> None:
+    def __init__(
+        self,
+        kernel: native.Kernel,
+        desc: DecodeLayers,
+        layers: list[_Layer],
+        held: list[torch.Tensor] | None = None,
+    ) -> None:
         self.kernel = kernel
+        self.held = held or []  # the joint weights' tensors the layers point to
         self.layers = (_Layer * len(layers))(*layers)
         self.stack = _Stack(
             len(layers), desc.hidden, desc.n_heads, desc.n_kv_heads, desc.head_dim, desc.inner,
@@ -197,17 +258,26 @@ class FusedLayers:
         kernel = native.load()
         if kernel is None or desc is None or desc.act not in NATIVE_ACTS:
             return None
-        layers = []
+        layers, held = [], []
         for d in desc.layers:
+            if not _shapes_fit(d, desc):
+                return None
+            qkv = _joint([d.q, d.k, d.v])  # (first: the modules' weights become views)
+            gate_up = _joint([d.w1, d.w3]) if d.w3 is not None else None
             lins = [_lin(getattr(d, n)) for n in _LINEARS]
             norms = [_norm(getattr(d, n)) for n in _NORMS]
-            if any(x is None for x in (*lins, *norms)) or not _shapes_fit(d, desc):
+            if any(x is None for x in (*lins, *norms)):
                 return None
             layer = _Layer(*norms, *lins)
             layer.rope, layer.window = d.rope, d.window or 0
             layer.scale, layer.softcap = d.scale, d.softcap or 0.0
+            for joint, name, flag in ((qkv, "q", "qkv"), (gate_up, "w1", "gate_up")):
+                if joint is not None:
+                    setattr(layer, name, joint[0])
+                    setattr(layer, flag, 1)
+                    held += joint[1]
             layers.append(layer)
-        return cls(kernel, desc, layers)
+        return cls(kernel, desc, layers, held)
 
     def takes(self, x: torch.Tensor, attn: AttentionMetadata) -> bool:
         """Whether this batch's layers run natively (module docstring)."""

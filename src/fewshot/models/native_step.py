@@ -181,6 +181,18 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
     return lin, held
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere nothing):
+    the separate weights that `_joint` replaced are freed into the heap, where they would still
+    count in the process's RSS (Gemma 3 270M: +50 MB at the peak and after)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+_LIBC = ctypes.CDLL(None)
+
+
 def _stored_together(ps: list[native.PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The storage that `_joint` made for these weights, when they are its views in order."""
     data, scales = ps[0].data._base, ps[0].scales._base
@@ -264,6 +276,8 @@ class FusedLayers:
                 return None
             qkv = _joint([d.q, d.k, d.v])  # (first: the modules' weights become views)
             gate_up = _joint([d.w1, d.w3]) if d.w3 is not None else None
+            if qkv is not None or gate_up is not None:
+                _return_freed_memory()  # layer by layer: the peak grows by one layer's copy
             lins = [_lin(getattr(d, n)) for n in _LINEARS]
             norms = [_norm(getattr(d, n)) for n in _NORMS]
             if any(x is None for x in (*lins, *norms)):

@@ -181,6 +181,9 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
     return lin, held
 
 
+_LIBC = ctypes.CDLL(None)  # the C library the process runs on
+
+
 def _return_freed_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere nothing):
     the separate weights that `_joint` replaced are freed into the heap, where they would still
@@ -188,9 +191,6 @@ def _return_freed_memory() -> None:
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
-
-
-_LIBC = ctypes.CDLL(None)
 
 
 def _stored_together(ps: list[native.PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -266,7 +266,8 @@ class FusedLayers:
 
     @classmethod
     def build(cls, desc: DecodeLayers | None) -> FusedLayers | None:
-        """The step for these layers, or None where it cannot run natively."""
+        """The step for these layers, or None where it cannot run natively. The projections of
+        one input are joined (`_joint`): their modules' packed weights become views."""
         kernel = native.load()
         if kernel is None or desc is None or desc.act not in NATIVE_ACTS:
             return None

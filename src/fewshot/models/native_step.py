@@ -31,6 +31,7 @@ from torch import nn
 
 from fewshot.models import native
 from fewshot.models.attention import AttentionMetadata
+from fewshot.models.checkpoint import release_free_memory
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.layers import NATIVE_ACTS, GemmaRMSNorm, LayerNorm, RMSNorm
 from fewshot.models.quant import Int8Linear
@@ -147,11 +148,11 @@ def _lin(module: nn.Module | None) -> _Lin | None:
 def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] | None:
     """One GEMV for projections of the same input (q, k and v; gate and up): their packed
     weights stored one after the other, each module's own weight now a view of that storage
-    (no second copy; a view joined before is reused in place). Returns the joint weight and the
-    tensors it points to; None when they cannot be joined (one not the native int8, a width not
-    in whole blocks of 16, different inputs or groups). One call instead of three: GPT-Neo-125M
-    one row per pass of its block weights 2.09 -> 1.89 ms, Gemma 3 270M (small k, v) 3.41 ->
-    2.84 ms (2 threads, AMX host)."""
+    (no second copy: the caller hands the freed pages back; a view joined before is reused in
+    place). Returns the joint weight and the tensors it points to; None when they cannot be
+    joined (one not the native int8, a width not in whole blocks of 16, different inputs or
+    groups). One call instead of three: GPT-Neo-125M one row per pass of its block weights 2.09
+    -> 1.89 ms, Gemma 3 270M (small k, v) 3.41 -> 2.84 ms (2 threads, AMX host)."""
     mods = [m for m in modules if isinstance(m, Int8Linear) and _lin(m) is not None]
     ps = [m.packed for m in mods]
     if len(mods) != len(modules) or len({(p.in_features, p.group) for p in ps}) != 1:
@@ -179,18 +180,6 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
     bias_ptr = None if bias is None else bias.data_ptr()
     lin = _Lin(data.data_ptr(), scales.data_ptr(), bias_ptr, width, ps[0].in_features, ps[0].group)
     return lin, held
-
-
-_LIBC = ctypes.CDLL(None)  # the C library the process runs on
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere nothing):
-    the separate weights that `_joint` replaced are freed into the heap, where they would still
-    count in the process's RSS (Gemma 3 270M: +50 MB at the peak and after)."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def _stored_together(ps: list[native.PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -278,7 +267,7 @@ class FusedLayers:
             qkv = _joint([d.q, d.k, d.v])  # (first: the modules' weights become views)
             gate_up = _joint([d.w1, d.w3]) if d.w3 is not None else None
             if qkv is not None or gate_up is not None:
-                _return_freed_memory()  # layer by layer: the peak grows by one layer's copy
+                release_free_memory()  # layer by layer: the separate copies leave the RSS
             lins = [_lin(getattr(d, n)) for n in _LINEARS]
             norms = [_norm(getattr(d, n)) for n in _NORMS]
             if any(x is None for x in (*lins, *norms)):

@@ -250,8 +250,8 @@ void fs_gemv_parts(const float *x, long ldx, const int8_t *q, const uint16_t *s,
   const long xt_bytes = 2L * (M + 15) / 16 * 16 * KP;
   int8_t *xt = amx ? fs_amx_scratch((size_t)(xt_bytes + 2L * NB * KP)) : NULL;
   gemv_args a = {xq, xs, q, s, bias, {{0}}, M, N, KP, G, ng};
-  for (int o = 0; o < MAX_OUTS; o++) a.out[o] = outs[o < nout ? o : nout - 1];
-  a.out[nout - 1].n1 = N;
+  for (int o = 0; o < nout; o++) a.out[o] = outs[o];
+  a.out[nout - 1].n1 = N; /* store_row's search ends at the last part */
   if (!xq || !xs) { /* out of memory: NaN results rather than a crash */
     float nan_row[NB];
     for (int j = 0; j < NB; j++) nan_row[j] = NAN;

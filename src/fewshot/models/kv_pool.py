@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fewshot.models.attention_decode import runs
+
 
 class KVPool:
     """Every layer's K and V blocks: `k[layer]`, `v[layer]` are [Hkv, num_blocks, bs, D]."""
@@ -54,7 +56,8 @@ class KVPool:
 
     def zero_blocks(self, ids: Sequence[int]) -> None:
         """Clear newly handed-out blocks, so padding read by attention is finite."""
-        for start, stop in _runs(ids):
+        # runs of consecutive ids: a block is one position of a "table" of the sorted ids
+        for start, stop in runs(sorted(ids), 0, len(ids), 1):
             self.kv[:, :, :, start:stop].zero_()
 
     def copy_blocks(self, copies: Sequence[tuple[int, int, int]]) -> None:
@@ -65,14 +68,3 @@ class KVPool:
             target = self.kv[:, :, :, dst, :n]
             target.copy_(self.kv[:, :, :, src, :n])
             self.copied_bytes += target.numel() * target.element_size()
-
-
-def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
-    """Sorted block ids as [start, stop) runs of consecutive ids."""
-    out: list[tuple[int, int]] = []
-    for i in sorted(ids):
-        if out and out[-1][1] == i:
-            out[-1] = (out[-1][0], i + 1)
-        else:
-            out.append((i, i + 1))
-    return out

@@ -80,3 +80,24 @@ def test_a_prefill_chunk_attends_like_single_queries(dtype, n_kv, window, softca
     torch.testing.assert_close(whole.double(), want, atol=1e-5, rtol=1e-5)
     halves = torch.cat([attend(list(range(9))), attend(list(range(9, len(ends))))])
     assert torch.equal(whole, halves)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler")
+@pytest.mark.parametrize("vocab", [5, 50_257, 262_144])
+def test_greedy_kernel_is_torchs_argmax_and_logprob(vocab) -> None:
+    """fs_greedy on every instruction set this CPU runs: the first maximum (ties included), and
+    its log_softmax up to float rounding; a row's result does not depend on the other rows."""
+    torch.manual_seed(3)
+    logits = torch.randn(6, vocab) * 4
+    logits[1, :] = 0.5  # every value tied: the first index wins
+    logits[2, vocab - 1] = 40.0  # the maximum in the last (tail) lanes
+    logits[3, [1, vocab - 2]] = 30.0  # two maxima
+    want_tok = logits.max(dim=-1).indices
+    want_lp = torch.log_softmax(logits.double(), dim=-1).gather(1, want_tok[:, None])[:, 0]
+    assert NATIVE is not None
+    for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[NATIVE.isa]]:
+        kernel = native.Kernel(NATIVE.lib, isa)
+        tokens, logprobs = kernel.greedy(logits)
+        assert tokens == want_tok.tolist(), isa
+        torch.testing.assert_close(torch.tensor(logprobs).double(), want_lp, atol=1e-5, rtol=1e-6)
+        assert kernel.greedy(logits[3:4].contiguous()) == ([tokens[3]], [logprobs[3]])

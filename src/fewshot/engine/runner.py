@@ -2,9 +2,9 @@
 
 It owns the paged `KVPool` (sized from the cache config), turns a `SchedulerOutput` into one
 forward (input ids, positions, attention metadata, the rows whose logits are wanted), and
-chooses tokens: plain greedy rows all at once (one argmax and one log-softmax over the stacked
-rows; row-wise kernels, so each row's result is what it would be alone), the others through
-their own `Sampler`. Prompt logprobs come from the same forward's logits.
+chooses tokens: plain greedy rows all at once (`greedy_choices`: the argmax and its logprob,
+row by row, so each row's result is what it would be alone), the others through their own
+`Sampler`. Prompt logprobs come from the same forward's logits.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import torch
 
 from fewshot.engine.config import EngineConfig
 from fewshot.engine.request import Sequence
-from fewshot.engine.sampling import Choice, argmax, batch_logprobs, top_alternatives
+from fewshot.engine.sampling import (
+    Choice,
+    argmax,
+    batch_logprobs,
+    greedy_choices,
+    top_alternatives,
+)
 from fewshot.engine.scheduler import ScheduledChunk
 from fewshot.models.attention import AttentionMetadata, run_eagerly_under_compile
 from fewshot.models.base import CausalLM
@@ -192,12 +198,11 @@ class ModelRunner:
         """The next token of each sequence from its logits row [V]."""
         choices: list[Choice | None] = [None] * len(items)
         greedy = [i for i, (seq, _) in enumerate(items) if seq.sampler.plain_greedy]
-        if len(greedy) > 1:
-            stacked = torch.stack([items[i][1] for i in greedy])  # [R, V]
-            tokens = argmax(stacked)
-            chosen = batch_logprobs(stacked).gather(1, tokens[:, None])[:, 0]
-            for i, t, lp in zip(greedy, tokens.tolist(), chosen.tolist(), strict=True):
-                choices[i] = Choice(t, lp)
+        if greedy:
+            rows = [items[i][1] for i in greedy]
+            stacked = rows[0][None] if len(rows) == 1 else torch.stack(rows)  # [R, V]
+            for i, choice in zip(greedy, greedy_choices(stacked), strict=True):
+                choices[i] = choice
         for i, (seq, row) in enumerate(items):
             if choices[i] is None:
                 context = seq.token_ids if seq.sampler.needs_context else ()
@@ -209,6 +214,12 @@ class ModelRunner:
         """Accept drafts from the left (see speculation.py); the tokens to emit and how many
         drafts were accepted. rows [k + 1, V]: logits after the fed token and each draft."""
         sampler = seq.sampler
+        if sampler.plain_greedy:  # the choices plain decoding makes, logprobs included
+            out = []
+            for i, choice in enumerate(greedy_choices(rows[: len(drafts) + 1])):
+                out.append(choice)
+                if i == len(drafts) or choice.token_id != drafts[i]:
+                    return out, i
         logprobs = batch_logprobs(rows)  # reported logprobs are unwarped
         context = list(seq.token_ids)
         out: list[Choice] = []

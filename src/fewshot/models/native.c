@@ -187,3 +187,54 @@ long fs_near_max(const float *y, const float *rs, float c, int N, int64_t *out, 
     }
   return count;
 }
+
+/* Greedy choice of each row of x [R][V] (float32 logits): the first index of the row's largest
+ * value, as torch's max(dim) gives it, and that token's log-probability, -log(sum_j e^(x_j - max))
+ * (float32 terms summed in double: torch's log_softmax up to float rounding). Two passes over a
+ * row (the maximum, then the sum), a thread per row. */
+__attribute__((target("avx512f,avx512bw,fma"))) static void greedy_row_512(const float *x, long V,
+                                                                          int64_t *tok, float *lp) {
+  __m512 vm = _mm512_set1_ps(-INFINITY);
+  long j = 0;
+  for (; j + 16 <= V; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + j));
+  const __mmask16 tail = (__mmask16)((1u << (V - j)) - 1);
+  vm = _mm512_mask_max_ps(vm, tail, vm, _mm512_maskz_loadu_ps(tail, x + j));
+  const float m = _mm512_reduce_max_ps(vm);
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  long at = -1;
+  for (j = 0; j < V; j += 16) {
+    const __mmask16 k = V - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - j)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(k, x + j);
+    if (at < 0) {
+      const __mmask16 hit = _mm512_mask_cmp_ps_mask(k, v, mv, _CMP_EQ_OQ);
+      if (hit) at = j + __builtin_ctz(hit);
+    }
+    const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(v, mv)));
+    s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  *tok = at < 0 ? 0 : at; /* no maximum: every value NaN */
+  *lp = (float)-log(_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)));
+}
+
+static void greedy_row_c(const float *x, long V, int64_t *tok, float *lp) {
+  float m = -INFINITY;
+  long at = 0;
+  for (long j = 0; j < V; j++)
+    if (x[j] > m) m = x[j], at = j;
+  double s = 0.0;
+  for (long j = 0; j < V; j++) s += fs_exp(x[j] - m);
+  *tok = at;
+  *lp = (float)-log(s);
+}
+
+void fs_greedy(const float *x, long R, long V, int64_t *tok, float *lp, int isa, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (R > 1)
+  for (long r = 0; r < R; r++) {
+    if (isa >= 2)
+      greedy_row_512(x + r * V, V, tok + r, lp + r);
+    else
+      greedy_row_c(x + r * V, V, tok + r, lp + r);
+  }
+}

@@ -126,6 +126,20 @@ class Kernel:
         )  # fmt: skip
         return out[:n] if n <= cap else None
 
+    def greedy(
+        self, logits: torch.Tensor, threads: int | None = None
+    ) -> tuple[list[int], list[float]]:
+        """Each row of logits [R, V] (float32 contiguous): the first index of its maximum and
+        that token's log-probability (native.c's fs_greedy)."""
+        rows, vocab = logits.shape
+        tok = torch.empty(rows, dtype=torch.int64)
+        lp = torch.empty(rows, dtype=torch.float32)
+        self.lib.fs_greedy(
+            logits.data_ptr(), rows, vocab, tok.data_ptr(), lp.data_ptr(), ISAS[self.isa],
+            threads or torch.get_num_threads(),
+        )  # fmt: skip
+        return tok.tolist(), lp.tolist()
+
     def decode_attention(
         self,
         q: torch.Tensor,
@@ -374,6 +388,8 @@ def _open(path: Path) -> Kernel:
     lib.fs_rope.restype = None
     lib.fs_near_max.argtypes = [_P, _P, ctypes.c_float, _I, _P, _L, _I]
     lib.fs_near_max.restype = _L
+    lib.fs_greedy.argtypes = [_P, _L, _L, _P, _P, _I, _I]
+    lib.fs_greedy.restype = None
     lib.fs_decode_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _L,
                                         ctypes.c_float, ctypes.c_float, _I, _I, _I]  # fmt: skip
     lib.fs_decode_attention.restype = None

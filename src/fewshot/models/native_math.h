@@ -1,6 +1,7 @@
-/* Math shared by the native kernels' sources (native.c, native_attention.c, native_gemv.c). */
+/* Math shared by the native kernels' sources (native.c, native_attention.c, native_runs.c). */
 #ifndef FEWSHOT_NATIVE_MATH_H
 #define FEWSHOT_NATIVE_MATH_H
+#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -31,6 +32,25 @@ static inline float fs_exp(float x) {
   float two_n;
   memcpy(&two_n, &bits, 4);
   return p * two_n;
+}
+
+/* e^x lane by lane, x clamped to [-87, 87] (fs_exp above, vectorized; AVX-512) */
+__attribute__((target("avx512f,avx512bw,fma"))) static inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f),
+                                    _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x));
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
 #endif

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "native_math.h"
+
 #define L16 16 /* queries per item (vector lanes) and keys per pass */
 
 static __thread float *tls_buf;
@@ -34,25 +36,6 @@ static float *buffer(long n) {
 #define TGT __attribute__((target("avx512f,avx512bw,fma")))
 #define UNROLL4 _Pragma("GCC unroll 4")
 #define UNROLL8 _Pragma("GCC unroll 8")
-
-/* e^x lane by lane, x clamped to [-87, 87] (native_math.h's fs_exp, vectorized) */
-TGT static inline __m512 exp512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f),
-                                    _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x));
-  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
 
 /* `n` values of a key or value row (float32 or bf16) as float32 into dst (n a multiple of 16) */
 TGT static inline void widen_row(const char *r, int bf16, int n, float *dst) {

@@ -215,11 +215,11 @@ class ModelRunner:
         drafts were accepted. rows [k + 1, V]: logits after the fed token and each draft."""
         sampler = seq.sampler
         if sampler.plain_greedy:  # the choices plain decoding makes, logprobs included
-            out = []
-            for i, choice in enumerate(greedy_choices(rows[: len(drafts) + 1])):
-                out.append(choice)
-                if i == len(drafts) or choice.token_id != drafts[i]:
-                    return out, i
+            picks = greedy_choices(rows[: len(drafts) + 1])
+            accepted = next(
+                (i for i, d in enumerate(drafts) if picks[i].token_id != d), len(drafts)
+            )
+            return picks[: accepted + 1], accepted
         logprobs = batch_logprobs(rows)  # reported logprobs are unwarped
         context = list(seq.token_ids)
         out: list[Choice] = []

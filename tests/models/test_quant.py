@@ -146,6 +146,33 @@ def test_rescored_head_is_exact_at_the_top(kernel: native.Kernel | None) -> None
             assert torch.equal(head(x[i : i + 1])[0], small[i])
 
 
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler")
+@torch.no_grad()
+def test_native_rescore_is_the_reference_one() -> None:
+    """fs_rescore (bf16 exact rows, a bias) rescores what the torch path does, to float
+    rounding; on a flat top (every output qualifies) it takes the RESCORE_CAP largest."""
+    assert NATIVE is not None
+    torch.manual_seed(4)
+    emb = torch.randn(300, 48)
+    bias = torch.randn(300) * 0.1
+    x = torch.randn(5, 48)
+    got = Int8Linear.from_float(emb, bias, exact=emb.bfloat16(), kernel=NATIVE)(x)
+    want = Int8Linear.from_float(emb, bias, exact=emb.bfloat16(), kernel=None)(x)
+    best = want.argmax(-1)
+    assert torch.equal(got.argmax(-1), best)
+    torch.testing.assert_close(got.gather(-1, best[:, None]), want.gather(-1, best[:, None]))
+    y = torch.rand(2, 1000)
+    before = y.clone()
+    for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[NATIVE.isa]]:
+        y = before.clone()
+        native.Kernel(NATIVE.lib, isa).rescore(
+            y, torch.ones(2, 16), torch.zeros(1000, 16), torch.ones(1000), None, 64
+        )  # every output within the error bound: the 64 largest become exact_j . x = 0
+        for row in range(2):
+            changed = set((y[row] != before[row]).nonzero()[:, 0].tolist())
+            assert changed == set(before[row].topk(64).indices.tolist()), isa
+
+
 @pytest.fixture(scope="module")
 def gpt_neo_float_and_int8(model_pair_factory):
     _, floaty = model_pair_factory("gpt_neo")

@@ -1,8 +1,8 @@
 /* Small CPU kernels of the native library (built and loaded by native.py; the int8 GEMV and
  * its weight layout are in native_gemv.c, decode attention in native_attention.c, the fused
- * decode step in native_step.c): RMSNorm, LayerNorm, the MLP activations, rotary positions and
- * the rescored LM head's candidate search. The models' eager float32 code calls these same
- * functions, so the fused step computes the same bits.
+ * decode step in native_step.c): RMSNorm, LayerNorm, the MLP activations, rotary positions,
+ * the rescored LM head's float32 pass and the greedy choice. The models' eager float32 code
+ * calls these same functions, so the fused step computes the same bits.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -186,6 +186,77 @@ long fs_near_max(const float *y, const float *rs, float c, int N, int64_t *out, 
       count++;
     }
   return count;
+}
+
+/* The `cap` largest outputs of y [N] into out (a flat top, where more qualify): a min-heap of
+ * their indices. */
+static void largest(const float *y, int N, int64_t *out, long cap) {
+  long n = 0;
+  for (int j = 0; j < N; j++) {
+    long i;
+    if (n < cap) { /* sift the new one up */
+      for (i = n++; i > 0 && y[out[(i - 1) / 2]] > y[j]; i = (i - 1) / 2) out[i] = out[(i - 1) / 2];
+    } else if (y[j] > y[out[0]]) { /* replace the smallest, sift down */
+      for (i = 0;;) {
+        long c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && y[out[c + 1]] < y[out[c]]) c++;
+        if (y[out[c]] >= y[j]) break;
+        out[i] = out[c], i = c;
+      }
+    } else {
+      continue;
+    }
+    out[i] = j;
+  }
+}
+
+/* exact_j . x over K inputs, float32 (exact's row float32 or bfloat16) */
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static float dot_512(const void *w, int bf16,
+                                                                    const float *x, int K) {
+  __m512 a = _mm512_setzero_ps();
+  for (int k = 0; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+    const __m512 v = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k)), 16))
+                          : _mm512_maskz_loadu_ps(m, (const float *)w + k);
+    a = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x + k), a);
+  }
+  return _mm512_reduce_add_ps(a);
+}
+
+static float dot_c(const void *w, int bf16, const float *x, int K) {
+  float a = 0.0f;
+  for (int k = 0; k < K; k++)
+    a += (bf16 ? widen_bf16(((const uint16_t *)w)[k]) : ((const float *)w)[k]) * x[k];
+  return a;
+}
+
+/* The rescored LM head's float32 pass (quant.py's Int8Linear): in each row m of the int8 head's
+ * y [M][N], every output that may be the row's maximum (fs_near_max, c = sqrt(12) |x_m|_2; the
+ * `cap` largest on a flat top) becomes exact_j . x_m + bias_j, exact [N][K] float32 or bfloat16
+ * (a tied input embedding). A row at a time, on its own. cap <= RESCORE_MAX. */
+#define RESCORE_MAX 256
+void fs_rescore(float *y, const float *x, const void *exact, int bf16, const float *bias,
+                const float *rs, int M, int N, int K, long cap, int isa, int threads) {
+  const size_t row = (size_t)K * (bf16 ? 2 : 4);
+#pragma omp parallel for schedule(static) num_threads(threads) if (M > 1)
+  for (int m = 0; m < M; m++) {
+    float *ym = y + (long)m * N;
+    const float *xm = x + (long)m * K;
+    float ss = 0.0f;
+    for (int k = 0; k < K; k++) ss += xm[k] * xm[k];
+    int64_t idx[RESCORE_MAX];
+    float val[RESCORE_MAX];
+    long n = fs_near_max(ym, rs, sqrtf(ss) * 3.46410162f, N, idx, cap, isa);
+    if (n > cap) largest(ym, N, idx, n = cap);
+    for (long i = 0; i < n; i++) {
+      const void *w = (const char *)exact + (size_t)idx[i] * row;
+      val[i] = isa >= 2 ? dot_512(w, bf16, xm, K) : dot_c(w, bf16, xm, K);
+      if (bias != NULL) val[i] = val[i] + bias[idx[i]];
+    }
+    for (long i = 0; i < n; i++) ym[idx[i]] = val[i];
+  }
 }
 
 /* Greedy choice of each row of x [R][V] (float32 logits): the first index of the row's largest

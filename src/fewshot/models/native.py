@@ -114,17 +114,25 @@ class Kernel:
             y += bias
         return y
 
-    def near_max(
-        self, y: torch.Tensor, row_scale: torch.Tensor, c: float, cap: int
-    ) -> torch.Tensor | None:
-        """Indices j of y [N] (float32) with y_j + c * row_scale_j >= max_i (y_i - c *
-        row_scale_i): the outputs that may be the maximum; None when more than `cap` qualify."""
-        out = torch.empty(cap, dtype=torch.int64)
-        n = self.lib.fs_near_max(
-            y.data_ptr(), row_scale.data_ptr(), c, y.numel(), out.data_ptr(), cap,
-            ISAS[self.isa],
+    def rescore(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        exact: torch.Tensor,
+        row_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        cap: int,
+    ) -> torch.Tensor:
+        """In place in y [M, N] (an int8 head's float32 output for x [M, K]): each row's outputs
+        that may be its maximum, recomputed from `exact` [N, K] (float32 or bfloat16) in float32
+        (native.c's fs_rescore; at most `cap` <= 256 per row)."""
+        m, n = y.shape
+        self.lib.fs_rescore(
+            y.data_ptr(), x.data_ptr(), exact.data_ptr(), int(exact.dtype == torch.bfloat16),
+            None if bias is None else bias.data_ptr(), row_scale.data_ptr(), m, n, x.shape[1],
+            cap, ISAS[self.isa], torch.get_num_threads(),
         )  # fmt: skip
-        return out[:n] if n <= cap else None
+        return y
 
     def greedy(
         self, logits: torch.Tensor, threads: int | None = None
@@ -386,8 +394,8 @@ def _open(path: Path) -> Kernel:
     lib.fs_act.restype = None
     lib.fs_rope.argtypes = [_P, _P, _P, _P, _I, _I, _I]
     lib.fs_rope.restype = None
-    lib.fs_near_max.argtypes = [_P, _P, ctypes.c_float, _I, _P, _L, _I]
-    lib.fs_near_max.restype = _L
+    lib.fs_rescore.argtypes = [_P, _P, _P, _I, _P, _P, _I, _I, _I, _L, _I, _I]
+    lib.fs_rescore.restype = None
     lib.fs_greedy.argtypes = [_P, _L, _L, _P, _P, _I, _I]
     lib.fs_greedy.restype = None
     lib.fs_decode_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _L,

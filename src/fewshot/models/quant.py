@@ -192,14 +192,23 @@ class Int8Linear(nn.Module):
         reaches the largest y_i - 12 sigma_i. (The GEMV's int16 rounding of x adds an error of
         standard deviation at most |w_j|_2 max|x| / 32767 / sqrt(12): under 11% of sigma_j at
         768 inputs even when both vectors are at their extremes, under 1% in quadrature.)"""
+        assert self.exact is not None and self._row_scale is not None
+        exact_w = self.exact.detach()
+        if (  # the same, row by row in one native call
+            self.kernel is not None
+            and exact_w.dtype in (torch.float32, torch.bfloat16)
+            and exact_w.is_contiguous()
+            and y.is_contiguous()
+        ):
+            bias = None if self.bias is None else self.bias.float()
+            return self.kernel.rescore(y, x, exact_w, self._row_scale, bias, RESCORE_CAP)
         widths = ((x * x).sum(dim=1).sqrt() * (12 / 12**0.5)).tolist()  # 12 sigma_j / max(s_j)
         picked = [self._candidates(y[i], c) for i, c in enumerate(widths)]
         rows = torch.cat([torch.full_like(idx, i) for i, idx in enumerate(picked)])
         cols = torch.cat(picked)
-        assert self.exact is not None
         exact = torch.cat(
             [
-                (self.exact.detach()[c].float() * x[r]).sum(-1)
+                (exact_w[c].float() * x[r]).sum(-1)
                 for r, c in zip(rows.split(4096), cols.split(4096), strict=True)
             ]
         )
@@ -211,13 +220,9 @@ class Int8Linear(nn.Module):
         """The outputs of one row y [out] that may be its maximum (the RESCORE_CAP largest
         when more qualify: a flat top)."""
         assert self._row_scale is not None
-        if self.kernel is not None:
-            idx = self.kernel.near_max(y, self._row_scale, width, RESCORE_CAP)
-        else:
-            margin = width * self._row_scale
-            idx = ((y + margin) >= (y - margin).amax()).nonzero()[:, 0]
-            idx = idx if len(idx) <= RESCORE_CAP else None
-        return y.topk(RESCORE_CAP).indices if idx is None else idx
+        margin = width * self._row_scale
+        idx = ((y + margin) >= (y - margin).amax()).nonzero()[:, 0]
+        return y.topk(RESCORE_CAP).indices if len(idx) > RESCORE_CAP else idx
 
     def extra_repr(self) -> str:
         kernel = "reference" if self.kernel is None else self.kernel.isa

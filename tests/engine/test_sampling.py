@@ -11,6 +11,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from fewshot.engine.runner import _stacked
 from fewshot.engine.sampling import (
     Sampler,
     apply_repetition_penalty,
@@ -121,3 +122,13 @@ def test_argmax_is_torchs_choice_on_ties_and_nan() -> None:
     assert torch.equal(argmax(x), torch.argmax(x, dim=-1))
     for row in x:
         assert int(argmax(row)) == int(torch.argmax(row))
+
+
+def test_greedy_rows_are_read_in_place_when_they_are_one_tensors_rows() -> None:
+    logits = torch.randn(5, 11)
+    rows = [logits[1], logits[2], logits[3]]
+    view = _stacked(rows)
+    assert torch.equal(view, torch.stack(rows)) and view.data_ptr() == logits[1].data_ptr()
+    apart = [logits[1], logits[3], torch.randn(11)]
+    copy = _stacked(apart)
+    assert torch.equal(copy, torch.stack(apart)) and copy.data_ptr() != logits[1].data_ptr()

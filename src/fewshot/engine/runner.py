@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def _stacked(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Rows [V] as one [R, V] tensor: a view when they are consecutive rows of one tensor (a
+    decode step's logits), else a copy."""
+    first = rows[0]
+    size = first.numel() * first.element_size()
+    if first.is_contiguous() and all(
+        r.is_contiguous()
+        and r.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and r.data_ptr() == first.data_ptr() + i * size
+        for i, r in enumerate(rows)
+    ):
+        return first.as_strided((len(rows), first.numel()), (first.numel(), 1))
+    return torch.stack(rows)
+
+
 @dataclass
 class ChunkLogits:
     """Logits of one chunk: `last` [V] when it samples, `rows` [t, V] with prompt logits."""
@@ -200,8 +215,7 @@ class ModelRunner:
         greedy = [i for i, (seq, _) in enumerate(items) if seq.sampler.plain_greedy]
         if greedy:
             rows = [items[i][1] for i in greedy]
-            stacked = rows[0][None] if len(rows) == 1 else torch.stack(rows)  # [R, V]
-            for i, choice in zip(greedy, greedy_choices(stacked), strict=True):
+            for i, choice in zip(greedy, greedy_choices(_stacked(rows)), strict=True):
                 choices[i] = choice
         for i, (seq, row) in enumerate(items):
             if choices[i] is None:

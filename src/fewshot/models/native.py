@@ -47,6 +47,7 @@ HEADERS = [Path(__file__).with_name(h) for h in ("native_math.h", "native_gemv.h
 ISAS = {"amx": 4, "avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
 GEMV_ROWS = {"amx": 1 << 30, "avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 64, "c": 0}
 ACTS = {"gelu_tanh": 1, "silu": 2}  # fs_act's kinds
+RESCORE_MAX = 256  # most outputs per row fs_rescore recomputes (its RESCORE_MAX)
 BLOCK_ROWS = 16  # output rows per packed block (NB in native_gemv.c)
 LANE = 16  # a group's inputs are a multiple of this
 PACK_ROWS = 4096  # rows packed per slice (a multiple of BLOCK_ROWS)
@@ -125,8 +126,10 @@ class Kernel:
     ) -> torch.Tensor:
         """In place in y [M, N] (an int8 head's float32 output for x [M, K]): each row's outputs
         that may be its maximum, recomputed from `exact` [N, K] (float32 or bfloat16) in float32
-        (native.c's fs_rescore; at most `cap` <= 256 per row)."""
+        (native.c's fs_rescore; at most `cap` <= RESCORE_MAX per row)."""
         m, n = y.shape
+        if cap > RESCORE_MAX:
+            raise ValueError(f"at most {RESCORE_MAX} outputs per row are rescored, not {cap}")
         self.lib.fs_rescore(
             y.data_ptr(), x.data_ptr(), exact.data_ptr(), int(exact.dtype == torch.bfloat16),
             None if bias is None else bias.data_ptr(), row_scale.data_ptr(), m, n, x.shape[1],

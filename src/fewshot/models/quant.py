@@ -198,6 +198,8 @@ class Int8Linear(nn.Module):
             self.kernel is not None
             and exact_w.dtype in (torch.float32, torch.bfloat16)
             and exact_w.is_contiguous()
+            and exact_w.shape[0] >= self.out_features
+            and exact_w.shape[1] == self.in_features
             and y.is_contiguous()
         ):
             bias = None if self.bias is None else self.bias.float()

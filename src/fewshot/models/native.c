@@ -217,8 +217,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static float dot_512(co
   __m512 a = _mm512_setzero_ps();
   for (int k = 0; k < K; k += 16) {
     const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
-    const __m512 v = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k)), 16))
+    const __m512 v = bf16 ? widen_bf16_512(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k))
                           : _mm512_maskz_loadu_ps(m, (const float *)w + k);
     a = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x + k), a);
   }
@@ -228,7 +227,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static float dot_512(co
 static float dot_c(const void *w, int bf16, const float *x, int K) {
   float a = 0.0f;
   for (int k = 0; k < K; k++)
-    a += (bf16 ? widen_bf16(((const uint16_t *)w)[k]) : ((const float *)w)[k]) * x[k];
+    a += row_value(w, bf16, k) * x[k];
   return a;
 }
 

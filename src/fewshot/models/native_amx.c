@@ -121,8 +121,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,amx-tile,amx-int8"))) void 
         if (g == 0) continue;
         const int gp = g - 1;
         const int32_t *h = hi[gp & 1], *o = lo[gp & 1];
-        const __m512 sv = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(sb + (long)gp * NB))), 16));
+        const __m512 sv = load_bf16_512(sb + (long)gp * NB);
         UNROLL for (int i = 0; i < 16; i++) {
           if (i < mr) {
             const __m512i acc = _mm512_add_epi32(

@@ -114,14 +114,6 @@ static float *scores_buffer(long n) {
       }                                                                                       \
   }
 
-__attribute__((target("avx512f,avx512bw"))) static inline __m512 load_bf16_512(const uint16_t *p) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
-__attribute__((target("avx2"))) static inline __m256 load_bf16_256(const uint16_t *p) {
-  return _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
 __attribute__((target("avx2,fma"))) static inline float hsum_256(__m256 v) {
   __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_add_ps(x, _mm_movehl_ps(x, x));
@@ -236,15 +228,12 @@ TGT512 static inline void axpys_pairs(float *o, const float *p, long L, const ch
 }
 
 /* The portable pieces (any D). */
-static inline float key_at(const char *r, int bf16, int d) {
-  return bf16 ? widen_bf16(((const uint16_t *)r)[d]) : ((const float *)r)[d];
-}
 static void dots_c(const float *q, const char *k, size_t stride, int n, int bf16, int D, int G,
                    float scale, float *s, long L) {
   for (int g = 0; g < G; g++)
     for (int t = 0; t < n; t++) {
       float acc = 0.0f;
-      for (int d = 0; d < D; d++) acc += q[g * D + d] * key_at(k + t * stride, bf16, d);
+      for (int d = 0; d < D; d++) acc += q[g * D + d] * row_value(k + t * stride, bf16, d);
       s[g * L + t] = acc * scale;
     }
 }
@@ -253,7 +242,7 @@ static void axpys_c(float *o, const float *p, long L, const char *v, size_t stri
   for (int g = 0; g < G; g++)
     for (int t = 0; t < n; t++)
       for (int d = 0; d < D; d++)
-        o[g * ostride + d] += p[g * L + t] * key_at(v + t * stride, bf16, d);
+        o[g * ostride + d] += p[g * L + t] * row_value(v + t * stride, bf16, d);
 }
 
 /* s <- exp(s - m) over L scores, m their maximum (returned); *sum gets their sum. */

@@ -103,8 +103,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void quantize512(
           acc[i] = DOT(acc[i], w1, _mm512_set1_epi32(xr[i][p0 + t + 1]));                      \
         }                                                                                     \
       }                                                                                       \
-      const __m512 sv = _mm512_castsi512_ps(_mm512_slli_epi32(                                \
-          _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(sb + (long)g * NB))), 16)); \
+      const __m512 sv = load_bf16_512(sb + (long)g * NB);                                     \
       UNROLL for (int i = 0; i < MB; i++) f[i] = _mm512_fmadd_ps(                             \
           _mm512_cvtepi32_ps(acc[i]),                                                         \
           _mm512_mul_ps(sv, _mm512_set1_ps(a->xs[(long)(m0 + i) * a->ng + g])), f[i]);        \
@@ -176,11 +175,8 @@ BLOCK512(bw)
           acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(w1, xv));                 \
         }                                                                                     \
       }                                                                                       \
-      const __m256i s16 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sb + (long)g * NB))); \
-      const __m256i s16b =                                                                    \
-          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sb + (long)g * NB + 8)));   \
-      const __m256 sv0 = _mm256_castsi256_ps(_mm256_slli_epi32(s16, 16));                     \
-      const __m256 sv1 = _mm256_castsi256_ps(_mm256_slli_epi32(s16b, 16));                    \
+      const __m256 sv0 = load_bf16_256(sb + (long)g * NB);                                    \
+      const __m256 sv1 = load_bf16_256(sb + (long)g * NB + 8);                                \
       UNROLL for (int i = 0; i < MB; i++) {                                                   \
         const __m256 xs = _mm256_set1_ps(a->xs[(long)(m0 + i) * a->ng + g]);                 \
         f[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(sv0, xs), f[i][0]); \
@@ -315,8 +311,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void dequant_t512(
     const int8_t *blk, const uint16_t *sb, int ng, int G, int K, float *out, long ld, int nb) {
   const __mmask16 mk = (__mmask16)((1u << nb) - 1);
   for (int g = 0; g < ng; g++) {
-    const __m512 sv = _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(sb + (long)g * NB))), 16));
+    const __m512 sv = load_bf16_512(sb + (long)g * NB);
     for (int k = g * G; k < (g + 1) * G && k < K; k += 2) {
       /* 16 rows x (k, k + 1): as int32 lanes, low halves are input k, high halves k + 1 */
       const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + (long)k * 16)));
@@ -340,9 +335,7 @@ __attribute__((target("avx2,fma"))) static void dequant_t256(
   }
   for (int g = 0; g < ng; g++) {
     for (int h = 0; h < 2; h++) {
-      const __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(
-          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sb + (long)g * NB + 8 * h))),
-          16));
+      const __m256 sv = load_bf16_256(sb + (long)g * NB + 8 * h);
       for (int k = g * G; k < (g + 1) * G && k < K; k += 2) {
         const __m256i w =
             _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + (long)k * 16 + 16 * h)));

@@ -1,4 +1,5 @@
-/* Math shared by the native kernels' sources (native.c, native_attention.c, native_runs.c). */
+/* Math shared by the native kernels' sources (native.c, native_attention.c, native_runs.c and,
+ * through native_gemv.h, native_gemv.c and native_amx.c). */
 #ifndef FEWSHOT_NATIVE_MATH_H
 #define FEWSHOT_NATIVE_MATH_H
 #include <immintrin.h>
@@ -11,6 +12,24 @@ static inline float widen_bf16(uint16_t h) {
   float f;
   memcpy(&f, &u, 4);
   return f;
+}
+
+/* Element d of a row of float32 or bfloat16 values, as float32. */
+static inline float row_value(const void *r, int bf16, long d) {
+  return bf16 ? widen_bf16(((const uint16_t *)r)[d]) : ((const float *)r)[d];
+}
+
+/* 16 bfloat16 values as float32 (AVX-512; exact, each into the upper half of its lane). */
+__attribute__((target("avx512f"))) static inline __m512 widen_bf16_512(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+__attribute__((target("avx512f"))) static inline __m512 load_bf16_512(const uint16_t *p) {
+  return widen_bf16_512(_mm256_loadu_si256((const __m256i *)p));
+}
+/* 8 bfloat16 values as float32 (AVX2). */
+__attribute__((target("avx2"))) static inline __m256 load_bf16_256(const uint16_t *p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
 /* e^x, x clamped to [-87, 87]: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to

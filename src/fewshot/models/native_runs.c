@@ -40,9 +40,7 @@ static float *buffer(long n) {
 /* `n` values of a key or value row (float32 or bf16) as float32 into dst (n a multiple of 16) */
 TGT static inline void widen_row(const char *r, int bf16, int n, float *dst) {
   for (int d = 0; d < n; d += 16) {
-    const __m512 v = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)r + d))), 16))
-                          : _mm512_loadu_ps((const float *)r + d);
+    const __m512 v = bf16 ? load_bf16_512((const uint16_t *)r + d) : _mm512_loadu_ps((const float *)r + d);
     _mm512_storeu_ps(dst + d, v);
   }
 }

@@ -137,9 +137,7 @@ class Kernel:
         )  # fmt: skip
         return y
 
-    def greedy(
-        self, logits: torch.Tensor, threads: int | None = None
-    ) -> tuple[list[int], list[float]]:
+    def greedy(self, logits: torch.Tensor) -> tuple[list[int], list[float]]:
         """Each row of logits [R, V] (float32 contiguous): the first index of its maximum and
         that token's log-probability (native.c's fs_greedy)."""
         rows, vocab = logits.shape
@@ -147,7 +145,7 @@ class Kernel:
         lp = torch.empty(rows, dtype=torch.float32)
         self.lib.fs_greedy(
             logits.data_ptr(), rows, vocab, tok.data_ptr(), lp.data_ptr(), ISAS[self.isa],
-            threads or torch.get_num_threads(),
+            torch.get_num_threads(),
         )  # fmt: skip
         return tok.tolist(), lp.tolist()
 

@@ -119,14 +119,30 @@ class GGUFFile:
 
     def tensor(self, name: str) -> torch.Tensor:
         """Dequantise tensor `name` to a float32 torch tensor of its HF shape."""
+        e = self.tensors[name]
+        return self.rows(name, 0, _rows(e)).reshape(e.shape)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of tensor `name` seen as 2-D ([rows, last dim]), as float32.
+
+        Lets a caller dequantise a large tensor (a 262k-token embedding) a slice at a time.
+        """
         from gguf.constants import GGMLQuantizationType
         from gguf.quants import dequantize
 
         e = self.tensors[name]
-        raw = np.frombuffer(self._mm, dtype=np.uint8, count=e.nbytes, offset=e.offset)
-        rows = prod(e.shape[:-1]) if len(e.shape) > 1 else 1
-        arr = dequantize(raw.reshape(rows, -1), GGMLQuantizationType(e.ggml_type))
-        return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(e.shape))
+        row_bytes = e.nbytes // _rows(e)
+        raw = np.frombuffer(
+            self._mm, dtype=np.uint8, count=(stop - start) * row_bytes,
+            offset=e.offset + start * row_bytes,
+        )  # fmt: skip
+        arr = dequantize(raw.reshape(stop - start, row_bytes), GGMLQuantizationType(e.ggml_type))
+        return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(stop - start, -1))
 
     def close(self) -> None:
         self._mm.close()
+
+
+def _rows(e: TensorEntry) -> int:
+    """Rows of a tensor seen as 2-D: every dimension but the last (a vector is one row)."""
+    return prod(e.shape[:-1]) if len(e.shape) > 1 else 1

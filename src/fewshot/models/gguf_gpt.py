@@ -134,7 +134,6 @@ def restore_tensor(arch: str, gguf_name: str, t: torch.Tensor, config: Any) -> t
     return t
 
 
-def restore_state_dict(sd: dict[str, torch.Tensor], config: Any) -> None:
-    """Whole-checkpoint fixes, in place: a tied head is not stored twice."""
-    if getattr(config, "tie_word_embeddings", False):
-        sd.pop("lm_head.weight", None)
+def dropped(key: str, config: Any) -> bool:
+    """Whether the converted checkpoint leaves `key` out: a tied head is not stored twice."""
+    return key == "lm_head.weight" and bool(getattr(config, "tie_word_embeddings", False))

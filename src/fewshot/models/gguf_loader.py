@@ -1,4 +1,4 @@
-"""GGUF -> Hugging Face-named float state dict + transformers config + tokenizer, cached.
+"""GGUF -> Hugging Face-named float32 safetensors + transformers config + tokenizer, cached.
 
 (Reading the file itself, header and tensors, is `gguf_file.GGUFFile`.)
 
@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ from fewshot.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1  # bump when the conversion changes, so old cache entries are not reused
+CONVERTER_VERSION = 2  # bump when the conversion changes, so old cache entries are not reused
 SUPPORTED_ARCHS = ("llama", "gemma3", *gguf_gpt.ARCHS)
+ROWS_PER_SLICE = 8192  # rows of a large tensor dequantised at a time while converting
 
 # Gemma 3 facts llama.cpp hard-codes rather than storing in the file.
 GEMMA3_SLIDING_PATTERN = 6
@@ -213,10 +215,14 @@ def _unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     )
 
 
-def gguf_state_dict(g: GGUFFile, config: Any) -> dict[str, torch.Tensor]:
-    """Every tensor of the file, dequantised to float32, under its Hugging Face key."""
+def gguf_tensors(g: GGUFFile, config: Any) -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
+    """Every tensor of the file under its Hugging Face key, as float32 row slices.
+
+    Tensors that need a whole-tensor fix (rotary unpermuting, Conv1D transposes) come as one
+    slice; the rest, the large embeddings among them, `ROWS_PER_SLICE` rows at a time, so
+    converting a file never holds more than one tensor in float32.
+    """
     arch = g.arch
-    sd: dict[str, torch.Tensor] = {}
     for name in g.tensors:
         key = hf_name(arch, name)
         if key is None:
@@ -224,18 +230,58 @@ def gguf_state_dict(g: GGUFFile, config: Any) -> dict[str, torch.Tensor]:
                 raise ValueError(f"{g.path.name}: unexpected tensor {name!r} for arch {arch!r}")
             log.warning("%s: ignoring tensor %s", g.path.name, name)
             continue
+        if arch in gguf_gpt.ARCHS and gguf_gpt.dropped(key, config):
+            continue
+        yield key, _hf_slices(g, config, name)
+
+
+def _hf_slices(g: GGUFFile, config: Any, name: str) -> Iterator[torch.Tensor]:
+    arch, entry = g.arch, g.tensors[name]
+    if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+        heads = config.num_attention_heads if ".attn_q." in name else config.num_key_value_heads
+        yield _unpermute_rotary(g.tensor(name), heads).contiguous()
+    elif arch in gguf_gpt.ARCHS:
+        yield gguf_gpt.restore_tensor(arch, name, g.tensor(name), config).contiguous()
+    elif len(entry.shape) < 2:
         t = g.tensor(name)
-        if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
-            heads = config.num_attention_heads if ".attn_q." in name else config.num_key_value_heads
-            t = _unpermute_rotary(t, heads)
-        if arch == "gemma3" and name.endswith("norm.weight"):
-            t = t - 1.0
-        if arch in gguf_gpt.ARCHS:
-            t = gguf_gpt.restore_tensor(arch, name, t, config)
-        sd[key] = t.contiguous()
-    if arch in gguf_gpt.ARCHS:
-        gguf_gpt.restore_state_dict(sd, config)
-    return sd
+        yield t - 1.0 if arch == "gemma3" and name.endswith("norm.weight") else t
+    else:
+        rows = entry.shape[0]
+        for start in range(0, rows, ROWS_PER_SLICE):
+            yield g.rows(name, start, min(rows, start + ROWS_PER_SLICE)).reshape(
+                -1, *entry.shape[1:]
+            )
+
+
+def write_safetensors(path: Path, tensors: Iterable[tuple[str, Iterator[torch.Tensor]]]) -> None:
+    """A float32 safetensors file of `tensors` (key, row slices), one slice in memory at a time.
+
+    The data is streamed into a scratch file first (its shapes are known only once written),
+    then the header and the data are written to `path`.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    data_path = path.with_suffix(".data")
+    offset = 0
+    try:
+        with data_path.open("wb") as data:
+            for key, slices in tensors:
+                begin, shapes = offset, []
+                for t in slices:
+                    flat = t.to(torch.float32).contiguous().reshape(-1)
+                    data.write(flat.numpy().data)
+                    shapes.append(list(t.shape))
+                    offset += 4 * flat.numel()
+                shape = (
+                    shapes[0] if len(shapes) == 1 else [sum(s[0] for s in shapes), *shapes[0][1:]]
+                )
+                header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [begin, offset]}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+        with path.open("wb") as out, data_path.open("rb") as data:
+            out.write(len(raw).to_bytes(8, "little") + raw)
+            shutil.copyfileobj(data, out, 16 << 20)
+    finally:
+        data_path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -312,8 +358,6 @@ def converted_dir(path: Path, cache_dir: Path) -> Path:
 
 def convert_gguf(path: str | Path, cache_dir: Path, include_weights: bool = True) -> Path:
     """Convert `path` into an HF-style model directory under `cache_dir` (once); return it."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     target = converted_dir(path, cache_dir)
     if (target / "model.safetensors").is_file() or (
@@ -332,8 +376,7 @@ def convert_gguf(path: str | Path, cache_dir: Path, include_weights: bool = True
                 json.dumps({"gguf": str(path.resolve()), "arch": g.arch}), encoding="utf-8"
             )
             if include_weights:
-                sd = gguf_state_dict(g, config)
-                save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+                write_safetensors(tmp / "model.safetensors", gguf_tensors(g, config))
             if target.exists():  # an older partial conversion (tokenizer only)
                 shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)

@@ -23,7 +23,7 @@
  * Every variant (AVX-512 with or without VNNI, AVX2, plain C, and the AMX-INT8 tiles of
  * native_amx.c from 9 rows) computes exactly this, so a row's
  * result depends neither on the instruction set nor on the other rows of the batch. A block's
- * weights are widened once per tile of rows of x (up to 8 with AVX-512, 2 with AVX2) and each
+ * weights are widened once per tile of rows of x (up to 8 with AVX-512, 4 with AVX2) and each
  * group costs a tile row one conversion and one multiply-add for 16 outputs, so at a few rows
  * the work is reading the weights (the loop prefetches 2 KiB ahead into L1 and 8 KiB into L2,
  * which lets one core stream at the memory's speed) and at more rows one dot product per 32
@@ -149,15 +149,21 @@ BLOCK512(vnni)
 BLOCK512(bw)
 
 
-/* AVX2: the block's 16 rows as two 8-lane halves. */
+/* AVX2: the block's 16 rows as two 8-lane halves, up to 4 rows of x per tile. The int32 sums
+ * take 8 of the 16 vector registers; the float sums live in `f` (L1), touched once per group.
+ * GCC's partial-redundancy elimination would hoist every product of a pair before its sums and
+ * spill a sum to the stack (a store-to-load chain in the hot loop: 4 rows slower than 2), so
+ * the tiles are compiled without it. (Slicing the inputs so that a block's weights stay in L1
+ * while every tile passes over them measured the same: the tiles are compute-bound.) */
+#define NO_PRE "no-tree-pre"
 #define TILE256(MB)                                                                           \
-  __attribute__((target("avx2,fma"))) static void avx2_##MB(const gemv_args *a, int n, int m0) { \
+  __attribute__((target("avx2,fma"), optimize(NO_PRE))) static void avx2_##MB(             \
+      const gemv_args *a, int n, int m0) {                                                    \
     const int8_t *p = a->q + (long)n * a->KP;                                                 \
     const uint16_t *sb = a->s + (long)n * a->ng;                                              \
     const int32_t *xr[MB];                                                                    \
     UNROLL for (int i = 0; i < MB; i++) xr[i] = (const int32_t *)(a->xq + (long)(m0 + i) * a->KP); \
-    __m256 f[MB][2];                                                                          \
-    UNROLL for (int i = 0; i < MB; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();              \
+    float f[MB][NB] __attribute__((aligned(32))) = {{0}};                                     \
     for (int g = 0; g < a->ng; g++) {                                                         \
       __m256i acc[MB][2];                                                                     \
       UNROLL for (int i = 0; i < MB; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();     \
@@ -167,36 +173,35 @@ BLOCK512(bw)
           _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);                               \
           _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);                               \
         }                                                                                     \
-        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));        \
-        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16))); \
-        UNROLL for (int i = 0; i < MB; i++) {                                                 \
-          const __m256i xv = _mm256_set1_epi32(xr[i][p0 + t]);                                \
-          acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(w0, xv));                 \
-          acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(w1, xv));                 \
+        UNROLL for (int h = 0; h < 2; h++) {                                                  \
+          const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * h))); \
+          UNROLL for (int i = 0; i < MB; i++)                                                 \
+            acc[i][h] = _mm256_add_epi32(acc[i][h],                                           \
+                                         _mm256_madd_epi16(w, _mm256_set1_epi32(xr[i][p0 + t]))); \
         }                                                                                     \
       }                                                                                       \
       const __m256 sv0 = load_bf16_256(sb + (long)g * NB);                                    \
       const __m256 sv1 = load_bf16_256(sb + (long)g * NB + 8);                                \
       UNROLL for (int i = 0; i < MB; i++) {                                                   \
         const __m256 xs = _mm256_set1_ps(a->xs[(long)(m0 + i) * a->ng + g]);                 \
-        f[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(sv0, xs), f[i][0]); \
-        f[i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(sv1, xs), f[i][1]); \
+        _mm256_store_ps(f[i], _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]),                 \
+                                              _mm256_mul_ps(sv0, xs), _mm256_load_ps(f[i]))); \
+        _mm256_store_ps(f[i] + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]),             \
+                                                  _mm256_mul_ps(sv1, xs), _mm256_load_ps(f[i] + 8))); \
       }                                                                                       \
     }                                                                                         \
-    float r[NB];                                                                              \
-    for (int i = 0; i < MB; i++) {                                                            \
-      _mm256_storeu_ps(r, f[i][0]);                                                           \
-      _mm256_storeu_ps(r + 8, f[i][1]);                                                       \
-      store_row(a, r, n, m0 + i);                                                             \
-    }                                                                                         \
+    for (int i = 0; i < MB; i++) store_row(a, f[i], n, m0 + i);                               \
   }
 TILE256(1)
 TILE256(2)
+TILE256(3)
+TILE256(4)
 
 static void block_avx2(const gemv_args *a, int n) {
+  static void (*const tail[4])(const gemv_args *, int, int) = {NULL, avx2_1, avx2_2, avx2_3};
   int m0 = 0;
-  for (; m0 + 2 <= a->M; m0 += 2) avx2_2(a, n, m0);
-  if (m0 < a->M) avx2_1(a, n, m0);
+  for (; m0 + 4 <= a->M; m0 += 4) avx2_4(a, n, m0);
+  if (m0 < a->M) tail[a->M - m0](a, n, m0);
 }
 
 /* The same sums, one product at a time. */

@@ -16,7 +16,7 @@ the 32's quality (98.8% against 98.7%; 128: 98.2%) and halve the scaling per pro
 The products run in the native kernels of `native` (built at first use with the system's C
 compiler; AMX-INT8 tiles, AVX-512 with or without VNNI, or AVX2, chosen from the CPU at run
 time):
-- up to `Kernel.gemv_rows` rows (every batch with AVX-512, 64 with AVX2), a GEMV that streams
+- up to `Kernel.gemv_rows` rows (every batch with AVX-512, 256 with AVX2), a GEMV that streams
   the packed int8 weight at the memory's speed at one row and shares each widened weight load
   among a tile of rows at more: each row of x rounded to int16 per group of GROUP inputs,
   integer dot products per group (exact), scaled once per group in float32 in a fixed order, so

@@ -82,8 +82,7 @@ def _activation_bound(x: torch.Tensor, deq: torch.Tensor, group: int) -> torch.T
 def test_gemv_is_the_same_on_every_instruction_set() -> None:
     # every variant computes the same integer group sums and float steps: bitwise equal results,
     # for every tile shape (AVX-512 runs tiles of 8 rows, then one of the remaining 1-7; AVX2
-    # tiles of 4, then one of 1-3; AMX
-    # tiles of 16 rows, then one of the rest, from 9 rows on)
+    # tiles of 4, then one of 1-3; AMX tiles of 16 rows, then one of the rest, from 9 rows on)
     torch.manual_seed(4)
     for in_features, out_features in ((96, 64), (770, 37), (48, 5)):
         q = Int8Linear.from_linear(nn.Linear(in_features, out_features), kernel=NATIVE)

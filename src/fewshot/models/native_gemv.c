@@ -76,6 +76,31 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void quantize512(
   }
 }
 
+__attribute__((target("avx2,fma"))) static void quantize256(const float *x, int K, int KP, int G,
+                                                          int16_t *xq, float *xs) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int k0 = 0; k0 < KP; k0 += G) {
+    __m256 mx = _mm256_setzero_ps();
+    for (int k = k0; k < k0 + G && k < K; k += 8) {
+      const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(K - k), lanes);
+      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_maskload_ps(x + k, mk)));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const __m256 inv = _mm256_set1_ps(group_inv(amax));
+    xs[k0 / G] = amax / XQ_MAX;
+    for (int k = k0; k < k0 + G; k += 8) {
+      const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(K - k), lanes);
+      const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_maskload_ps(x + k, mk), inv));
+      const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+      _mm_storeu_si128((__m128i *)(xq + k), h); /* |v| <= 32767: no saturation */
+    }
+  }
+}
+
 #define DOT_VNNI(acc, w, x) _mm512_dpwssd_epi32(acc, w, x)
 #define DOT_BW(acc, w, x) _mm512_add_epi32(acc, _mm512_madd_epi16(w, x))
 
@@ -273,6 +298,8 @@ void fs_gemv_parts(const float *x, long ldx, const int8_t *q, const uint16_t *s,
     for (int m = 0; m < M; m++) {
       if (isa >= 2)
         quantize512(x + (long)m * ldx, K, KP, G, xq + (long)m * KP, xs + (long)m * ng);
+      else if (isa == 1)
+        quantize256(x + (long)m * ldx, K, KP, G, xq + (long)m * KP, xs + (long)m * ng);
       else
         quantize_c(x + (long)m * ldx, K, KP, G, xq + (long)m * KP, xs + (long)m * ng);
       if (xt) fs_amx_split_row(xq + (long)m * KP, m, ng, xt);

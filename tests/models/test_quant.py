@@ -153,14 +153,15 @@ def test_native_rescore_is_the_reference_one() -> None:
     rounding; on a flat top (every output qualifies) it takes the RESCORE_CAP largest."""
     assert NATIVE is not None
     torch.manual_seed(4)
-    emb = torch.randn(300, 48)
-    bias = torch.randn(300) * 0.1
-    x = torch.randn(5, 48)
-    got = Int8Linear.from_float(emb, bias, exact=emb.bfloat16(), kernel=NATIVE)(x)
-    want = Int8Linear.from_float(emb, bias, exact=emb.bfloat16(), kernel=None)(x)
-    best = want.argmax(-1)
-    assert torch.equal(got.argmax(-1), best)
-    torch.testing.assert_close(got.gather(-1, best[:, None]), want.gather(-1, best[:, None]))
+    for dim, dtype in ((48, torch.bfloat16), (45, torch.bfloat16), (45, torch.float32)):
+        emb = torch.randn(300, dim)  # 45: the dot products' vector tails
+        bias = torch.randn(300) * 0.1
+        x = torch.randn(5, dim)
+        got = Int8Linear.from_float(emb, bias, exact=emb.to(dtype), kernel=NATIVE)(x)
+        want = Int8Linear.from_float(emb, bias, exact=emb.to(dtype), kernel=None)(x)
+        best = want.argmax(-1)
+        assert torch.equal(got.argmax(-1), best)
+        torch.testing.assert_close(got.gather(-1, best[:, None]), want.gather(-1, best[:, None]))
     y = torch.rand(2, 1000)
     before = y.clone()
     for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[NATIVE.isa]]:

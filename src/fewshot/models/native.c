@@ -175,9 +175,49 @@ __attribute__((target("avx512f"))) static long near_avx512(const float *y, const
   return count;
 }
 
+__attribute__((target("avx2,fma"))) static float lower_max_avx2(const float *y, const float *rs,
+                                                               float c, int N) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  const __m256 cv = _mm256_set1_ps(c);
+  int j = 0;
+  for (; j + 8 <= N; j += 8)
+    m = _mm256_max_ps(m, _mm256_fnmadd_ps(cv, _mm256_loadu_ps(rs + j), _mm256_loadu_ps(y + j)));
+  float lanes[8], r = -INFINITY;
+  _mm256_storeu_ps(lanes, m);
+  for (int i = 0; i < 8; i++) r = r > lanes[i] ? r : lanes[i];
+  for (; j < N; j++) {
+    const float v = y[j] - c * rs[j];
+    r = r > v ? r : v;
+  }
+  return r;
+}
+
+__attribute__((target("avx2,fma"))) static long near_avx2(const float *y, const float *rs, float c,
+                                                         float lo, int N, int64_t *out, long cap) {
+  long count = 0;
+  const __m256 cv = _mm256_set1_ps(c), lov = _mm256_set1_ps(lo);
+  int j = 0;
+  for (; j + 8 <= N; j += 8) {
+    const __m256 hi = _mm256_fmadd_ps(cv, _mm256_loadu_ps(rs + j), _mm256_loadu_ps(y + j));
+    unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(hi, lov, _CMP_GE_OQ));
+    while (mask) {
+      if (count < cap) out[count] = j + __builtin_ctz(mask);
+      count++;
+      mask &= mask - 1;
+    }
+  }
+  for (; j < N; j++)
+    if (y[j] + c * rs[j] >= lo) {
+      if (count < cap) out[count] = j;
+      count++;
+    }
+  return count;
+}
+
 long fs_near_max(const float *y, const float *rs, float c, int N, int64_t *out, long cap,
                  int isa) {
   if (isa >= 2) return near_avx512(y, rs, c, lower_max_avx512(y, rs, c, N), N, out, cap);
+  if (isa == 1) return near_avx2(y, rs, c, lower_max_avx2(y, rs, c, N), N, out, cap);
   const float lo = lower_max(y, rs, c, N);
   long count = 0;
   for (int j = 0; j < N; j++)
@@ -224,6 +264,27 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static float dot_512(co
   return _mm512_reduce_add_ps(a);
 }
 
+__attribute__((target("avx2,fma"))) static float dot_256(const void *w, int bf16, const float *x,
+                                                        int K) {
+  __m256 a = _mm256_setzero_ps();
+  for (int k = 0; k < K; k += 8) {
+    const __m256i m = lanes_below(K - k);
+    __m256 v;
+    if (bf16) {
+      uint16_t h[8] = {0};
+      memcpy(h, (const uint16_t *)w + k, sizeof(uint16_t) * (size_t)(K - k < 8 ? K - k : 8));
+      v = load_bf16_256(h);
+    } else {
+      v = _mm256_maskload_ps((const float *)w + k, m);
+    }
+    a = _mm256_fmadd_ps(v, _mm256_maskload_ps(x + k, m), a);
+  }
+  float lanes[8], r = 0.0f;
+  _mm256_storeu_ps(lanes, a);
+  for (int i = 0; i < 8; i++) r += lanes[i];
+  return r;
+}
+
 static float dot_c(const void *w, int bf16, const float *x, int K) {
   float a = 0.0f;
   for (int k = 0; k < K; k++)
@@ -251,7 +312,8 @@ void fs_rescore(float *y, const float *x, const void *exact, int bf16, const flo
     if (n > cap) largest(ym, N, idx, n = cap);
     for (long i = 0; i < n; i++) {
       const void *w = (const char *)exact + (size_t)idx[i] * row;
-      val[i] = isa >= 2 ? dot_512(w, bf16, xm, K) : dot_c(w, bf16, xm, K);
+      val[i] = isa >= 2 ? dot_512(w, bf16, xm, K) : isa == 1 ? dot_256(w, bf16, xm, K)
+                                                            : dot_c(w, bf16, xm, K);
       if (bias != NULL) val[i] = val[i] + bias[idx[i]];
     }
     for (long i = 0; i < n; i++) ym[idx[i]] = val[i];
@@ -288,6 +350,36 @@ __attribute__((target("avx512f,avx512bw,fma"))) static void greedy_row_512(const
   *lp = (float)-log(_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)));
 }
 
+__attribute__((target("avx2,fma"))) static void greedy_row_256(const float *x, long V,
+                                                              int64_t *tok, float *lp) {
+  __m256 vm = _mm256_set1_ps(-INFINITY);
+  long j = 0;
+  for (; j + 8 <= V; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
+  float lanes[8], m = -INFINITY;
+  _mm256_storeu_ps(lanes, vm);
+  for (int i = 0; i < 8; i++) m = m > lanes[i] ? m : lanes[i];
+  for (; j < V; j++) m = m > x[j] ? m : x[j];
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  long at = -1;
+  for (j = 0; j < V; j += 8) {
+    const __m256i k = lanes_below(V - j);
+    const __m256 v = _mm256_maskload_ps(x + j, k);
+    if (at < 0) {
+      const unsigned hit = (unsigned)_mm256_movemask_ps(
+          _mm256_and_ps(_mm256_castsi256_ps(k), _mm256_cmp_ps(v, mv, _CMP_EQ_OQ)));
+      if (hit) at = j + __builtin_ctz(hit);
+    }
+    const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(k), exp256(_mm256_sub_ps(v, mv)));
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  double sum[4];
+  _mm256_storeu_pd(sum, _mm256_add_pd(s0, s1));
+  *tok = at < 0 ? 0 : at; /* no maximum: every value NaN */
+  *lp = (float)-log((sum[0] + sum[1]) + (sum[2] + sum[3]));
+}
+
 static void greedy_row_c(const float *x, long V, int64_t *tok, float *lp) {
   float m = -INFINITY;
   long at = 0;
@@ -304,6 +396,8 @@ void fs_greedy(const float *x, long R, long V, int64_t *tok, float *lp, int isa,
   for (long r = 0; r < R; r++) {
     if (isa >= 2)
       greedy_row_512(x + r * V, V, tok + r, lp + r);
+    else if (isa == 1)
+      greedy_row_256(x + r * V, V, tok + r, lp + r);
     else
       greedy_row_c(x + r * V, V, tok + r, lp + r);
   }

@@ -217,13 +217,44 @@ BLOCK512(bw)
     }                                                                                         \
     for (int i = 0; i < MB; i++) store_row(a, f[i], n, m0 + i);                               \
   }
-TILE256(1)
 TILE256(2)
 TILE256(3)
 TILE256(4)
 
+/* One row of x: pairs two at a time into separate sums (the int32 sums are exact, so their
+ * order does not matter), which lets two pairs' products overlap. */
+__attribute__((target("avx2,fma"), optimize(NO_PRE))) static void avx2_row(const gemv_args *a,
+                                                                          int n, int m0) {
+  const int8_t *p = a->q + (long)n * a->KP;
+  const uint16_t *sb = a->s + (long)n * a->ng;
+  const int32_t *xr = (const int32_t *)(a->xq + (long)m0 * a->KP);
+  __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+  for (int g = 0; g < a->ng; g++) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    const int p0 = g * a->G / 2;
+    for (int t = 0; t < a->G / 2; t += 2, p += 64) {
+      _mm_prefetch((const char *)(p + PF_L1), _MM_HINT_T0);
+      _mm_prefetch((const char *)(p + PF_L2), _MM_HINT_T1);
+      const __m256i xv = _mm256_set1_epi32(xr[p0 + t]), xw = _mm256_set1_epi32(xr[p0 + t + 1]);
+      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)), xv));
+      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16))), xv));
+      a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32))), xw));
+      a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 48))), xw));
+    }
+    const __m256 xs = _mm256_set1_ps(a->xs[(long)m0 * a->ng + g]);
+    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, a2)),
+                         _mm256_mul_ps(load_bf16_256(sb + (long)g * NB), xs), f0);
+    f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a1, a3)),
+                         _mm256_mul_ps(load_bf16_256(sb + (long)g * NB + 8), xs), f1);
+  }
+  float r[NB];
+  _mm256_storeu_ps(r, f0);
+  _mm256_storeu_ps(r + 8, f1);
+  store_row(a, r, n, m0);
+}
+
 static void block_avx2(const gemv_args *a, int n) {
-  static void (*const tail[4])(const gemv_args *, int, int) = {NULL, avx2_1, avx2_2, avx2_3};
+  static void (*const tail[4])(const gemv_args *, int, int) = {NULL, avx2_row, avx2_2, avx2_3};
   int m0 = 0;
   for (; m0 + 4 <= a->M; m0 += 4) avx2_4(a, n, m0);
   if (m0 < a->M) tail[a->M - m0](a, n, m0);

@@ -101,3 +101,31 @@ def test_greedy_kernel_is_torchs_argmax_and_logprob(vocab) -> None:
         assert tokens == want_tok.tolist(), isa
         torch.testing.assert_close(torch.tensor(logprobs).double(), want_lp, atol=1e-5, rtol=1e-6)
         assert kernel.greedy(logits[3:4].contiguous()) == ([tokens[3]], [logprobs[3]])
+
+
+def _fs_exp(x: torch.Tensor) -> torch.Tensor:
+    """native_math.h's fs_exp in float32 torch operations, one rounding per operation."""
+    x = x.clamp(-87.0, 87.0)
+    n = torch.round(x * 1.44269504)
+    r = (x - n * 0.693145752) - n * 1.42860677e-6
+    p = torch.full_like(x, 1.0 / 5040.0)
+    for c in (1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0):
+        p = p * r + c
+    return p * ((n.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler")
+def test_activations_are_their_formula_to_the_bit() -> None:
+    """fs_act (every vector path: GCC's AVX-512 clone, the AVX2 intrinsics, and the scalar
+    tails) computes its documented formula operation by operation."""
+    torch.manual_seed(5)
+    x = torch.cat([torch.randn(4099) * 3, torch.tensor([0.0, -0.0, 60.0, -60.0, 100.0, -100.0])])
+    u = 0.7978845608 * (x + 0.044715 * x * x * x)
+    e = _fs_exp(-2.0 * u.abs())
+    t = (1.0 - e) / (1.0 + e)
+    gelu = 0.5 * x * (1.0 + torch.where(u < 0, -t, t))
+    silu = x / (1.0 + _fs_exp(-x))
+    assert NATIVE is not None
+    assert torch.equal(NATIVE.act(x, "gelu_tanh"), gelu)
+    assert torch.equal(NATIVE.act(x, "silu"), silu)
+    torch.testing.assert_close(gelu, torch.nn.functional.gelu(x, approximate="tanh"))

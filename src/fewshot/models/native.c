@@ -92,21 +92,6 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void act_spa
     for (long i = 0; i < n; i++) y[i] = y[i] * mul[i];
 }
 
-/* fs_exp on 8 lanes, operation for operation (no fused multiply-adds: the same bits). */
-__attribute__((target("avx2"))) static inline __m256 exp_exact256(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693145752f))),
-                                 _mm256_mul_ps(n, _mm256_set1_ps(1.42860677e-6f)));
-  static const float c[7] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f,
-                             1.0f};
-  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-  for (int i = 0; i < 7; i++) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c[i]));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 /* act_span with AVX2 intrinsics: GCC does not vectorize act_span's loops for AVX2 (the clamps
  * and the sign are control flow it will not if-convert without AVX-512's masks). The same
  * operations in the same order as act_span's, so the same bits. */
@@ -120,13 +105,13 @@ __attribute__((target("avx2"))) static void act_span_avx2(const float *x, const 
     if (kind == 1) {
       const __m256 cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), v), v), v);
       const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608f), _mm256_add_ps(v, cube));
-      const __m256 e = exp_exact256(_mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_andnot_ps(sign, u)));
+      const __m256 e = fs_exp256(_mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_andnot_ps(sign, u)));
       const __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
       const __m256 neg = _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_LT_OQ);
       const __m256 st = _mm256_blendv_ps(t, _mm256_xor_ps(t, sign), neg);
       r = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(one, st));
     } else {
-      r = _mm256_div_ps(v, _mm256_add_ps(one, exp_exact256(_mm256_xor_ps(v, sign))));
+      r = _mm256_div_ps(v, _mm256_add_ps(one, fs_exp256(_mm256_xor_ps(v, sign))));
     }
     if (mul != NULL) r = _mm256_mul_ps(r, _mm256_loadu_ps(mul + i));
     _mm256_storeu_ps(y + i, r);

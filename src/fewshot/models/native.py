@@ -45,7 +45,7 @@ SOURCES = [
 ]
 HEADERS = [Path(__file__).with_name(h) for h in ("native_math.h", "native_gemv.h")]  # hashed
 ISAS = {"amx": 4, "avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
-GEMV_ROWS = {"amx": 1 << 30, "avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 256, "c": 0}
+GEMV_ROWS = {"amx": 1 << 30, "avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 1 << 30, "c": 0}
 ACTS = {"gelu_tanh": 1, "silu": 2}  # fs_act's kinds
 RESCORE_MAX = 256  # most outputs per row fs_rescore recomputes (its RESCORE_MAX)
 BLOCK_ROWS = 16  # output rows per packed block (NB in native_gemv.c)
@@ -71,8 +71,8 @@ class Kernel:
         """Most rows the GEMV takes; more go to `gemm` (dequantize, torch's float32 GEMM).
         GPT-Neo-125M's 72 block matrices on 2 Zen 4 threads, GEMV against GEMM: AVX-512 (VNNI)
         22.4 against 69.5 ms at 64 rows, 128.5 against 353 at 341, 349 against 986 at 1,024
-        (every batch: no limit); AVX2 (2 Zen 3 threads, tiles of 4 rows) 77 against 129 at 64,
-        162 against 213 at 128, 498 against 474 at 341."""
+        (every batch: no limit); AVX2 (2 Zen 3 threads, tiles of 4 rows) 95 against 180 at
+        128, 267 against 395 at 341, 397 against 552 at 512 (no limit either)."""
         return GEMV_ROWS[self.isa]
 
     def gemv(

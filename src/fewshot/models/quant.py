@@ -16,13 +16,13 @@ the 32's quality (98.8% against 98.7%; 128: 98.2%) and halve the scaling per pro
 The products run in the native kernels of `native` (built at first use with the system's C
 compiler; AMX-INT8 tiles, AVX-512 with or without VNNI, or AVX2, chosen from the CPU at run
 time):
-- up to `Kernel.gemv_rows` rows (every batch with AVX-512, 256 with AVX2), a GEMV that streams
+- up to `Kernel.gemv_rows` rows (every batch with AVX2 or AVX-512), a GEMV that streams
   the packed int8 weight at the memory's speed at one row and shares each widened weight load
   among a tile of rows at more: each row of x rounded to int16 per group of GROUP inputs,
   integer dot products per group (exact), scaled once per group in float32 in a fixed order, so
   a row's result is bitwise the same whatever shares the batch and whatever the instruction set
   (`native_gemv.c`; from 9 rows on AMX hosts the same sums on the tiles, `native_amx.c`);
-- more rows (AVX2 prefill), the weight is dequantized a slice at a time into a buffer that stays
+- more rows (a CPU without AVX2), the weight is dequantized a slice at a time into a buffer that stays
   in cache and multiplied by torch's float32 GEMM (the same numbers up to rounding; a row's last
   bits can then depend on the batch, as with every float GEMM).
 Without a C compiler (or off x86) the layer dequantizes with torch and calls `F.linear`: the

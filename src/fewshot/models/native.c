@@ -404,7 +404,7 @@ __attribute__((target("avx2,fma"))) static void greedy_row_256(const float *x, l
           _mm256_and_ps(_mm256_castsi256_ps(k), _mm256_cmp_ps(v, mv, _CMP_EQ_OQ)));
       if (hit) at = j + __builtin_ctz(hit);
     }
-    const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(k), exp256(_mm256_sub_ps(v, mv)));
+    const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(k), fs_exp256(_mm256_sub_ps(v, mv)));
     s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
     s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
   }

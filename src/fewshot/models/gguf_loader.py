@@ -242,15 +242,19 @@ def _hf_slices(g: GGUFFile, config: Any, name: str) -> Iterator[torch.Tensor]:
         yield _unpermute_rotary(g.tensor(name), heads).contiguous()
     elif arch in gguf_gpt.ARCHS:
         yield gguf_gpt.restore_tensor(arch, name, g.tensor(name), config).contiguous()
-    elif len(entry.shape) < 2:
-        t = g.tensor(name)
-        yield t - 1.0 if arch == "gemma3" and name.endswith("norm.weight") else t
     else:
-        rows = entry.shape[0]
-        for start in range(0, rows, ROWS_PER_SLICE):
-            yield g.rows(name, start, min(rows, start + ROWS_PER_SLICE)).reshape(
-                -1, *entry.shape[1:]
+        shift = arch == "gemma3" and name.endswith("norm.weight")  # stored as w + 1
+        slices: Iterator[torch.Tensor]
+        if len(entry.shape) == 2:
+            rows = entry.shape[0]
+            slices = (
+                g.rows(name, start, min(rows, start + ROWS_PER_SLICE))
+                for start in range(0, rows, ROWS_PER_SLICE) or [0]
             )
+        else:
+            slices = iter([g.tensor(name)])
+        for t in slices:
+            yield t - 1.0 if shift else t
 
 
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, Iterator[torch.Tensor]]]) -> None:

@@ -162,13 +162,32 @@ void fs_rope(const float *x, const float *cos, const float *sin, float *y, int N
  * y[j] + c * rs[j] >= max_i (y[i] - c * rs[i]) (c * rs[j]: a bound on output j's error).
  * Writes the first `cap` such j to out and returns how many there are (more than cap: the
  * caller falls back to a top-k). */
-static float lower_max(const float *y, const float *rs, float c, int N) {
-  float m = -INFINITY;
-  for (int j = 0; j < N; j++) {
+static float lower_max(const float *y, const float *rs, float c, int j, int N, float m) {
+  for (; j < N; j++) { /* (every variant's scalar part: j from where its vectors stopped) */
     const float v = y[j] - c * rs[j];
     m = m > v ? m : v;
   }
   return m;
+}
+
+/* Appends to out (count so far) the qualifying j in [j, N); returns the new count. */
+static long near_from(const float *y, const float *rs, float c, float lo, int j, int N,
+                      int64_t *out, long cap, long count) {
+  for (; j < N; j++)
+    if (y[j] + c * rs[j] >= lo) {
+      if (count < cap) out[count] = j;
+      count++;
+    }
+  return count;
+}
+
+/* Appends j + b for each set bit b of mask (a vector's qualifying lanes). */
+static inline long take_bits(unsigned mask, int j, int64_t *out, long cap, long count) {
+  for (; mask; mask &= mask - 1) {
+    if (count < cap) out[count] = j + __builtin_ctz(mask);
+    count++;
+  }
+  return count;
 }
 
 __attribute__((target("avx512f"))) static float lower_max_avx512(const float *y, const float *rs,
@@ -178,12 +197,7 @@ __attribute__((target("avx512f"))) static float lower_max_avx512(const float *y,
   int j = 0;
   for (; j + 16 <= N; j += 16)
     m = _mm512_max_ps(m, _mm512_fnmadd_ps(cv, _mm512_loadu_ps(rs + j), _mm512_loadu_ps(y + j)));
-  float r = _mm512_reduce_max_ps(m);
-  for (; j < N; j++) {
-    const float v = y[j] - c * rs[j];
-    r = r > v ? r : v;
-  }
-  return r;
+  return lower_max(y, rs, c, j, N, _mm512_reduce_max_ps(m));
 }
 
 __attribute__((target("avx512f"))) static long near_avx512(const float *y, const float *rs,
@@ -194,19 +208,9 @@ __attribute__((target("avx512f"))) static long near_avx512(const float *y, const
   int j = 0;
   for (; j + 16 <= N; j += 16) {
     const __m512 hi = _mm512_fmadd_ps(cv, _mm512_loadu_ps(rs + j), _mm512_loadu_ps(y + j));
-    unsigned mask = _mm512_cmp_ps_mask(hi, lov, _CMP_GE_OQ);
-    while (mask) {
-      if (count < cap) out[count] = j + __builtin_ctz(mask);
-      count++;
-      mask &= mask - 1;
-    }
+    count = take_bits(_mm512_cmp_ps_mask(hi, lov, _CMP_GE_OQ), j, out, cap, count);
   }
-  for (; j < N; j++)
-    if (y[j] + c * rs[j] >= lo) {
-      if (count < cap) out[count] = j;
-      count++;
-    }
-  return count;
+  return near_from(y, rs, c, lo, j, N, out, cap, count);
 }
 
 __attribute__((target("avx2,fma"))) static float lower_max_avx2(const float *y, const float *rs,
@@ -219,11 +223,7 @@ __attribute__((target("avx2,fma"))) static float lower_max_avx2(const float *y, 
   float lanes[8], r = -INFINITY;
   _mm256_storeu_ps(lanes, m);
   for (int i = 0; i < 8; i++) r = r > lanes[i] ? r : lanes[i];
-  for (; j < N; j++) {
-    const float v = y[j] - c * rs[j];
-    r = r > v ? r : v;
-  }
-  return r;
+  return lower_max(y, rs, c, j, N, r);
 }
 
 __attribute__((target("avx2,fma"))) static long near_avx2(const float *y, const float *rs, float c,
@@ -233,33 +233,17 @@ __attribute__((target("avx2,fma"))) static long near_avx2(const float *y, const 
   int j = 0;
   for (; j + 8 <= N; j += 8) {
     const __m256 hi = _mm256_fmadd_ps(cv, _mm256_loadu_ps(rs + j), _mm256_loadu_ps(y + j));
-    unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(hi, lov, _CMP_GE_OQ));
-    while (mask) {
-      if (count < cap) out[count] = j + __builtin_ctz(mask);
-      count++;
-      mask &= mask - 1;
-    }
+    const unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(hi, lov, _CMP_GE_OQ));
+    count = take_bits(mask, j, out, cap, count);
   }
-  for (; j < N; j++)
-    if (y[j] + c * rs[j] >= lo) {
-      if (count < cap) out[count] = j;
-      count++;
-    }
-  return count;
+  return near_from(y, rs, c, lo, j, N, out, cap, count);
 }
 
 long fs_near_max(const float *y, const float *rs, float c, int N, int64_t *out, long cap,
                  int isa) {
   if (isa >= 2) return near_avx512(y, rs, c, lower_max_avx512(y, rs, c, N), N, out, cap);
   if (isa == 1) return near_avx2(y, rs, c, lower_max_avx2(y, rs, c, N), N, out, cap);
-  const float lo = lower_max(y, rs, c, N);
-  long count = 0;
-  for (int j = 0; j < N; j++)
-    if (y[j] + c * rs[j] >= lo) {
-      if (count < cap) out[count] = j;
-      count++;
-    }
-  return count;
+  return near_from(y, rs, c, lower_max(y, rs, c, 0, N, -INFINITY), 0, N, out, cap, 0);
 }
 
 /* The `cap` largest outputs of y [N] into out (a flat top, where more qualify): a min-heap of
@@ -304,12 +288,14 @@ __attribute__((target("avx2,fma"))) static float dot_256(const void *w, int bf16
   for (int k = 0; k < K; k += 8) {
     const __m256i m = lanes_below(K - k);
     __m256 v;
-    if (bf16) {
-      uint16_t h[8] = {0};
-      memcpy(h, (const uint16_t *)w + k, sizeof(uint16_t) * (size_t)(K - k < 8 ? K - k : 8));
-      v = load_bf16_256(h);
-    } else {
+    if (!bf16) {
       v = _mm256_maskload_ps((const float *)w + k, m);
+    } else if (K - k >= 8) {
+      v = load_bf16_256((const uint16_t *)w + k);
+    } else { /* the tail, staged (AVX2 has no masked 16-bit load) */
+      uint16_t h[8] = {0};
+      memcpy(h, (const uint16_t *)w + k, sizeof(uint16_t) * (size_t)(K - k));
+      v = load_bf16_256(h);
     }
     a = _mm256_fmadd_ps(v, _mm256_maskload_ps(x + k, m), a);
   }

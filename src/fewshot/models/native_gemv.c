@@ -79,11 +79,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void quantize512(
 __attribute__((target("avx2,fma"))) static void quantize256(const float *x, int K, int KP, int G,
                                                           int16_t *xq, float *xs) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int k0 = 0; k0 < KP; k0 += G) {
     __m256 mx = _mm256_setzero_ps();
     for (int k = k0; k < k0 + G && k < K; k += 8) {
-      const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(K - k), lanes);
+      const __m256i mk = lanes_below(K - k);
       mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_maskload_ps(x + k, mk)));
     }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
@@ -93,7 +92,7 @@ __attribute__((target("avx2,fma"))) static void quantize256(const float *x, int 
     const __m256 inv = _mm256_set1_ps(group_inv(amax));
     xs[k0 / G] = amax / XQ_MAX;
     for (int k = k0; k < k0 + G; k += 8) {
-      const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(K - k), lanes);
+      const __m256i mk = lanes_below(K - k);
       const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_maskload_ps(x + k, mk), inv));
       const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
       _mm_storeu_si128((__m128i *)(xq + k), h); /* |v| <= 32767: no saturation */

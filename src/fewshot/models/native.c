@@ -239,8 +239,8 @@ __attribute__((target("avx2,fma"))) static long near_avx2(const float *y, const 
   return near_from(y, rs, c, lo, j, N, out, cap, count);
 }
 
-long fs_near_max(const float *y, const float *rs, float c, int N, int64_t *out, long cap,
-                 int isa) {
+static long fs_near_max(const float *y, const float *rs, float c, int N, int64_t *out,
+                        long cap, int isa) {
   if (isa >= 2) return near_avx512(y, rs, c, lower_max_avx512(y, rs, c, N), N, out, cap);
   if (isa == 1) return near_avx2(y, rs, c, lower_max_avx2(y, rs, c, N), N, out, cap);
   return near_from(y, rs, c, lower_max(y, rs, c, 0, N, -INFINITY), 0, N, out, cap, 0);

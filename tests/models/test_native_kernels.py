@@ -46,15 +46,17 @@ def _naive(q, k, v, ends, scale, window, softcap):
 
 @pytest.mark.skipif(NATIVE is None, reason="no C compiler")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [80, 64])  # AVX-512 slices of 64 and 16; AVX2 pairs of 32, 8
 @pytest.mark.parametrize(
     ("n_kv", "window", "softcap"), [(2, None, None), (1, 23, None), (4, 9, 3.0)]
 )
-def test_a_prefill_chunk_attends_like_single_queries(dtype, n_kv, window, softcap) -> None:
+def test_a_prefill_chunk_attends_like_single_queries(dtype, dim, n_kv, window, softcap) -> None:
     """A run of queries at consecutive positions of one sequence (a prefill chunk) attends
-    together on AVX-512 (native_runs.c): as the float64 reference, and each query's result does
-    not depend on how the chunk is split or what else is in the batch."""
+    together (native_runs.c: 16 queries per item on AVX-512, 8 on AVX2; one at a time in plain
+    C), on every instruction set this CPU runs: as the float64 reference, and each query's
+    result does not depend on how the chunk is split or what else is in the batch."""
     torch.manual_seed(1)
-    n_heads, dim, bs, nblk = 4, 80, 16, 12  # 80: slices of 64 and of 16
+    n_heads, bs, nblk = 4, 16, 12
     length = 150  # positions 0..149 in scattered blocks; the chunk is 131..149 (19 queries)
     table = torch.randperm(nblk)[: -(-length // bs)]
     k_all, v_all = torch.randn(length, n_kv, dim), torch.randn(length, n_kv, dim)
@@ -67,19 +69,21 @@ def test_a_prefill_chunk_attends_like_single_queries(dtype, n_kv, window, softca
     q = torch.randn(len(ends), n_heads, dim)
     assert NATIVE is not None
 
-    def attend(rows: list[int]) -> torch.Tensor:
+    def attend(kernel: native.Kernel, rows: list[int]) -> torch.Tensor:
         hi = torch.tensor([ends[i] for i in rows], dtype=torch.int32)
         lo = torch.zeros_like(hi) if window is None else torch.clamp(hi - window, min=0)
         tables = table[None].repeat(len(rows), 1).contiguous()
-        return NATIVE.decode_attention(
+        return kernel.decode_attention(
             q[rows].contiguous(), k_cache, v_cache, tables, (lo, hi), 0.3, softcap
         )
 
-    whole = attend(list(range(len(ends))))
     want = _naive(q, k_all.to(dtype), v_all.to(dtype), ends, 0.3, window, softcap)
-    torch.testing.assert_close(whole.double(), want, atol=1e-5, rtol=1e-5)
-    halves = torch.cat([attend(list(range(9))), attend(list(range(9, len(ends))))])
-    assert torch.equal(whole, halves)
+    for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[NATIVE.isa]]:
+        kernel = native.Kernel(NATIVE.lib, isa)
+        whole = attend(kernel, list(range(len(ends))))
+        torch.testing.assert_close(whole.double(), want, atol=1e-5, rtol=1e-5, msg=isa)
+        halves = torch.cat([attend(kernel, list(range(9))), attend(kernel, list(range(9, 19)))])
+        assert torch.equal(whole, halves), isa
 
 
 @pytest.mark.skipif(NATIVE is None, reason="no C compiler")

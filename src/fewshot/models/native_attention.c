@@ -48,10 +48,18 @@ typedef struct {
 /* Runs of this many rows or more (a prefill chunk's queries) go to native_runs.c. */
 #define RUN_MIN 4
 
+typedef int (*attend_run_fn)(const float *q, const void *k, const void *v,
+                             const int64_t *table, const int32_t *lo, const int32_t *hi,
+                             float *out, long r0, int nrows, int qb, int h, int Hq, int Hkv,
+                             int D, int BS, long nblk, float scale, float cap, int bf16);
 int fs_attend_run(const float *q, const void *k, const void *v, const int64_t *table,
                   const int32_t *lo, const int32_t *hi, float *out, long r0, int nrows, int qb,
                   int h, int Hq, int Hkv, int D, int BS, long nblk, float scale, float cap,
                   int bf16);
+int fs_attend_run_256(const float *q, const void *k, const void *v, const int64_t *table,
+                      const int32_t *lo, const int32_t *hi, float *out, long r0, int nrows,
+                      int qb, int h, int Hq, int Hkv, int D, int BS, long nblk, float scale,
+                      float cap, int bf16);
 
 static __thread float *tls_scores;
 static __thread long tls_scores_len;
@@ -368,7 +376,10 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
   const attn_args a = {q, k, v, tables, lo, hi, nblk, B, Hq, Hkv, D, BS, W, bf16, scale, cap};
   const int G = Hq / Hkv, vec = isa >= 2 && D % 16 == 0 ? 2 : isa >= 1 && D % 8 == 0 ? 1 : 0;
   /* runs: RUN_MIN or more rows at consecutive positions with one block table (a prefill
-   * chunk) attend together (native_runs.c, AVX-512); run g is rows groups[2g] .. + groups[2g+1] */
+   * chunk) attend together (native_runs.c: AVX-512 16 queries per item, AVX2 8); run g is rows
+   * groups[2g] .. + groups[2g+1] */
+  const int lanes = vec == 2 ? 16 : 8;
+  const attend_run_fn attend_run = vec == 2 ? fs_attend_run : fs_attend_run_256;
   long *first = grow((void **)&tls_first, &tls_first_len, 4L * B + 3, sizeof(long));
   if (first == NULL) return;
   /* work items of the rows outside runs: (row, chunk of CHUNK positions, KV head); a row's
@@ -376,7 +387,7 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
   long *groups = first + B + 1, n_groups = 0;
   first[0] = 0;
   for (int b0 = 0, b1; b0 < B; b0 = b1) {
-    for (b1 = b0 + 1; vec == 2 && b1 < B && hi[b1] == hi[b1 - 1] + 1 &&
+    for (b1 = b0 + 1; vec >= 1 && b1 < B && hi[b1] == hi[b1 - 1] + 1 &&
                       !memcmp(tables + (long)b1 * W, tables + (long)b0 * W, sizeof(int64_t) * W);
          b1++)
       ;
@@ -389,11 +400,12 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
       first[b1] = first[b0] + (hi[b0] > lo[b0] ? (hi[b0] - 1) / CHUNK - lo[b0] / CHUNK + 1 : 0);
     }
   }
-  /* a run's items: (KV head, block of 16 of its rows x G queries); run g's blocks start at
-   * blocks[g] */
+  /* a run's items: (KV head, block of `lanes` of its rows x G queries); run g's blocks start
+   * at blocks[g] */
   long *blocks = groups + 2 * n_groups;
   blocks[0] = 0;
-  for (long g = 0; g < n_groups; g++) blocks[g + 1] = blocks[g] + (groups[2 * g + 1] * G + 15) / 16;
+  for (long g = 0; g < n_groups; g++)
+    blocks[g + 1] = blocks[g] + (groups[2 * g + 1] * G + lanes - 1) / lanes;
   const long items = first[B] * Hkv, width = (long)G * (D + 2), run_items = blocks[n_groups] * Hkv;
   float *parts = grow((void **)&tls_parts, &tls_parts_len, items * width + 1, sizeof(float));
   if (parts == NULL) return;
@@ -405,7 +417,7 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
       long g = 0;
       while (blocks[g + 1] <= c) g++;
       const long r0 = groups[2 * g];
-      fs_attend_run(q, k, v, tables + r0 * W, lo, hi, out, r0, (int)groups[2 * g + 1],
+      attend_run(q, k, v, tables + r0 * W, lo, hi, out, r0, (int)groups[2 * g + 1],
                     (int)(c - blocks[g]), (int)(i / blocks[n_groups]), Hq, Hkv, D, BS, nblk,
                     scale, cap, bf16);
     }

@@ -6,6 +6,7 @@ pool."""
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -142,3 +143,28 @@ def test_projections_of_one_input_run_as_one_gemv(int8_model) -> None:
     again = native_step.FusedLayers.build(desc)
     assert again is not None
     assert [layer.q.q for layer in again.layers] == [layer.q.q for layer in step.layers]
+
+
+def test_the_native_layers_time_their_parts(int8_model) -> None:
+    """fs_run_layers adds each part's time to totals that `step_phases` reads and resets: every
+    call and row counted, each part's time within the calls' wall time, the GEMVs and the
+    attention measured."""
+    model = int8_model
+    pool = _pool(model, torch.float32)
+    tables, lengths = [[0, 1, 2], [3, 4, 5]], [20, 33]
+    ids = torch.randint(0, model.spec.vocab_size, (sum(lengths),)).tolist()
+    _forward(model, pool, tables, [0, 0], lengths, ids, fused=False)  # prefill (eager)
+    assert KERNEL is not None
+    native_step.step_phases(KERNEL)  # discard earlier calls
+    t0 = time.perf_counter()
+    for step in range(3):
+        starts = [n + step for n in lengths]
+        _forward(model, pool, tables, starts, [1, 1], ids[:2], fused=True)
+    wall = time.perf_counter() - t0
+    got = native_step.step_phases(KERNEL)
+    assert (got.calls, got.rows) == (3, 6)
+    assert set(got.seconds) == set(native_step.STEP_PHASES)
+    assert 0 < got.total <= wall
+    for part in ("q/k/v projection", "attention", "MLP down projection"):
+        assert got.seconds[part] > 0, part
+    assert native_step.step_phases(KERNEL).calls == 0  # read resets

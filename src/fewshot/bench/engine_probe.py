@@ -1,5 +1,6 @@
 """Our engine in-process, without HTTP: decode time per token, time to first token with a
-cached prefix, and a torch.profiler table of where a decode step's time goes.
+cached prefix, where the native layers spend a decode step's and a cached-prefix chunk's time
+(`native_step.step_phases`), and a torch.profiler table of the operations outside them.
 
 Run as a subprocess by the benchmark (one model load, its own threads, its own memory):
   python -m fewshot.bench.engine_probe --model SRC --dtype int8 --threads 2 --prompts FILE.json
@@ -35,6 +36,26 @@ def _decode_loop(model: Any, cache: Any, token: int, steps: int) -> int:
     return token
 
 
+def _phases(read: Any) -> dict[str, Any] | None:
+    """The native layers' time since the last read (None: no native layers ran)."""
+    if read is None:
+        return None
+    got = read()
+    if not got.calls:
+        return None
+    return {"seconds": got.seconds, "calls": got.calls, "rows": got.rows}
+
+
+def _phase_reader() -> Any:
+    """A function reading (and resetting) the native layers' phase times, or None without the
+    native kernels."""
+    from fewshot.models import native
+    from fewshot.models.native_step import step_phases
+
+    kernel = native.load()
+    return None if kernel is None else lambda: step_phases(kernel)
+
+
 def _profile(llm: Any, prompt: str, steps: int, rows: int, threads: int) -> dict[str, Any]:
     """Batch-1 greedy decode steps straight on the model (the engine's step loop runs in its own
     thread, which the profiler does not see): time per step without and with torch.profiler,
@@ -52,9 +73,12 @@ def _profile(llm: Any, prompt: str, steps: int, rows: int, threads: int) -> dict
     with torch.inference_mode():
         logits = run(model, torch.tensor(ids, dtype=torch.long), [cache], [len(ids)])
         token = _decode_loop(model, cache, int(logits[0].argmax()), 2)  # warm-up
+        read = _phase_reader()
+        _phases(read)
         t0 = time.perf_counter()
         token = _decode_loop(model, cache, token, steps)
         step_s = (time.perf_counter() - t0) / steps
+        phases = _phases(read)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             _decode_loop(model, cache, token, steps)
     events = prof.key_averages()
@@ -64,6 +88,7 @@ def _profile(llm: Any, prompt: str, steps: int, rows: int, threads: int) -> dict
         "steps": steps,
         "context_tokens": len(ids),
         "forward_s_per_step": step_s,
+        "native_phases": phases,  # over the `steps` timed steps
         "torch_threads": torch.get_num_threads(),
         "profiled_self_cpu_s": total_self / 1e6,
         "top_ops": [
@@ -93,6 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cold, prefix, queries = prompts["cold"], prompts["prefix"], prompts["single_queries"]
         llm.generate(cold[0], max_new_tokens=4, do_sample=False, ignore_eos=True)  # warm-up
         decode, ttft, cached, cached_tokens = [], [], [], []
+        read, chunk_phases = _phase_reader(), []
         for r in range(args.rounds):
             res = llm.generate(
                 cold[1 + r], max_new_tokens=args.new_tokens, do_sample=False, ignore_eos=True
@@ -102,7 +128,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if step is not None:
                 decode.append(step)
             llm.generate(prefix + queries[2 * r], max_new_tokens=1, do_sample=False)
+            _phases(read)
             hit = llm.generate(prefix + queries[2 * r + 1], max_new_tokens=1, do_sample=False)
+            chunk_phases.append(_phases(read))
             cached.append(hit.time_to_first_token)
             cached_tokens.append(hit.cached_tokens)
         out: dict[str, Any] = {
@@ -111,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "decode_s_per_token": sorted(decode)[len(decode) // 2] if decode else None,
             "ttft_cached_prefix_s": sorted(cached)[len(cached) // 2] if cached else None,
             "cached_tokens": cached_tokens,
+            "cached_chunk_phases": chunk_phases,  # per round: the native layers' time
             "rounds": {
                 "ttft_s": ttft,
                 "decode_s_per_token": decode,

@@ -130,6 +130,53 @@ def _targets_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
     return lines + table(["target", "measured", "goal", "status", "margin"], rows) + [""]
 
 
+def _per_call(phases: list[dict[str, Any] | None]) -> tuple[dict[str, float], float] | None:
+    """Mean seconds per call of each native part over the probes that ran the native layers,
+    and rows per call."""
+    got = [p for p in phases if p]
+    calls = sum(p["calls"] for p in got)
+    if not calls:
+        return None
+    names = got[0]["seconds"]
+    per = {n: sum(p["seconds"][n] for p in got) / calls for n in names}
+    return per, sum(p["rows"] for p in got) / calls
+
+
+def _phase_table(probe: dict[str, Any], prof: dict[str, Any]) -> list[str]:
+    """Where a batch-1 decode step and a cached-prefix chunk spend their time inside the native
+    layers (`native_step.step_phases`), and the rest of each (embedding, final norm, LM head,
+    token choice, the engine's Python)."""
+    step = _per_call([prof.get("native_phases")])
+    chunk = _per_call(probe.get("cached_chunk_phases") or [])
+    if step is None or chunk is None:
+        return []
+    (step_parts, _), (chunk_parts, chunk_rows) = step, chunk
+    step_total = prof["forward_s_per_step"]  # one call of the native layers per step
+    chunk_total = probe.get("ttft_cached_prefix_s") or sum(chunk_parts.values())
+    rest = {
+        "outside the layers (embedding, head, token choice, Python)": (
+            step_total - sum(step_parts.values()),
+            chunk_total - sum(chunk_parts.values()),
+        )
+    }
+    rows = [
+        [name, ms(a), f"{100 * a / step_total:.0f}%", ms(b), f"{100 * b / chunk_total:.0f}%"]
+        for name, (a, b) in {
+            **{n: (step_parts[n], chunk_parts[n]) for n in step_parts},
+            **rest,
+        }.items()
+    ]
+    rows.append(["total", ms(step_total), "100%", ms(chunk_total), "100%"])
+    return [
+        "Inside the native layers (`fs_run_layers`, timed per part): a batch-1 decode step of "
+        "the forward alone above, and the first token of a query after its cached prefix "
+        f"({chunk_rows:.0f} new tokens in one chunk; its time to first token in process):",
+        "",
+        *table(["part", "decode step", "share", "cached-prefix chunk", "share"], rows),
+        "",
+    ]
+
+
 def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> list[str]:
     lines: list[str] = []
     missed = [t for t in judged if t.met is False]
@@ -154,7 +201,9 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
         if http_step and engine_step:
             lines.append(
                 f"Over HTTP the server's decode/token was {ms(http_step)}: {x(http_step / engine_step)} "
-                "the in-process engine's (the difference is the server's own per-token cost)."
+                "the in-process engine's (over HTTP it is the latency difference of two requests on "
+                "different cold prompts over the extra tokens, so it also carries the noise of two "
+                "cold prefills; in process, one request's own token timestamps)."
             )
         lines.append("")
         if prof and prof.get("top_ops"):
@@ -167,7 +216,8 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
                 f"Model forward alone, batch-1 greedy decode at {prof['context_tokens']} tokens of context: "
                 f"{ms(step)} per step ({prof['torch_threads']} threads){overhead}. "
                 f"torch.profiler over {prof['steps']} steps ({num(prof['profiled_self_cpu_s'], 2)} s of op "
-                "self time), top ops by self CPU time:"
+                "self time: it sees only the torch operations outside the native layers), top ops "
+                "by self CPU time:"
             )
             lines.append("")
             rows = [
@@ -181,6 +231,7 @@ def _profile_section(results: dict[str, Any], judged: list[TargetResult]) -> lis
             ]
             lines += table(["op", "calls", "self CPU ms", "share"], rows)
             lines.append("")
+            lines += _phase_table(probe, prof)
     if not lines:
         return []
     head = ["## Where the time goes", ""]

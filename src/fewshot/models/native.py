@@ -405,6 +405,8 @@ def _open(path: Path) -> Kernel:
     lib.fs_decode_attention.restype = None
     lib.fs_run_layers.argtypes = [_P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _I, _I]
     lib.fs_run_layers.restype = _I
+    lib.fs_step_phases.argtypes = [_P, _P]
+    lib.fs_step_phases.restype = None
     lib.fs_isa.restype = _I
     isa = {v: k for k, v in ISAS.items()}[lib.fs_isa()]
     return Kernel(lib, isa)

@@ -17,11 +17,16 @@
  * Every operation works row by row: each row of x is a query with its own K/V slot (`slots`),
  * block table (`tables`) and context end, position + 1 (`hi`), so a batch may mix decodes and
  * (short) prefill chunks; a chunk's own keys are written before any of its queries attends.
+ *
+ * Each call adds the time spent in each part of the layers to process-wide totals (one clock
+ * read per part, ~1 us a call) that fs_step_phases reads and resets: the benchmark's profile
+ * of where a step's time goes inside the native layers.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "native_gemv.h"
 
@@ -123,6 +128,34 @@ static void store_kv(const fs_stack *st, const fs_pool *pool, void *cache, const
     }
 }
 
+/* The parts of a layer, in native.STEP_PHASES' order. */
+enum { PH_NORM, PH_QKV, PH_ROPE_KV, PH_ATTN, PH_OUT, PH_UP, PH_ACT, PH_DOWN, N_PHASES };
+static double phase_ns[N_PHASES];
+static long phase_calls, phase_rows;
+
+static double now_ns(void) {
+  struct timespec ts;
+  timespec_get(&ts, TIME_UTC);
+  return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* acc[phase] += the time since *t; *t = now */
+static void lap(double *acc, int phase, double *t) {
+  const double n = now_ns();
+  acc[phase] += n - *t;
+  *t = n;
+}
+
+/* The totals since the last call: ns[N_PHASES] (ns per part), counts[2] (calls, rows); reset. */
+void fs_step_phases(double *ns, long *counts) {
+#pragma omp critical(fs_phases)
+  {
+    for (int i = 0; i < N_PHASES; i++) ns[i] = phase_ns[i], phase_ns[i] = 0.0;
+    counts[0] = phase_calls, counts[1] = phase_rows;
+    phase_calls = phase_rows = 0;
+  }
+}
+
 static void add(float *x, const float *y, long n) {
   for (long i = 0; i < n; i++) x[i] = x[i] + y[i];
 }
@@ -141,10 +174,12 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
   float *u = malloc(sizeof(float) * (size_t)wide), *u2 = malloc(sizeof(float) * (size_t)wide);
   int32_t *lo = malloc(sizeof(int32_t) * (size_t)B);
   int status = h && a && q && q2 && k && k2 && v && o && u && u2 && lo ? 0 : -1;
+  double acc[N_PHASES] = {0}, t = now_ns();
   for (int li = 0; li < st->n_layers && status == 0; li++) {
     const fs_layer *L = st->layers + li;
     /* attention */
     const float *hn = norm(&L->in, x, h, B, C, threads);
+    lap(acc, PH_NORM, &t);
     if (L->qkv) {
       float *const ys[3] = {q, k, v};
       const int widths[3] = {qw, kw, kw};
@@ -154,8 +189,10 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
       lin(&L->wk, hn, k, B, isa, threads);
       lin(&L->wv, hn, v, B, isa, threads);
     }
+    lap(acc, PH_QKV, &t);
     norm(&L->qn, q, q, B * st->Hq, D, threads); /* in place: RMSNorm reads a row, then writes it */
     norm(&L->kn, k, k, B * st->Hkv, D, threads);
+    lap(acc, PH_NORM, &t);
     const float *qr = q, *kr = k;
     if (L->rope >= 0) {
       fs_rope(q, cos[L->rope], sin[L->rope], q2, B, st->Hq, D);
@@ -165,12 +202,16 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
     store_kv(st, pool, pool->k[li], kr, B, slots);
     store_kv(st, pool, pool->v[li], v, B, slots);
     for (int b = 0; b < B; b++) lo[b] = L->window > 0 && hi[b] > L->window ? hi[b] - L->window : 0;
+    lap(acc, PH_ROPE_KV, &t);
     fs_decode_attention(qr, pool->k[li], pool->v[li], tables, W, lo, hi, o, B, st->Hq, st->Hkv,
                         D, pool->bs, pool->nblk, L->scale, L->softcap, pool->bf16, isa, threads);
+    lap(acc, PH_ATTN, &t);
     lin(&L->wo, o, a, B, isa, threads);
+    lap(acc, PH_OUT, &t);
     add(x, norm(&L->post_attn, a, a, B, C, threads), (long)B * C);
     /* MLP */
     hn = norm(&L->pre_ff, x, h, B, C, threads);
+    lap(acc, PH_NORM, &t);
     if (L->gate_up) {
       float *const ys[2] = {u, u2};
       const int widths[2] = {st->inner, st->inner};
@@ -179,9 +220,18 @@ int fs_run_layers(const fs_stack *st, const fs_pool *pool, float *x, int B, cons
       lin(&L->w1, hn, u, B, isa, threads);
       if (L->w3.q) lin(&L->w3, hn, u2, B, isa, threads);
     }
+    lap(acc, PH_UP, &t);
     fs_act(u, L->gate_up || L->w3.q ? u2 : NULL, u, wide, st->act, threads); /* act(u) [* u2] */
+    lap(acc, PH_ACT, &t);
     lin(&L->w2, u, a, B, isa, threads);
+    lap(acc, PH_DOWN, &t);
     add(x, norm(&L->post_ff, a, a, B, C, threads), (long)B * C);
+    lap(acc, PH_NORM, &t);
+  }
+#pragma omp critical(fs_phases)
+  {
+    for (int i = 0; i < N_PHASES; i++) phase_ns[i] += acc[i];
+    phase_calls++, phase_rows += B;
   }
   free(h), free(a), free(q), free(q2), free(k), free(k2), free(v), free(o), free(u), free(u2);
   free(lo);

@@ -71,6 +71,43 @@ class _Pool(ctypes.Structure):  # fs_pool
                 ("nblk", _L)]  # fmt: skip
 
 
+# the parts of a layer fs_run_layers times, in its order (native_step.c's PH_* enum)
+STEP_PHASES = (
+    "norms and residuals",
+    "q/k/v projection",
+    "rotary and KV write",
+    "attention",
+    "output projection",
+    "MLP up (and gate) projection",
+    "activation",
+    "MLP down projection",
+)
+
+
+@dataclass(frozen=True)
+class StepPhases:
+    """Where `fs_run_layers` calls spent their time since the last read (`step_phases`)."""
+
+    seconds: dict[str, float]  # per part of a layer (STEP_PHASES), summed over layers and calls
+    calls: int
+    rows: int
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def step_phases(kernel: native.Kernel) -> StepPhases:
+    """Time in each part of the native layers, over every call in this process since the last
+    read (all threads); resets the totals."""
+    ns = (ctypes.c_double * len(STEP_PHASES))()
+    counts = (ctypes.c_long * 2)()
+    kernel.lib.fs_step_phases(ns, counts)
+    return StepPhases(
+        {name: ns[i] / 1e9 for i, name in enumerate(STEP_PHASES)}, counts[0], counts[1]
+    )
+
+
 @dataclass
 class DecodeLayer:
     """One pre-norm decoder layer as a family describes it (module docstring of native_step.c):

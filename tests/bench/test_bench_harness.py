@@ -176,10 +176,23 @@ def _synthetic_results() -> dict:
                     "dtype": "int8",
                     "decode_s_per_token": 0.0045,
                     "ttft_cached_prefix_s": 0.007,
+                    "cached_chunk_phases": [
+                        {
+                            "seconds": {"attention": 0.001, "q/k/v projection": 0.003},
+                            "calls": 1,
+                            "rows": 30,
+                        },
+                        None,  # a round where the native layers did not run
+                    ],
                     "profile": {
                         "steps": 4,
                         "context_tokens": 350,
                         "forward_s_per_step": 0.004,
+                        "native_phases": {
+                            "seconds": {"attention": 0.002, "q/k/v projection": 0.01},
+                            "calls": 4,
+                            "rows": 4,
+                        },
                         "torch_threads": 2,
                         "profiled_self_cpu_s": 0.02,
                         "top_ops": [
@@ -216,5 +229,12 @@ def test_targets_and_report(tmp_path: Path) -> None:
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "Test CPU" in md and "**missed**" in md and "aten::mm" in md
     assert "Boom: line two / pipe" in md  # errors flattened into table-safe text
+    # the native layers' parts per decode step (ms, share of the 4 ms step) and per chunk
+    assert "| attention | 0.5 ms | 12% | 1.0 ms | 14% |" in md
+    assert "| q/k/v projection | 2.5 ms | 62% | 3.0 ms | 43% |" in md
+    assert (
+        "| outside the layers (embedding, head, token choice, Python) | 1.0 ms | 25% | 3.0 ms" in md
+    )
+    assert "(30 new tokens in one chunk" in md
     assert (tmp_path / "docs" / "bench.png").stat().st_size > 0 and len(written) == 2
     json.dumps(results)  # results stay JSON-serialisable

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from fewshot.models import hugepages
 from fewshot.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class PackedWeight:
     def empty(cls, out_features: int, in_features: int, group: int) -> PackedWeight:
         """An all-zero packed weight [out, in] (padding included), to `fill`."""
         n16, kp = padded_in(out_features, BLOCK_ROWS), padded_in(in_features, group)
-        data = torch.zeros(n16 * kp, dtype=torch.int8)
+        data = hugepages.zeros(n16 * kp, torch.int8)  # streamed once per step: 2 MiB pages
         scales = torch.zeros(n16 // BLOCK_ROWS, kp // group, BLOCK_ROWS, dtype=torch.bfloat16)
         return cls(data, scales, out_features, in_features, group)
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewshot.models import native
+from fewshot.models import hugepages, native
 from fewshot.models.attention import AttentionMetadata
 from fewshot.models.checkpoint import release_free_memory
 from fewshot.models.kv_pool import KVPool
@@ -197,7 +197,7 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
     if any(p.out_features % native.BLOCK_ROWS for p in ps):
         return None
     data, scales = _stored_together(ps) or (
-        torch.cat([p.data for p in ps]),
+        _concat([p.data for p in ps]),
         torch.cat([p.scales for p in ps]),
     )
     at = block = 0
@@ -217,6 +217,16 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
     bias_ptr = None if bias is None else bias.data_ptr()
     lin = _Lin(data.data_ptr(), scales.data_ptr(), bias_ptr, width, ps[0].in_features, ps[0].group)
     return lin, held
+
+
+def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """1-D tensors one after the other in new storage on huge pages (`hugepages`)."""
+    out = hugepages.zeros(sum(p.numel() for p in parts), parts[0].dtype)
+    at = 0
+    for p in parts:
+        out[at : at + p.numel()] = p
+        at += p.numel()
+    return out
 
 
 def _stored_together(ps: list[native.PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:

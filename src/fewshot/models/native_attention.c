@@ -435,8 +435,8 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
       while (blocks[g + 1] <= c) g++;
       const long r0 = groups[2 * g];
       attend_run(q, k, v, tables + r0 * W, lo, hi, out, r0, (int)groups[2 * g + 1],
-                    (int)(c - blocks[g]), (int)(i / blocks[n_groups]), Hq, Hkv, D, BS, nblk,
-                    scale, cap, bf16);
+                 (int)(c - blocks[g]), (int)(i / blocks[n_groups]), Hq, Hkv, D, BS, nblk, scale,
+                 cap, bf16);
     }
 #pragma omp for schedule(static)
     for (long i = 0; i < items; i++) { /* heads outermost: a shared prefix stays in cache */

@@ -153,18 +153,14 @@ def _phase_table(probe: dict[str, Any], prof: dict[str, Any]) -> list[str]:
     (step_parts, _), (chunk_parts, chunk_rows) = step, chunk
     step_total = prof["forward_s_per_step"]  # one call of the native layers per step
     chunk_total = probe.get("ttft_cached_prefix_s") or sum(chunk_parts.values())
-    rest = {
-        "outside the layers (embedding, head, token choice, Python)": (
-            step_total - sum(step_parts.values()),
-            chunk_total - sum(chunk_parts.values()),
-        )
-    }
+    parts = {n: (step_parts[n], chunk_parts[n]) for n in step_parts}
+    parts["outside the layers (embedding, head, token choice, Python)"] = (
+        step_total - sum(step_parts.values()),
+        chunk_total - sum(chunk_parts.values()),
+    )
     rows = [
         [name, ms(a), f"{100 * a / step_total:.0f}%", ms(b), f"{100 * b / chunk_total:.0f}%"]
-        for name, (a, b) in {
-            **{n: (step_parts[n], chunk_parts[n]) for n in step_parts},
-            **rest,
-        }.items()
+        for name, (a, b) in parts.items()
     ]
     rows.append(["total", ms(step_total), "100%", ms(chunk_total), "100%"])
     return [

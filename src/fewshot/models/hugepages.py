@@ -21,7 +21,7 @@ HUGE = 2 << 20  # bytes per huge page (x86-64, arm64 with 4 KiB base pages)
 
 def zeros(numel: int, dtype: torch.dtype) -> torch.Tensor:
     """A zeroed, contiguous 1-D tensor of `numel` elements; see the module docstring."""
-    size = numel * torch.empty((), dtype=dtype).element_size()
+    size = numel * dtype.itemsize
     advise = getattr(mmap, "MADV_HUGEPAGE", None)
     if size < HUGE or advise is None:
         return torch.zeros(numel, dtype=dtype)

@@ -222,11 +222,7 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
     """1-D tensors one after the other in new storage on huge pages (`hugepages`)."""
     out = hugepages.zeros(sum(p.numel() for p in parts), parts[0].dtype)
-    at = 0
-    for p in parts:
-        out[at : at + p.numel()] = p
-        at += p.numel()
-    return out
+    return torch.cat(parts, out=out)
 
 
 def _stored_together(ps: list[native.PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:

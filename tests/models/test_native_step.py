@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fewshot.models import native, native_step
-from fewshot.models.attention import NATIVE_PREFILL_TOKENS, AttentionMetadata
+from fewshot.models.attention_metadata import NATIVE_PREFILL_TOKENS, AttentionMetadata
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.quant import quantize_model
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fewshot.models import attention, native
-from fewshot.models.attention import AttentionMetadata, paged_attention
+from fewshot.models.attention import paged_attention
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.standalone import Arena, new_cache, run

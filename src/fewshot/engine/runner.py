@@ -26,7 +26,8 @@ from fewshot.engine.sampling import (
     top_alternatives,
 )
 from fewshot.engine.scheduler import ScheduledChunk
-from fewshot.models.attention import AttentionMetadata, run_eagerly_under_compile
+from fewshot.models.attention import run_eagerly_under_compile
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.quant import auto_kv_dtype

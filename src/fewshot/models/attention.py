@@ -1,243 +1,42 @@
-"""Paged KV storage and the one attention call per layer that every native family uses.
+"""The one attention call per layer that every native family uses: `paged_attention`.
 
-The engine keeps every sequence's keys and values in one `KVPool`: per layer a K and a V tensor
-of fixed-size blocks, `[n_kv_heads, num_blocks, block_size, head_dim]`. A sequence owns a *block
-table* (the ids of its blocks, in order); position p of the sequence lives in block
-`table[p // block_size]` at offset `p % block_size`, i.e. at pool *slot*
-`table[p // block_size] * block_size + p % block_size`. Blocks may be shared between sequences
-(a prefix-cache hit, the n return sequences of one prompt): a hit costs no K/V copy at all.
-
-A forward pass runs the new tokens of a whole batch as one flattened tensor `[N, ...]`. The
-runner describes the batch once per step in an `AttentionMetadata` (`AttentionMetadata.build`):
-where each new token's K/V goes (`slot_mapping`) and, per sequence, its block table, its first
-new position and how many new tokens it has. Each attention layer then calls `paged_attention`,
-which
-1. writes the new K/V of every sequence with one indexed copy per tensor, and
+The batch comes described by an `AttentionMetadata` (attention_metadata.py: the paged KV pool,
+block tables, slots, the decode and prefill groups). Each attention layer calls
+`paged_attention`, which
+1. writes the new K/V of every sequence into the pool with one indexed copy per tensor, and
 2. attends every query of the batch with one SDPA call for all the decoding sequences (one new
    token each) and one for all the prefill chunks (several new tokens each): the keys of each
    sequence are gathered from its blocks into a padded `[B, n_kv_heads, L, head_dim]` view and
    a boolean mask (causal, sliding window from absolute positions, padding) selects what each
    query may see. Sliding-window layers gather only the blocks inside the window.
 
-On the CPU, where the native kernels build, the decoding sequences (one new token each) go
-through `native_attention.c` instead: keys and values read in place through the block tables
-(no gathered copy, no mask), scores and softmax in float32, each sequence computed alone, so its
-result does not depend on the batch. GPT-Neo-125M, 8 sequences after a shared ~300-token prefix,
-bf16 KV, 2 threads: 0.14 ms per layer against ~0.3 for the gather / cascade paths; one sequence
-0.023 against 0.093 ms. The torch paths below stay for CUDA, for prefill chunks and without a C
-compiler.
+On the CPU, where the native kernels build, the decoding sequences and short prefill chunks go
+through `native_attention.c` instead (attention_native.py): keys and values read in place
+through the block tables (no gathered copy, no mask), scores and softmax in float32, each query
+computed on its own, so its result does not depend on the batch. GPT-Neo-125M, 8 sequences after
+a shared ~300-token prefix, bf16 KV, 2 threads: 0.14 ms per layer against ~0.3 for the gather /
+cascade paths; one sequence 0.023 against 0.093 ms. The torch paths stay for CUDA, for long
+prefill chunks and without a C compiler.
 
 The gather plans and masks depend only on the window size, so they are built once per step per
-distinct window and shared by all layers with that window. GQA keeps K/V unrepeated: the query
-heads sharing a KV head become extra query rows. GPT-Neo's unscaled float32 attention and
-Gemma's softcap go through the same call (`scale`, `fp32`, `softcap`). Nothing here assumes a
-device: every tensor is created on the pool's device.
+distinct window and shared by all layers with that window (`GatherPlan`, cached on the group).
+GQA keeps K/V unrepeated: the query heads sharing a KV head become extra query rows. GPT-Neo's
+unscaled float32 attention and Gemma's softcap go through the same call (`scale`, `fp32`,
+`softcap`). Nothing here assumes a device: every tensor is created on the pool's device.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from fewshot.models import native
 from fewshot.models.attention_decode import attend_single, cascade
+from fewshot.models.attention_metadata import AttentionMetadata, GatherPlan, QueryGroup
 from fewshot.models.attention_native import native_attend
-from fewshot.models.kv_pool import KVPool
-
-NATIVE_PREFILL_TOKENS = 64  # prefill chunks up to this long attend per query in the native kernel
-# the native kernel's inputs for some queries: their rows of the batch (None: all, in order),
-# block tables [R, W] and (first, end) positions (int32 [R] each)
-NativeInputs = tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
-class _Plan:
-    """How one group of sequences (decodes or prefills) gathers keys for one window size."""
-
-    blocks: torch.Tensor  # [B, nb] block ids to gather
-    mask: torch.Tensor  # [B, 1, T, nb * bs] True where the query may see the key
-    # cascade: leading blocks every sequence of a decode group shares (a few-shot prefix), read
-    # once for all queries instead of once per sequence; `blocks`/`mask` then cover the rest
-    shared: torch.Tensor | None = None  # [c] block ids
-    shared_first: int | None = None  # first block id when the shared blocks are consecutive
-    shared_mask: torch.Tensor | None = None  # [B, 1, 1, c * bs] (windowed layers only)
-    derived: dict[str, torch.Tensor] = field(default_factory=dict)  # see `derive`
-
-    def derive(self, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """`make()`, computed by the first layer that asks for `key` and shared by the others."""
-        if key not in self.derived:
-            self.derived[key] = make()
-        return self.derived[key]
-
-
-@dataclass
-class _Group:
-    """Sequences of one kind in the flattened batch (decodes: T == 1; prefills: T >= 1)."""
-
-    rows: torch.Tensor  # [B, T] row of each query in the flattened batch (padding: 0)
-    valid: torch.Tensor  # [B, T] False for padding queries
-    q_pos: torch.Tensor  # [B, T] absolute position of each query
-    tables: torch.Tensor  # [B, max_blocks] block tables, padded with each row's last block
-    n_blocks: torch.Tensor  # [B] blocks in use (covering positions < q_pos.max + 1)
-    plans: dict[int | None, _Plan] = field(default_factory=dict)
-    native: dict[int | None, NativeInputs] = field(default_factory=dict)  # per window
-
-    @property
-    def attends_natively(self) -> bool:
-        """Whether the native kernel attends this group's queries (each on its own): decodes,
-        and prefill chunks of up to NATIVE_PREFILL_TOKENS tokens."""
-        return self.rows.shape[1] <= NATIVE_PREFILL_TOKENS
-
-    def native_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The group's valid queries in its valid-row order: their rows of the batch [R], block
-        tables [R, W] (each its sequence's) and context ends, position + 1 (int32 [R])."""
-        tables = self.tables
-        if self.rows.shape[1] > 1:  # each query its sequence's table
-            tables = tables.repeat_interleave(self.valid.sum(1), 0)
-        return self.rows[self.valid], tables, (self.q_pos[self.valid] + 1).to(torch.int32)
-
-    @property
-    def size(self) -> int:
-        return self.rows.shape[0]
-
-
-@dataclass
-class AttentionMetadata:
-    """Everything attention needs about one step's batch; built once, read by every layer."""
-
-    pool: KVPool | None
-    slot_mapping: torch.Tensor  # [N] pool slot of each new token
-    query_start: list[int]  # [B + 1] offsets of each sequence's tokens in the batch
-    start_pos: list[int]  # [B] position of each sequence's first new token
-    seq_ids: list[int] = field(default_factory=list)  # [B] engine ids (for stateful models)
-    decode: _Group | None = None
-    prefill: _Group | None = None
-    order: torch.Tensor | None = None  # [N] output row of each (decode rows, then prefill rows)
-    single: list[int] | None = None  # the block table when the batch is one decoding sequence
-    # the native kernel's inputs for the one decoding sequence, per window (`NativeInputs`)
-    native_inputs: dict[int | None, NativeInputs] = field(default_factory=dict)
-
-    @property
-    def num_tokens(self) -> int:
-        return self.query_start[-1]
-
-    @property
-    def attends_natively(self) -> bool:
-        """Whether the native kernel (where it runs) attends every query of the batch on its
-        own: decodes and short prefill chunks (`_Group.attends_natively`)."""
-        return self.single is not None or all(
-            g is None or g.attends_natively for g in (self.decode, self.prefill)
-        )
-
-    def native_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every query's block table (int64 [N, W]) and context end, position + 1 (int32 [N]),
-        in the batch's row order: the native kernels' inputs (`attends_natively` batches)."""
-        if self.single is not None:
-            tables = torch.tensor([self.single], dtype=torch.long)
-            return tables, torch.tensor([self.start_pos[0] + 1], dtype=torch.int32)
-        parts = [g.native_rows() for g in (self.decode, self.prefill) if g is not None]
-        if len(parts) == 1:  # one group: its valid rows are the batch's, in order
-            return parts[0][1], parts[0][2]
-        width = max(t.shape[1] for _, t, _ in parts)  # pad with each row's last block (unread)
-        tables = torch.cat(
-            [F.pad(t, (0, width - t.shape[1]), mode="replicate") for _, t, _ in parts]
-        )
-        ends = torch.cat([hi for _, _, hi in parts])
-        out_t, out_hi = torch.empty_like(tables), torch.empty_like(ends)
-        out_t[self.order], out_hi[self.order] = tables, ends
-        return out_t, out_hi
-
-    @classmethod
-    def build(
-        cls,
-        pool: KVPool | None,
-        block_tables: Sequence[Sequence[int]],
-        start_pos: Sequence[int],
-        num_tokens: Sequence[int],
-        *,
-        block_size: int = 16,
-        seq_ids: Sequence[int] | None = None,
-        device: torch.device | str = "cpu",
-    ) -> AttentionMetadata:
-        """Describe a batch: sequence i runs `num_tokens[i]` new tokens at positions
-        `start_pos[i]...`, its K/V in the blocks `block_tables[i]` (which must already cover
-        the new positions)."""
-        if not (len(block_tables) == len(start_pos) == len(num_tokens)):
-            raise ValueError("block_tables, start_pos and num_tokens disagree")
-        if any(n < 1 for n in num_tokens):
-            raise ValueError(f"every sequence needs >= 1 new token, got {list(num_tokens)}")
-        bs = pool.block_size if pool is not None else block_size
-        device = pool.device if pool is not None else torch.device(device)
-        offsets = [0]
-        slots: list[int] = []
-        for table, start, n in zip(block_tables, start_pos, num_tokens, strict=True):
-            end = start + n
-            if len(table) * bs < end:
-                raise ValueError(f"block table of {len(table)} blocks cannot hold {end} tokens")
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            offsets.append(offsets[-1] + n)
-        meta = cls(
-            pool=pool,
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
-            query_start=offsets,
-            start_pos=list(start_pos),
-            seq_ids=list(seq_ids) if seq_ids is not None else list(range(len(num_tokens))),
-        )
-        if list(num_tokens) == [1]:  # one decoding sequence: attended over views, no gather
-            meta.single = list(block_tables[0])
-            return meta
-        dec = [i for i, n in enumerate(num_tokens) if n == 1]
-        pre = [i for i, n in enumerate(num_tokens) if n > 1]
-        meta.decode = _group(dec, block_tables, start_pos, num_tokens, offsets, bs, device)
-        meta.prefill = _group(pre, block_tables, start_pos, num_tokens, offsets, bs, device)
-        rows = []
-        for g in (meta.decode, meta.prefill):
-            if g is not None:
-                rows.append(g.rows[g.valid])
-        meta.order = torch.cat(rows)
-        return meta
-
-
-def _group(
-    members: list[int],
-    block_tables: Sequence[Sequence[int]],
-    start_pos: Sequence[int],
-    num_tokens: Sequence[int],
-    offsets: list[int],
-    bs: int,
-    device: torch.device,
-) -> _Group | None:
-    if not members:
-        return None
-    t_max = max(num_tokens[i] for i in members)
-    rows, valid, q_pos, tables, n_blocks = [], [], [], [], []
-    width = max((start_pos[i] + num_tokens[i] - 1) // bs + 1 for i in members)
-    for i in members:
-        n, s = num_tokens[i], start_pos[i]
-        rows.append([offsets[i] + t if t < n else 0 for t in range(t_max)])
-        valid.append([t < n for t in range(t_max)])
-        q_pos.append([s + min(t, n - 1) for t in range(t_max)])
-        used = (s + n - 1) // bs + 1
-        table = list(block_tables[i][:used])
-        tables.append(table + [table[-1]] * (width - used))
-        n_blocks.append(used)
-
-    def as_tensor(x, dtype=torch.long):
-        return torch.tensor(x, dtype=dtype, device=device)
-
-    return _Group(
-        rows=as_tensor(rows),
-        valid=as_tensor(valid, torch.bool),
-        q_pos=as_tensor(q_pos),
-        tables=as_tensor(tables),
-        n_blocks=as_tensor(n_blocks),
-    )
-
-
-def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
+def _plan(group: QueryGroup, window: int | None, bs: int) -> GatherPlan:
     """The blocks each sequence must gather for `window`, and the query/key mask."""
     plan = group.plans.get(window)
     if plan is not None:
@@ -265,7 +64,7 @@ def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
         allowed &= diff < window
     allowed &= group.valid[:, :, None]
     allowed[:, :, 0] |= ~group.valid  # padding queries see one key (avoids an all-masked row)
-    plan = _Plan(blocks=blocks, mask=allowed[:, None])
+    plan = GatherPlan(blocks=blocks, mask=allowed[:, None])
     if shared > s0:
         plan.shared = group.tables[0, s0:shared]
         steps = plan.shared[1:] - plan.shared[:-1]
@@ -278,7 +77,7 @@ def _plan(group: _Group, window: int | None, bs: int) -> _Plan:
     return plan
 
 
-def _shared_blocks(group: _Group) -> int:
+def _shared_blocks(group: QueryGroup) -> int:
     """Leading blocks that every sequence of a decode group (two or more) has in common; each
     keeps at least its last block (being written) to itself."""
     if group.size < 2 or group.rows.shape[1] != 1:
@@ -308,8 +107,8 @@ def _softcap_sdpa(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
 
 def _attend_group(
     q: torch.Tensor,
-    group: _Group,
-    plan: _Plan,
+    group: QueryGroup,
+    plan: GatherPlan,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     *,

@@ -13,29 +13,10 @@ dtype the other paths multiply in: `math_dtypes`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from fewshot.models.attention import AttentionMetadata, _Plan
-
-
-def runs(table: list[int], first: int, last: int, bs: int) -> list[tuple[int, int]]:
-    """Pool slot ranges [s, e) holding positions first .. last - 1 of a sequence, one per run
-    of consecutive block ids in its table (usually one or two: the cached prefix and the rest)."""
-    out: list[tuple[int, int]] = []
-    pos = first
-    while pos < last:
-        j = pos // bs
-        k = j
-        while (k + 1) * bs < last and table[k + 1] == table[k] + 1:
-            k += 1
-        end = min(last, (k + 1) * bs)
-        start_slot = table[j] * bs + pos % bs
-        out.append((start_slot, start_slot + end - pos))
-        pos = end
-    return out
+from fewshot.models.attention_metadata import AttentionMetadata, GatherPlan
+from fewshot.models.kv_pool import runs
 
 
 def math_dtypes(cache: torch.Tensor, fp32: bool) -> tuple[torch.dtype, torch.dtype]:
@@ -111,7 +92,7 @@ def cascade(
     qb: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    plan: _Plan,
+    plan: GatherPlan,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     *,
@@ -162,7 +143,7 @@ def _cascade_flash(
     qb: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    plan: _Plan,
+    plan: GatherPlan,
     kp: torch.Tensor,
     vp: torch.Tensor,
     scale: float,

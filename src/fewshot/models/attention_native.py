@@ -8,21 +8,17 @@ the metadata for the single-sequence case, on the group otherwise).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from fewshot.models import native
-
-if TYPE_CHECKING:
-    from fewshot.models.attention import AttentionMetadata, _Group
+from fewshot.models.attention_metadata import AttentionMetadata, QueryGroup
 
 
 def native_attend(
     kernel: native.Kernel,
     q: torch.Tensor,
     attn: AttentionMetadata,
-    group: _Group | None,
+    group: QueryGroup | None,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     scale: float | None,

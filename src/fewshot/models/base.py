@@ -1,7 +1,7 @@
 """The interface every model implements: the engine v2 model contract.
 
 A forward pass takes a *flattened* batch: the new tokens of several sequences concatenated into
-one 1-D tensor with their absolute positions, plus an `AttentionMetadata` (models/attention.py)
+one 1-D tensor with their absolute positions, plus an `AttentionMetadata` (models/attention_metadata.py)
 that says where each sequence's keys and values live in the shared paged `KVPool` and where the
 new ones go. Linear layers run on all tokens at once (a batch of decodes shares one read of the
 weights); each attention layer makes one `paged_attention` call for the whole batch. Logits are
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fewshot.models.attention import AttentionMetadata
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.layers import load_hf_state_dict
 from fewshot.models.native_step import DecodeLayers, FusedLayers
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fewshot.models.attention import AttentionMetadata
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM, ModelSpec
 
 log = logging.getLogger(__name__)

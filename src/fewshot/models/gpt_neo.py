@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fewshot.models import attention
-from fewshot.models.attention import AttentionMetadata
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import LayerNorm, activation, as_id_list
 from fewshot.models.native_step import DecodeLayer, DecodeLayers, describe

@@ -4,7 +4,8 @@
 one tensor (`KVPool.kv`, K and V of every layer) so that a block is cleared or copied at once. Which
 sequence uses which block is the engine's KV manager's business (pure Python over block ids);
 this class only holds the tensors, clears blocks when they are handed out and copies a block
-(copy-on-write of a shared partial block). Nothing assumes a device.
+(copy-on-write of a shared partial block). `runs` maps a block table's positions to runs of
+consecutive pool slots. Nothing assumes a device.
 """
 
 from __future__ import annotations
@@ -13,7 +14,22 @@ from collections.abc import Sequence
 
 import torch
 
-from fewshot.models.attention_decode import runs
+
+def runs(table: list[int], first: int, last: int, bs: int) -> list[tuple[int, int]]:
+    """Pool slot ranges [s, e) holding positions first .. last - 1 of a sequence, one per run
+    of consecutive block ids in its table (usually one or two: the cached prefix and the rest)."""
+    out: list[tuple[int, int]] = []
+    pos = first
+    while pos < last:
+        j = pos // bs
+        k = j
+        while (k + 1) * bs < last and table[k + 1] == table[k] + 1:
+            k += 1
+        end = min(last, (k + 1) * bs)
+        start_slot = table[j] * bs + pos % bs
+        out.append((start_slot, start_slot + end - pos))
+        pos = end
+    return out
 
 
 class KVPool:

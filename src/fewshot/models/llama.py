@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fewshot.models import attention
-from fewshot.models.attention import AttentionMetadata
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM, ModelSpec
 from fewshot.models.layers import (
     RMSNorm,

@@ -9,7 +9,7 @@ path's (tests/models/test_native_step.py), so the engine's exactness tests hold 
 
 Every operation of a layer works row by row, attention included where each query attends on
 its own in the native kernel (decodes and prefill chunks of up to
-`attention.NATIVE_PREFILL_TOKENS` tokens: a few-shot query after its cached prefix), so such a
+`attention_metadata.NATIVE_PREFILL_TOKENS` tokens: a few-shot query after its cached prefix), so such a
 batch, mixed or not, runs here as a whole. `FusedLayers.build` says None where the layers
 cannot run natively (a weight that is not the native kernel's int8, a norm or activation it
 lacks, no C compiler); `takes` says whether a batch can (its queries attended natively, its
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fewshot.models import hugepages, native
-from fewshot.models.attention import AttentionMetadata
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.checkpoint import release_free_memory
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.layers import NATIVE_ACTS, GemmaRMSNorm, LayerNorm, RMSNorm

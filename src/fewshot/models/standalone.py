@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from fewshot.models.attention import AttentionMetadata
+from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM
 from fewshot.models.kv_pool import KVPool
 

@@ -44,7 +44,10 @@ SOURCES = [
         "native_step.c",
     )
 ]
-HEADERS = [Path(__file__).with_name(h) for h in ("native_math.h", "native_gemv.h")]  # hashed
+HEADERS = [
+    Path(__file__).with_name(h)
+    for h in ("native_math.h", "native_gemv.h", "native_attention_pieces.h")
+]  # hashed
 ISAS = {"amx": 4, "avx512vnni": 3, "avx512": 2, "avx2": 1, "c": 0}
 GEMV_ROWS = {"amx": 1 << 30, "avx512vnni": 1 << 30, "avx512": 1 << 30, "avx2": 1 << 30, "c": 0}
 ACTS = {"gelu_tanh": 1, "silu": 2}  # fs_act's kinds

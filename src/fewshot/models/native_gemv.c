@@ -341,8 +341,9 @@ void fs_gemv_parts(const float *x, long ldx, const int8_t *q, const uint16_t *s,
       if (bq) fs_amx_blocks(&a, xt, b0, b1, bq);
       tiles_done = bq != NULL;
     }
-    if (!xt) {
-#pragma omp for schedule(static)
+    if (!xt) { /* guided: a thread slowed by a neighbour on its core takes fewer blocks (each
+                * block is one thread's alone: the same bits whichever thread computes it) */
+#pragma omp for schedule(guided)
       for (int b = 0; b < blocks; b++) {
         if (isa == 3)
           block_vnni(&a, b * NB);

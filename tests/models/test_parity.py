@@ -392,3 +392,61 @@ def test_native_decode_splits_a_long_context_exactly() -> None:
         torch.set_num_threads(before)
     torch.testing.assert_close(got[0][0].double(), want, atol=1e-5, rtol=1e-5)
     assert torch.equal(got[0], got[1])
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [64, 40])
+@pytest.mark.parametrize("window", [None, 200])
+def test_native_decodes_sharing_blocks_compute_each_rows_bits_alone(dtype, dim, window) -> None:
+    """Five decoding rows whose tables share leading blocks (a cached prefix, 600 positions:
+    two chunks) are attended together, the shared keys read once for all rows and two rows at
+    a time: every row's result is bitwise its result alone, on every instruction set and
+    thread count, and the float64 reference's within rounding."""
+    torch.manual_seed(8)
+    kernel = native.load()
+    assert kernel is not None
+    n_kv, n_heads, bs, nblk = 2, 4, 16, 80
+    k_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
+    v_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
+    shared = torch.randperm(nblk)[:38].tolist()  # 608 positions
+    own = torch.randperm(nblk)[38:].tolist()
+    lengths = [601, 630, 608, 700, 615]  # a row ending inside the shared blocks, one past them
+    tables = [shared + own[6 * b : 6 * b + 6] for b in range(5)]
+    tables[2] = shared[:35] + own[30:39]  # parts three blocks earlier
+    table = torch.tensor(tables)
+    hi = torch.tensor(lengths, dtype=torch.int32)
+    lo = torch.zeros(5, dtype=torch.int32) if window is None else torch.clamp(hi - window, min=0)
+    q = torch.randn(5, n_heads, dim)
+    before = torch.get_num_threads()
+    try:
+        for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[kernel.isa]]:
+            k = native.Kernel(kernel.lib, isa)
+            alone = torch.cat(
+                [
+                    k.decode_attention(
+                        q[b : b + 1],
+                        k_cache,
+                        v_cache,
+                        table[b : b + 1],
+                        (lo[b : b + 1], hi[b : b + 1]),
+                        0.1,
+                        None,
+                    )  # fmt: skip
+                    for b in range(5)
+                ]
+            )
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                got = k.decode_attention(q, k_cache, v_cache, table, (lo, hi), 0.1, None)
+                assert torch.equal(got, alone), (isa, threads)
+    finally:
+        torch.set_num_threads(before)
+    for b in range(5):
+        pos = torch.arange(int(lo[b]), int(hi[b]))
+        slots = table[b][pos // bs] * bs + pos % bs
+        kk = k_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(2, 0)
+        vv = v_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(2, 0)
+        s = torch.einsum("hd,htd->ht", q[b].double(), kk) * 0.1
+        want = torch.einsum("ht,htd->hd", s.softmax(-1), vv)
+        torch.testing.assert_close(alone[b].double(), want, atol=1e-5, rtol=1e-5)

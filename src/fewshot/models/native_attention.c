@@ -9,21 +9,29 @@
  *     out = sum_t softmax(s)_t * v_t
  *
  * all in float32 (bfloat16 keys and values widen exactly). Grouped-query attention: the
- * G = Hq / Hkv query heads of a KV head read each key once. The work is split over (KV head,
- * sequence, chunk of CHUNK positions) items, heads outermost, so the blocks several sequences
- * share (a cached few-shot prefix) come from cache after the first sequence reads them; a long
- * context splits into chunks that run on different threads (flash-decoding), each giving its
- * unnormalized output, maximum score and sum, merged in chunk order. The chunks depend on
- * positions only and every item is computed alone, in the same order whatever the batch: a
- * sequence's result does not depend on the batch or the thread count. CHUNK: GPT-Neo-125M's 8
- * sequences x 340 positions, 2 threads, 135-148 us per layer with 512 against 159-165 with 256
- * (the merges); longer contexts still split. AVX-512 and AVX2 variants (head dimension a multiple of 16 / 8) and a portable one;
- * the caller passes the instruction set (native.c's fs_isa). On AVX-512 a bfloat16 pool with D a
- * multiple of 32 is read 32 values per load (`dots_pairs`, `axpys_pairs`): one layer, 8 sequences
- * x 330 positions sharing 288, 2 threads: Gemma 3 270M's shape (4 heads, 1 KV head, D 256) 110 ->
- * 88-90 us, GPT-Neo-125M's (12 heads, D 64) 131 -> 122 us; one sequence 29.5 -> 25.6 / 22.1 -> 21.5.
- * The per-row pieces of each instruction set live in native_attention_pieces.h; this file splits
- * the work into items, attends one item (`chunk_*`) and merges the chunks.
+ * G = Hq / Hkv query heads of a KV head read each key once. A long context splits into chunks
+ * of CHUNK positions that run on different threads (flash-decoding), each giving its
+ * unnormalized output, maximum score and sum, merged in chunk order. The work items are (KV
+ * head, unit), heads outermost: a unit is one chunk of consecutive rows that start it at the
+ * same position and read the same leading blocks (a cached few-shot prefix), up to
+ * B * Hkv / threads rows so that the items still spread over the threads. A unit reads each
+ * shared block once for all its rows, two rows at a time (`dots2`, `axpys2`: one load of a key
+ * or value row for both, twice the independent FMA chains), then each row's own blocks. Every
+ * row's scores and sums are the same calls on the same data in the same order as for the row
+ * alone, and the chunks depend on positions only: a sequence's result does not depend on the
+ * batch, its unit or the thread count (tested bitwise). One layer, 8 sequences x 300-307
+ * positions sharing 288, 2 Zen 3 threads (AVX2), against one row per item: GPT-Neo-125M's shape
+ * (12 heads, D 64) float32 pool 159 -> 115 us, bf16 203 -> 156; Gemma 3 270M's (4 heads, 1 KV
+ * head, D 256) 150 -> 117. CHUNK: GPT-Neo-125M's 8 sequences x 340 positions, 2 threads,
+ * 135-148 us per layer with 512 against 159-165 with 256 (the merges). AVX-512 and AVX2
+ * variants (head dimension a multiple of 16 / 8) and a portable one; the caller passes the
+ * instruction set (native.c's fs_isa). On AVX-512 a bfloat16 pool with D a multiple of 32 is
+ * read 32 values per load (`dots_pairs`, `axpys_pairs`, one row at a time: their scores sum in
+ * another order than `dots2`'s): one layer, 8 sequences x 330 positions sharing 288, 2
+ * threads: Gemma 3 270M's shape 110 -> 88-90 us, GPT-Neo-125M's 131 -> 122 us; one sequence
+ * 29.5 -> 25.6 / 22.1 -> 21.5. The per-row pieces of each instruction set live in
+ * native_attention_pieces.h; this file forms the units, attends one (`unit_*`) and merges the
+ * chunks.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -74,53 +82,134 @@ static float *scores_buffer(long n) {
   return tls_scores;
 }
 
-/* One chunk of one (KV head, sequence) pair: positions [p0, p1) with the pieces of one
- * instruction set. Writes, per query head g, part[g * (D + 2)]: the unnormalized output
- * sum_t e_t v_t (D values), then m (the chunk's largest score) and l = sum_t e_t, where
- * e_t = exp(s_t - m). */
-#define ATTEND(SUF, TGT)                                                                      \
-  TGT static void chunk_##SUF(const attn_args *a, int h, int b, long p0, long p1,             \
-                              float *part) {                                                  \
-    const int G = a->Hq / a->Hkv, D = a->D, BS = a->BS;                                       \
-    const size_t esize = a->bf16 ? 2 : 4;                                                     \
-    const long L = p1 - p0;                                                                   \
-    const float *q = a->q + ((long)b * a->Hq + (long)h * G) * D;                              \
-    const int64_t *table = a->tables + (long)b * a->W;                                        \
-    const char *kh = (const char *)a->k + (size_t)h * a->nblk * BS * D * esize;               \
-    const char *vh = (const char *)a->v + (size_t)h * a->nblk * BS * D * esize;               \
-    float *s = scores_buffer((long)G * L);                                                    \
-    const int pairs = a->bf16 && D % 32 == 0 && D <= PAIRS_MAX_D;                              \
-    for (int g = 0; g < G; g++) {                                                             \
-      memset(part + g * (D + 2), 0, sizeof(float) * D);                                       \
-      part[g * (D + 2) + D] = -INFINITY;                                                      \
-      part[g * (D + 2) + D + 1] = 0.0f;                                                       \
-    }                                                                                         \
-    if (s == NULL) return; /* out of memory: this chunk counts for nothing */                 \
-    for (long p = p0; p < p1;) { /* a block's run of positions at a time */                   \
-      const long end = (p / BS + 1) * BS < p1 ? (p / BS + 1) * BS : p1;                       \
-      const char *kr = kh + ((size_t)table[p / BS] * BS + p % BS) * D * esize;                 \
-      if (PAIRS_##SUF && pairs)                                                               \
-        dots_pairs(q, kr, D * esize, (int)(end - p), D, G, a->scale, s + (p - p0), L);         \
-      else                                                                                    \
-        dots_##SUF(q, kr, D * esize, (int)(end - p), a->bf16, D, G, a->scale, s + (p - p0), L); \
-      p = end;                                                                                \
-    }                                                                                         \
-    for (int g = 0; g < G; g++) {                                                             \
-      float *sg = s + (long)g * L;                                                            \
-      if (a->cap > 0.0f)                                                                      \
-        for (long t = 0; t < L; t++) sg[t] = a->cap * tanhf(sg[t] / a->cap);                  \
-      part[g * (D + 2) + D] = SOFTMAX_##SUF(sg, L, part + g * (D + 2) + D + 1);               \
-    }                                                                                         \
-    for (long p = p0; p < p1;) {                                                              \
-      const long end = (p / BS + 1) * BS < p1 ? (p / BS + 1) * BS : p1;                       \
-      const char *vr = vh + ((size_t)table[p / BS] * BS + p % BS) * D * esize;                 \
-      if (PAIRS_##SUF && pairs)                                                               \
-        axpys_pairs(part, s + (p - p0), L, vr, D * esize, (int)(end - p), D + 2, G, D);        \
-      else                                                                                    \
-        axpys_##SUF(part, s + (p - p0), L, vr, D * esize, (int)(end - p), a->bf16, D + 2, G, D); \
-      p = end;                                                                                \
-    }                                                                                         \
+/* A work item's rows: consecutive rows whose chunk of the same positions starts at the same p0
+ * and reads the same blocks up to ps (a block boundary; ps == p0: nothing shared, e.g. a unit
+ * of one row). base: the chunk (positions [base * CHUNK, (base + 1) * CHUNK)). */
+typedef struct {
+  int b0, rows;
+  long base, p0, ps;
+} unit;
+#define UNIT_ROWS 32 /* most rows per unit */
+
+/* What one row of a unit needs: its query heads, block table, output part, scores, end. */
+typedef struct {
+  const float *q;
+  const int64_t *table;
+  float *part, *s;
+  long L, p1;
+} row_view;
+
+/* The views of unit u's rows for KV head h, each row's part cleared (no keys yet: m = -inf,
+ * l = 0) and its scores in the thread's buffer; -1 when out of memory (the unit then counts
+ * for nothing). A row's chunk c (its parts' index) is first[b] + the chunks before `base`. */
+static int unit_rows(const attn_args *a, int h, const unit *u, float *parts, const long *first,
+                     row_view *rv) {
+  const int G = a->Hq / a->Hkv, D = a->D;
+  const long width = (long)G * (D + 2);
+  long total = 0;
+  for (int i = 0; i < u->rows; i++) {
+    const int b = u->b0 + i;
+    row_view *r = rv + i;
+    r->p1 = (u->base + 1) * CHUNK < a->hi[b] ? (u->base + 1) * CHUNK : a->hi[b];
+    r->L = r->p1 - u->p0;
+    r->q = a->q + ((long)b * a->Hq + (long)h * G) * D;
+    r->table = a->tables + (long)b * a->W;
+    r->part = parts + ((first[b] + u->base - a->lo[b] / CHUNK) * a->Hkv + h) * width;
+    total += (long)G * r->L;
+    for (int g = 0; g < G; g++) {
+      memset(r->part + g * (D + 2), 0, sizeof(float) * D);
+      r->part[g * (D + 2) + D] = -INFINITY;
+      r->part[g * (D + 2) + D + 1] = 0.0f;
+    }
   }
+  float *s = scores_buffer(total);
+  if (s == NULL) return -1;
+  for (int i = 0; i < u->rows; i++) {
+    rv[i].s = s;
+    s += (long)G * rv[i].L;
+  }
+  return 0;
+}
+
+/* STEP(i, p, n, row) for every row i of unit u and every run of its positions p .. p + n - 1
+ * inside one block, `row` the run's first key (or value) row under `base`: first the shared
+ * blocks, each read once for all rows (block outer, rows inner), then each row's own blocks.
+ * A row meets its runs in position order, split at the block boundaries as when alone. */
+#define EACH_RUN(u, rv, BS, stride, base, STEP)                                               \
+  do {                                                                                        \
+    for (long p = (u)->p0, end; p < (u)->ps; p = end) {                                       \
+      end = (p / (BS) + 1) * (BS);                                                            \
+      const char *row = (base) + ((size_t)(rv)[0].table[p / (BS)] * (BS) + p % (BS)) * (stride); \
+      int i = 0;                                                                              \
+      for (; multi && i + 1 < (u)->rows; i += 2) STEP##2(i, p, (int)(end - p), row);          \
+      for (; i < (u)->rows; i++) STEP(i, p, (int)(end - p), row);                             \
+    }                                                                                         \
+    for (int i = 0; i < (u)->rows; i++)                                                       \
+      for (long p = (u)->ps, end; p < (rv)[i].p1; p = end) {                                  \
+        end = (p / (BS) + 1) * (BS) < (rv)[i].p1 ? (p / (BS) + 1) * (BS) : (rv)[i].p1;        \
+        const char *row = (base) + ((size_t)(rv)[i].table[p / (BS)] * (BS) + p % (BS)) * (stride); \
+        STEP(i, p, (int)(end - p), row);                                                      \
+      }                                                                                       \
+  } while (0)
+
+/* One unit and KV head h with the pieces of one instruction set. Writes, per row and query
+ * head g, part[g * (D + 2)]: the unnormalized output sum_t e_t v_t (D values), then m (the
+ * chunk's largest score) and l = sum_t e_t, where e_t = exp(s_t - m). Every row's scores and
+ * sums come from the same calls on the same data in the same order as for the row alone (a key's
+ * score is its own dot product; a value adds into the row's own sums, key by key), so its bits
+ * do not depend on the unit: only how often the shared keys are read from memory does. */
+#define ATTEND(SUF, TGT)                                                                      \
+  TGT static void unit_##SUF(const attn_args *a, int h, const unit *u, float *parts,         \
+                             const long *first) {                                            \
+    const int G = a->Hq / a->Hkv, D = a->D, BS = a->BS;                                       \
+    const size_t stride = (size_t)D * (a->bf16 ? 2 : 4);                                      \
+    const char *kh = (const char *)a->k + (size_t)h * a->nblk * BS * stride;                  \
+    const char *vh = (const char *)a->v + (size_t)h * a->nblk * BS * stride;                  \
+    const int pairs = PAIRS_##SUF && a->bf16 && D % 32 == 0 && D <= PAIRS_MAX_D;              \
+    const int multi = !pairs; /* two rows at a time over the shared blocks */                \
+    row_view rv[UNIT_ROWS];                                                                   \
+    if (unit_rows(a, h, u, parts, first, rv) != 0) return;                                    \
+    EACH_RUN(u, rv, BS, stride, kh, DOTS_##SUF);                                              \
+    for (int i = 0; i < u->rows; i++)                                                         \
+      for (int g = 0; g < G; g++) {                                                           \
+        float *sg = rv[i].s + (long)g * rv[i].L, *pg = rv[i].part + g * (D + 2);              \
+        if (a->cap > 0.0f)                                                                    \
+          for (long t = 0; t < rv[i].L; t++) sg[t] = a->cap * tanhf(sg[t] / a->cap);          \
+        pg[D] = SOFTMAX_##SUF(sg, rv[i].L, pg + D + 1);                                       \
+      }                                                                                       \
+    EACH_RUN(u, rv, BS, stride, vh, AXPYS_##SUF);                                             \
+  }
+/* a run's scores (DOTS) and values (AXPYS) for row i of a unit, with each set's pieces; DOTS2
+ * and AXPYS2: rows i and i + 1 together (not with the bf16 pairs, which sum scores in another
+ * order than the one-row pieces) */
+#define DOTS2_ANY(SUF, i, p, n, row)                                                          \
+  dots2_##SUF(rv[i].q, rv[(i) + 1].q, row, stride, n, a->bf16, D, G, a->scale,                \
+              rv[i].s + ((p) - u->p0), rv[i].L, rv[(i) + 1].s + ((p) - u->p0), rv[(i) + 1].L)
+#define AXPYS2_ANY(SUF, i, p, n, row)                                                         \
+  axpys2_##SUF(rv[i].part, rv[i].s + ((p) - u->p0), rv[i].L, rv[(i) + 1].part,                \
+               rv[(i) + 1].s + ((p) - u->p0), rv[(i) + 1].L, row, stride, n, a->bf16, D + 2, G, D)
+#define DOTS_5122(i, p, n, row) DOTS2_ANY(512, i, p, n, row)
+#define DOTS_2562(i, p, n, row) DOTS2_ANY(256, i, p, n, row)
+#define DOTS_c2(i, p, n, row) DOTS2_ANY(c, i, p, n, row)
+#define AXPYS_5122(i, p, n, row) AXPYS2_ANY(512, i, p, n, row)
+#define AXPYS_2562(i, p, n, row) AXPYS2_ANY(256, i, p, n, row)
+#define AXPYS_c2(i, p, n, row) AXPYS2_ANY(c, i, p, n, row)
+#define DOTS_ANY(SUF, i, p, n, row)                                                           \
+  (PAIRS_##SUF && pairs                                                                       \
+       ? dots_pairs(rv[i].q, row, stride, n, D, G, a->scale, rv[i].s + ((p) - u->p0), rv[i].L) \
+       : dots_##SUF(rv[i].q, row, stride, n, a->bf16, D, G, a->scale,                         \
+                    rv[i].s + ((p) - u->p0), rv[i].L))
+#define AXPYS_ANY(SUF, i, p, n, row)                                                          \
+  (PAIRS_##SUF && pairs                                                                       \
+       ? axpys_pairs(rv[i].part, rv[i].s + ((p) - u->p0), rv[i].L, row, stride, n, D + 2, G, D) \
+       : axpys_##SUF(rv[i].part, rv[i].s + ((p) - u->p0), rv[i].L, row, stride, n, a->bf16,  \
+                     D + 2, G, D))
+#define DOTS_512(i, p, n, row) DOTS_ANY(512, i, p, n, row)
+#define DOTS_256(i, p, n, row) DOTS_ANY(256, i, p, n, row)
+#define DOTS_c(i, p, n, row) DOTS_ANY(c, i, p, n, row)
+#define AXPYS_512(i, p, n, row) AXPYS_ANY(512, i, p, n, row)
+#define AXPYS_256(i, p, n, row) AXPYS_ANY(256, i, p, n, row)
+#define AXPYS_c(i, p, n, row) AXPYS_ANY(c, i, p, n, row)
 #define PAIRS_512 1
 #define PAIRS_256 0
 #define PAIRS_c 0
@@ -135,6 +224,10 @@ static __thread float *tls_parts;
 static __thread long tls_parts_len;
 static __thread long *tls_first;
 static __thread long tls_first_len;
+static __thread unit *tls_units;
+static __thread long tls_units_len;
+static __thread long *tls_unit_of;
+static __thread long tls_unit_of_len;
 
 /* Grow a thread's buffer to n elements of `size` bytes; NULL when memory runs out. */
 static void *grow(void **buf, long *len, long n, size_t size) {
@@ -157,10 +250,10 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
    * groups[2g] .. + groups[2g+1] */
   const int lanes = vec == 2 ? 16 : 8;
   const attend_run_fn attend_run = vec == 2 ? fs_attend_run : fs_attend_run_256;
+  /* first[b]: row b's first chunk (a run's rows have none; chunks first[b] .. first[b + 1] - 1
+   * are its parts); groups: the runs; blocks: their items; units: the other rows' items */
   long *first = grow((void **)&tls_first, &tls_first_len, 4L * B + 3, sizeof(long));
   if (first == NULL) return;
-  /* work items of the rows outside runs: (row, chunk of CHUNK positions, KV head); a row's
-   * chunks start at first[b] (a run's rows have none) */
   long *groups = first + B + 1, n_groups = 0;
   first[0] = 0;
   for (int b0 = 0, b1; b0 < B; b0 = b1) {
@@ -183,9 +276,43 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
   blocks[0] = 0;
   for (long g = 0; g < n_groups; g++)
     blocks[g + 1] = blocks[g] + (groups[2 * g + 1] * G + lanes - 1) / lanes;
-  const long items = first[B] * Hkv, width = (long)G * (D + 2), run_items = blocks[n_groups] * Hkv;
-  float *parts = grow((void **)&tls_parts, &tls_parts_len, items * width + 1, sizeof(float));
-  if (parts == NULL) return;
+  const long chunks = first[B], width = (long)G * (D + 2), run_items = blocks[n_groups] * Hkv;
+  unit *units = grow((void **)&tls_units, &tls_units_len, chunks + 1, sizeof(unit));
+  long *unit_of = grow((void **)&tls_unit_of, &tls_unit_of_len, chunks + 1, sizeof(long));
+  float *parts = grow((void **)&tls_parts, &tls_parts_len, chunks * Hkv * width + 1, sizeof(float));
+  if (units == NULL || unit_of == NULL || parts == NULL) return;
+  /* units: a row's chunk joins the previous row's unit of the same chunk when it starts at the
+   * same position and reads the same first block; the shared part ends where their tables
+   * part or at the shortest row's last whole block. Up to `most` rows per unit, so that the
+   * (KV head, unit) items still spread over the threads. */
+  const long most_rows = (long)B * Hkv / (threads > 0 ? threads : 1);
+  const int most = most_rows < 1 ? 1 : most_rows > UNIT_ROWS ? UNIT_ROWS : (int)most_rows;
+  long n_units = 0;
+  for (int b = 0; b < B; b++)
+    for (long c = first[b]; c < first[b + 1]; c++) {
+      const long base = lo[b] / CHUNK + (c - first[b]), end = (base + 1) * CHUNK;
+      const long p0 = base * CHUNK > lo[b] ? base * CHUNK : lo[b];
+      const long j = b > 0 ? base - lo[b - 1] / CHUNK : -1; /* the previous row's same chunk */
+      unit *u = j >= 0 && j < first[b] - first[b - 1] ? units + unit_of[first[b - 1] + j] : NULL;
+      if (u != NULL && u->b0 + u->rows == b && u->rows < most && u->p0 == p0) {
+        const int64_t *t0 = tables + (long)u->b0 * W, *tb = tables + (long)b * W;
+        long ps = u->rows > 1 ? u->ps : (hi[u->b0] < end ? hi[u->b0] : end) / BS * BS;
+        const long own = (hi[b] < end ? hi[b] : end) / BS * BS;
+        if (own < ps) ps = own;
+        long blk = p0 / BS;
+        while (blk * BS < ps && t0[blk] == tb[blk]) blk++;
+        if (blk * BS < ps) ps = blk * BS;
+        if (ps > p0) {
+          u->ps = ps;
+          u->rows++;
+          unit_of[c] = u - units;
+          continue;
+        }
+      }
+      units[n_units] = (unit){b, 1, base, p0, p0};
+      unit_of[c] = n_units++;
+    }
+  const long items = n_units * Hkv;
 #pragma omp parallel num_threads(threads) if (items + run_items > 1)
   {
 #pragma omp for schedule(static) nowait
@@ -200,20 +327,14 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
     }
 #pragma omp for schedule(static)
     for (long i = 0; i < items; i++) { /* heads outermost: a shared prefix stays in cache */
-      const int h = (int)(i / first[B]);
-      const long c = i % first[B];
-      int b = 0;
-      while (first[b + 1] <= c) b++;
-      const long base = lo[b] / CHUNK + (c - first[b]);
-      const long p0 = base * CHUNK > lo[b] ? base * CHUNK : lo[b];
-      const long p1 = (base + 1) * CHUNK < hi[b] ? (base + 1) * CHUNK : hi[b];
-      float *part = parts + (c * Hkv + h) * width;
+      const int h = (int)(i / n_units);
+      const unit *u = units + i % n_units;
       if (vec == 2)
-        chunk_512(&a, h, b, p0, p1, part);
+        unit_512(&a, h, u, parts, first);
       else if (vec == 1)
-        chunk_256(&a, h, b, p0, p1, part);
+        unit_256(&a, h, u, parts, first);
       else
-        chunk_c(&a, h, b, p0, p1, part);
+        unit_c(&a, h, u, parts, first);
     }
     /* merge each (sequence, query head)'s chunks, in order */
 #pragma omp for schedule(static)

@@ -1,7 +1,9 @@
 /* The per-row pieces of native_attention.c's decode attention, one set per instruction set
  * (included by it alone): scores of n consecutive keys against the G query heads of a KV head
- * (`dots_*`), the values they weight added into the outputs (`axpys_*`), and a softmax's
- * numerators and sum (`softmax_numerators*`). AVX-512 (16 lanes) and AVX2 (8 lanes) for head
+ * (`dots_*`), the values they weight added into the outputs (`axpys_*`), the same for two rows
+ * over keys they share (`dots2_*`, `axpys2_*`: each key or value row loaded once, each row's
+ * bits those of the one-row pieces), and a softmax's numerators and sum
+ * (`softmax_numerators*`). AVX-512 (16 lanes) and AVX2 (8 lanes) for head
  * dimensions a multiple of the lanes, AVX-512 pairs for bfloat16 pools with D a multiple of 32,
  * and portable C for any D. Keys and values are rows of `stride` bytes in float32 or bfloat16
  * (widened exactly). */
@@ -28,6 +30,29 @@
         a[c] = FMA(pt, row_##SUF(r, bf16, d + c * W), a[c]);                                  \
     }                                                                                         \
     _Pragma("GCC unroll 4") for (int c = 0; c < (NC); c++) STORE(og + d + c * W, a[c]);      \
+  }
+
+/* axpys2's slices: two rows' sums over the same values, each value slice loaded once */
+#define AXPY2_CHAINS(SUF, VT, W, LOADF, FMA, SET1, STORE, NC)                                 \
+  for (; d + (NC) * W <= D; d += (NC) * W) {                                                  \
+    VT a[NC], b[NC];                                                                          \
+    _Pragma("GCC unroll 4") for (int c = 0; c < (NC); c++) {                                 \
+      a[c] = LOADF(oa + d + c * W);                                                           \
+      b[c] = LOADF(ob + d + c * W);                                                           \
+    }                                                                                         \
+    for (int t = 0; t < n; t++) {                                                             \
+      const VT pa_t = SET1(pa[t]), pb_t = SET1(pb[t]);                                        \
+      const char *r = v + t * stride;                                                         \
+      _Pragma("GCC unroll 4") for (int c = 0; c < (NC); c++) {                               \
+        const VT x = row_##SUF(r, bf16, d + c * W);                                           \
+        a[c] = FMA(pa_t, x, a[c]);                                                            \
+        b[c] = FMA(pb_t, x, b[c]);                                                            \
+      }                                                                                       \
+    }                                                                                         \
+    _Pragma("GCC unroll 4") for (int c = 0; c < (NC); c++) {                                 \
+      STORE(oa + d + c * W, a[c]);                                                            \
+      STORE(ob + d + c * W, b[c]);                                                            \
+    }                                                                                         \
   }
 
 /* The vector pieces, for AVX-512 (W = 16 lanes) and AVX2 (W = 8); D a multiple of W. A key or
@@ -79,6 +104,57 @@
       int d = 0;                                                                              \
       AXPY_CHAINS(SUF, VT, W, LOADF, FMA, SET1, STORE, 4)                                     \
       AXPY_CHAINS(SUF, VT, W, LOADF, FMA, SET1, STORE, 1)                                     \
+    }                                                                                         \
+  }                                                                                           \
+  /* dots for two rows' queries (q0 into s0 of row length L0, q1 into s1) over the same keys: \
+   * each key row loaded once for both, twice the independent FMA chains; every score is the  \
+   * same chain as in dots, so the bits are dots' */                                          \
+  TGT static inline void dots2_##SUF(const float *q0, const float *q1, const char *k,         \
+                                     size_t stride, int n, int bf16, int D, int G, float scale, \
+                                     float *s0, long L0, float *s1, long L1) {                \
+    for (int g = 0; g < G; g++) {                                                             \
+      const float *qa = q0 + g * D, *qb = q1 + g * D;                                         \
+      int t = 0;                                                                              \
+      for (; t + 4 <= n; t += 4) {                                                            \
+        VT a[4], b[4];                                                                        \
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) a[j] = b[j] = ZERO();            \
+        const char *r = k + t * stride;                                                       \
+        for (int d = 0; d < D; d += W) {                                                      \
+          const VT x = LOADF(qa + d), y = LOADF(qb + d);                                      \
+          _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {                              \
+            const VT kv = row_##SUF(r + j * stride, bf16, d);                                 \
+            a[j] = FMA(x, kv, a[j]);                                                          \
+            b[j] = FMA(y, kv, b[j]);                                                          \
+          }                                                                                   \
+        }                                                                                     \
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {                                \
+          s0[g * L0 + t + j] = HSUM(a[j]) * scale;                                            \
+          s1[g * L1 + t + j] = HSUM(b[j]) * scale;                                            \
+        }                                                                                     \
+      }                                                                                       \
+      for (; t < n; t++) {                                                                    \
+        VT a0 = ZERO(), b0 = ZERO();                                                          \
+        for (int d = 0; d < D; d += W) {                                                      \
+          const VT kv = row_##SUF(k + t * stride, bf16, d);                                   \
+          a0 = FMA(LOADF(qa + d), kv, a0);                                                    \
+          b0 = FMA(LOADF(qb + d), kv, b0);                                                    \
+        }                                                                                     \
+        s0[g * L0 + t] = HSUM(a0) * scale;                                                    \
+        s1[g * L1 + t] = HSUM(b0) * scale;                                                    \
+      }                                                                                       \
+    }                                                                                         \
+  }                                                                                           \
+  /* axpys for two rows (o0 with weights p0 of row length L0, o1 with p1) over the same       \
+   * values, each value slice loaded once; each row's sums as in axpys (same bits) */          \
+  TGT static inline void axpys2_##SUF(float *o0, const float *p0, long L0, float *o1,         \
+                                      const float *p1, long L1, const char *v, size_t stride, \
+                                      int n, int bf16, int ostride, int G, int D) {           \
+    for (int g = 0; g < G; g++) {                                                             \
+      float *oa = o0 + g * ostride, *ob = o1 + g * ostride;                                   \
+      const float *pa = p0 + g * L0, *pb = p1 + g * L1;                                       \
+      int d = 0;                                                                              \
+      AXPY2_CHAINS(SUF, VT, W, LOADF, FMA, SET1, STORE, 4)                                    \
+      AXPY2_CHAINS(SUF, VT, W, LOADF, FMA, SET1, STORE, 1)                                    \
     }                                                                                         \
   }
 
@@ -211,6 +287,17 @@ static void axpys_c(float *o, const float *p, long L, const char *v, size_t stri
     for (int t = 0; t < n; t++)
       for (int d = 0; d < D; d++)
         o[g * ostride + d] += p[g * L + t] * row_value(v + t * stride, bf16, d);
+}
+
+static void dots2_c(const float *q0, const float *q1, const char *k, size_t stride, int n,
+                    int bf16, int D, int G, float scale, float *s0, long L0, float *s1, long L1) {
+  dots_c(q0, k, stride, n, bf16, D, G, scale, s0, L0);
+  dots_c(q1, k, stride, n, bf16, D, G, scale, s1, L1);
+}
+static void axpys2_c(float *o0, const float *p0, long L0, float *o1, const float *p1, long L1,
+                     const char *v, size_t stride, int n, int bf16, int ostride, int G, int D) {
+  axpys_c(o0, p0, L0, v, stride, n, bf16, ostride, G, D);
+  axpys_c(o1, p1, L1, v, stride, n, bf16, ostride, G, D);
 }
 
 /* s <- exp(s - m) over L scores, m their maximum (returned); *sum gets their sum. */

@@ -133,11 +133,6 @@ static int unit_rows(const attn_args *a, int h, const unit *u, float *parts, con
   return 0;
 }
 
-/* Asks for `bytes` bytes from r into the cache (a block's keys or values, read next). */
-static inline void prefetch_rows(const char *r, size_t bytes) {
-  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(r + o, _MM_HINT_T0);
-}
-
 /* STEP(i, p, n, row) for every row i of unit u and every run of its positions p .. p + n - 1
  * inside one block, `row` the run's first key (or value) row under `base`: first the shared
  * blocks, each read once for all rows (block outer, rows inner), then each row's own blocks.

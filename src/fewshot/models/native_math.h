@@ -87,6 +87,12 @@ __attribute__((target("avx512f,avx512bw,fma"))) static inline __m512 exp512(__m5
   return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
+/* Asks for `bytes` bytes from r into the cache: a block of keys or values read next (inside a
+ * step they arrive cold, the weights streamed between layers having evicted them). */
+static inline void prefetch_rows(const char *r, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(r + o, _MM_HINT_T0);
+}
+
 /* Lanes [0, n) of 8 set (all ones), the rest clear: a mask for AVX2's masked loads. */
 __attribute__((target("avx2"))) static inline __m256i lanes_below(long n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n > 8 ? 8 : (int)n),

@@ -63,6 +63,16 @@ static float *item(const float *q, const int32_t *lo, const int32_t *hi, float *
   return qt;
 }
 
+/* At the first pass of a block, the next block's keys and values (if the item reads it) into
+ * the cache while this block is read. */
+static inline void next_block(const char *kh, const char *vh, const int64_t *table, long p0,
+                              long pmax, int BS, size_t row) {
+  if (p0 % BS || (p0 / BS + 1) * BS >= pmax) return;
+  const size_t at = (size_t)table[p0 / BS + 1] * BS * row;
+  prefetch_rows(kh + at, BS * row);
+  prefetch_rows(vh + at, BS * row);
+}
+
 /* Each real lane's output row: its summed values o [L][D] over its sum of weights l. */
 static void finish(const float *o, const float *l, float *out, long r0, int i0, int nq, int G,
                    int h, int Hq, int D) {
@@ -188,6 +198,7 @@ TGT int fs_attend_run(const float *q, const void *k, const void *v, const int64_
    * range leaves it exactly as it was, so a query's result depends on its range alone */
   for (long p0 = pmin < 0 ? 0 : pmin / L16 * L16; p0 < pmax; p0 += L16) {
     const int n = pmax - p0 < L16 ? (int)(pmax - p0) : L16;
+    next_block(kh, vh, table, p0, pmax, BS, (size_t)D * esize);
     for (int j = 0; j < n; j++) {
       const long p = p0 + j;
       const size_t at = ((size_t)table[p / BS] * BS + p % BS) * D * esize;
@@ -258,6 +269,7 @@ TGT2 int fs_attend_run_256(const float *q, const void *k, const void *v, const i
   /* passes at multiples of 8 positions (see fs_attend_run) */
   for (long p0 = pmin < 0 ? 0 : pmin / L8 * L8; p0 < pmax; p0 += L8) {
     const int n = pmax - p0 < L8 ? (int)(pmax - p0) : L8;
+    next_block(kh, vh, table, p0, pmax, BS, (size_t)D * esize);
     const float *kp = kf, *vp = vf;
     if (!bf16 && BS % L8 == 0) { /* the pass's keys are consecutive rows of one block */
       const size_t at = ((size_t)table[p0 / BS] * BS + p0 % BS) * D * esize;

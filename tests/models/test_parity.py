@@ -341,25 +341,13 @@ def test_native_decode_equals_torch_on_a_bf16_pool(n_kv, monkeypatch) -> None:
 def test_native_decode_kernel_on_every_instruction_set(dtype, dim) -> None:
     """The kernel's AVX-512, AVX2 and portable variants (those this CPU runs) against a float64
     reference over the pool's own (possibly bf16) keys: GQA, a window, a softcap."""
-    torch.manual_seed(6)
-    kernel = native.load()
-    assert kernel is not None
-    n_kv, n_heads, bs, nblk = 2, 6, 16, 12
-    k_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
-    v_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
+    kernel, (k_cache, v_cache) = _kernel_and_pool(6, (2, 12, 16, dim), dtype)
+    n_heads = 6
     tables = torch.tensor([[3, 7, 1, 9], [3, 7, 2, 0]])
     lo, hi = torch.tensor([0, 20], dtype=torch.int32), torch.tensor([61, 50], dtype=torch.int32)
     q = torch.randn(2, n_heads, dim)
-    want = torch.empty(2, n_heads, dim, dtype=torch.float64)
-    for b in range(2):
-        pos = torch.arange(int(lo[b]), int(hi[b]))
-        slots = tables[b][pos // bs] * bs + pos % bs
-        k = k_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(3, 0)
-        v = v_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(3, 0)
-        s = torch.einsum("hd,htd->ht", q[b].double(), k) * 0.2
-        s = 3.0 * torch.tanh(s / 3.0)
-        want[b] = torch.einsum("ht,htd->hd", s.softmax(-1), v)
-    for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[kernel.isa]]:
+    want = _decode_reference(q, k_cache, v_cache, tables, (lo, hi), 0.2, 3.0)
+    for isa in _isas(kernel):
         got = native.Kernel(kernel.lib, isa).decode_attention(
             q, k_cache, v_cache, tables, (lo, hi), 0.2, 3.0
         )
@@ -403,12 +391,8 @@ def test_native_decodes_sharing_blocks_compute_each_rows_bits_alone(dtype, dim, 
     two chunks) are attended together, the shared keys read once for all rows and two rows at
     a time: every row's result is bitwise its result alone, on every instruction set and
     thread count, and the float64 reference's within rounding."""
-    torch.manual_seed(8)
-    kernel = native.load()
-    assert kernel is not None
-    n_kv, n_heads, bs, nblk = 2, 4, 16, 80
-    k_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
-    v_cache = torch.randn(n_kv, nblk, bs, dim).to(dtype)
+    n_heads, nblk = 4, 80
+    kernel, (k_cache, v_cache) = _kernel_and_pool(8, (2, nblk, 16, dim), dtype)
     shared = torch.randperm(nblk)[:38].tolist()  # 608 positions
     own = torch.randperm(nblk)[38:].tolist()
     lengths = [601, 630, 608, 700, 615]  # a row ending inside the shared blocks, one past them
@@ -420,20 +404,13 @@ def test_native_decodes_sharing_blocks_compute_each_rows_bits_alone(dtype, dim, 
     q = torch.randn(5, n_heads, dim)
     before = torch.get_num_threads()
     try:
-        for isa in [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[kernel.isa]]:
+        for isa in _isas(kernel):
             k = native.Kernel(kernel.lib, isa)
+            rows = [(table[b : b + 1], (lo[b : b + 1], hi[b : b + 1])) for b in range(5)]
             alone = torch.cat(
                 [
-                    k.decode_attention(
-                        q[b : b + 1],
-                        k_cache,
-                        v_cache,
-                        table[b : b + 1],
-                        (lo[b : b + 1], hi[b : b + 1]),
-                        0.1,
-                        None,
-                    )  # fmt: skip
-                    for b in range(5)
+                    k.decode_attention(q[b : b + 1], k_cache, v_cache, t, ends, 0.1, None)
+                    for b, (t, ends) in enumerate(rows)
                 ]
             )
             for threads in (1, 2):
@@ -442,11 +419,37 @@ def test_native_decodes_sharing_blocks_compute_each_rows_bits_alone(dtype, dim, 
                 assert torch.equal(got, alone), (isa, threads)
     finally:
         torch.set_num_threads(before)
-    for b in range(5):
+    want = _decode_reference(q, k_cache, v_cache, table, (lo, hi), 0.1, None)
+    torch.testing.assert_close(alone.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def _kernel_and_pool(seed: int, shape: tuple[int, ...], dtype: torch.dtype):
+    """The native kernel and a random K and V pool [Hkv, blocks, block size, D] in `dtype`."""
+    torch.manual_seed(seed)
+    kernel = native.load()
+    assert kernel is not None
+    return kernel, (torch.randn(shape).to(dtype), torch.randn(shape).to(dtype))
+
+
+def _isas(kernel: native.Kernel) -> list[str]:
+    """The instruction sets this CPU runs, up to the kernel's."""
+    return [i for i in native.ISAS if native.ISAS[i] <= native.ISAS[kernel.isa]]
+
+
+def _decode_reference(q, k_cache, v_cache, tables, bounds, scale, cap) -> torch.Tensor:
+    """The decode attention of `Kernel.decode_attention` in float64 over the pool's own (possibly
+    bf16) keys and values: q [B, Hq, D] -> [B, Hq, D]."""
+    n_kv, _, bs, dim = k_cache.shape
+    groups = q.shape[1] // n_kv
+    lo, hi = bounds
+    want = torch.empty(q.shape, dtype=torch.float64)
+    for b in range(q.shape[0]):
         pos = torch.arange(int(lo[b]), int(hi[b]))
-        slots = table[b][pos // bs] * bs + pos % bs
-        kk = k_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(2, 0)
-        vv = v_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(2, 0)
-        s = torch.einsum("hd,htd->ht", q[b].double(), kk) * 0.1
-        want = torch.einsum("ht,htd->hd", s.softmax(-1), vv)
-        torch.testing.assert_close(alone[b].double(), want, atol=1e-5, rtol=1e-5)
+        slots = tables[b][pos // bs] * bs + pos % bs
+        k = k_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(groups, 0)
+        v = v_cache.reshape(n_kv, -1, dim)[:, slots].double().repeat_interleave(groups, 0)
+        s = torch.einsum("hd,htd->ht", q[b].double(), k) * scale
+        if cap is not None:
+            s = cap * torch.tanh(s / cap)
+        want[b] = torch.einsum("ht,htd->hd", s.softmax(-1), v)
+    return want

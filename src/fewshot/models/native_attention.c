@@ -135,9 +135,10 @@ static int unit_rows(const attn_args *a, int h, const unit *u, float *parts, con
 
 /* STEP(i, p, n, row) for every row i of unit u and every run of its positions p .. p + n - 1
  * inside one block, `row` the run's first key (or value) row under `base`: first the shared
- * blocks, each read once for all rows (block outer, rows inner), then each row's own blocks.
+ * blocks, each read once for all rows (block outer, rows inner; STEP2(i, ...) for rows i and
+ * i + 1 together where `multi`), then each row's own blocks.
  * A row meets its runs in position order, split at the block boundaries as when alone. */
-#define EACH_RUN(u, rv, BS, stride, base, STEP)                                               \
+#define EACH_RUN(u, rv, BS, stride, base, multi, STEP, STEP2)                                               \
   do {                                                                                        \
     for (long p = (u)->p0, end; p < (u)->ps; p = end) {                                       \
       end = (p / (BS) + 1) * (BS);                                                            \
@@ -145,7 +146,7 @@ static int unit_rows(const attn_args *a, int h, const unit *u, float *parts, con
       if (end < (u)->ps) /* the next shared block, while this one is read */                 \
         prefetch_rows((base) + (size_t)(rv)[0].table[end / (BS)] * (BS) * (stride), (BS) * (stride)); \
       int i = 0;                                                                              \
-      for (; multi && i + 1 < (u)->rows; i += 2) STEP##2(i, p, (int)(end - p), row);          \
+      for (; (multi) && i + 1 < (u)->rows; i += 2) STEP2(i, p, (int)(end - p), row);         \
       for (; i < (u)->rows; i++) STEP(i, p, (int)(end - p), row);                             \
     }                                                                                         \
     for (int i = 0; i < (u)->rows; i++)                                                       \
@@ -175,7 +176,7 @@ static int unit_rows(const attn_args *a, int h, const unit *u, float *parts, con
     const int multi = !pairs; /* two rows at a time over the shared blocks */                \
     row_view rv[UNIT_ROWS];                                                                   \
     if (unit_rows(a, h, u, parts, first, rv) != 0) return;                                    \
-    EACH_RUN(u, rv, BS, stride, kh, DOTS_##SUF);                                              \
+    EACH_RUN(u, rv, BS, stride, kh, multi, DOTS_##SUF, DOTS2_##SUF);                                              \
     for (int i = 0; i < u->rows; i++)                                                         \
       for (int g = 0; g < G; g++) {                                                           \
         float *sg = rv[i].s + (long)g * rv[i].L, *pg = rv[i].part + g * (D + 2);              \
@@ -183,7 +184,7 @@ static int unit_rows(const attn_args *a, int h, const unit *u, float *parts, con
           for (long t = 0; t < rv[i].L; t++) sg[t] = a->cap * tanhf(sg[t] / a->cap);          \
         pg[D] = SOFTMAX_##SUF(sg, rv[i].L, pg + D + 1);                                       \
       }                                                                                       \
-    EACH_RUN(u, rv, BS, stride, vh, AXPYS_##SUF);                                             \
+    EACH_RUN(u, rv, BS, stride, vh, multi, AXPYS_##SUF, AXPYS2_##SUF);                                             \
   }
 /* a run's scores (DOTS) and values (AXPYS) for row i of a unit, with each set's pieces; DOTS2
  * and AXPYS2: rows i and i + 1 together (not with the bf16 pairs, which sum scores in another
@@ -194,12 +195,12 @@ static int unit_rows(const attn_args *a, int h, const unit *u, float *parts, con
 #define AXPYS2_ANY(SUF, i, p, n, row)                                                         \
   axpys2_##SUF(rv[i].part, rv[i].s + ((p) - u->p0), rv[i].L, rv[(i) + 1].part,                \
                rv[(i) + 1].s + ((p) - u->p0), rv[(i) + 1].L, row, stride, n, a->bf16, D + 2, G, D)
-#define DOTS_5122(i, p, n, row) DOTS2_ANY(512, i, p, n, row)
-#define DOTS_2562(i, p, n, row) DOTS2_ANY(256, i, p, n, row)
-#define DOTS_c2(i, p, n, row) DOTS2_ANY(c, i, p, n, row)
-#define AXPYS_5122(i, p, n, row) AXPYS2_ANY(512, i, p, n, row)
-#define AXPYS_2562(i, p, n, row) AXPYS2_ANY(256, i, p, n, row)
-#define AXPYS_c2(i, p, n, row) AXPYS2_ANY(c, i, p, n, row)
+#define DOTS2_512(i, p, n, row) DOTS2_ANY(512, i, p, n, row)
+#define DOTS2_256(i, p, n, row) DOTS2_ANY(256, i, p, n, row)
+#define DOTS2_c(i, p, n, row) DOTS2_ANY(c, i, p, n, row)
+#define AXPYS2_512(i, p, n, row) AXPYS2_ANY(512, i, p, n, row)
+#define AXPYS2_256(i, p, n, row) AXPYS2_ANY(256, i, p, n, row)
+#define AXPYS2_c(i, p, n, row) AXPYS2_ANY(c, i, p, n, row)
 #define DOTS_ANY(SUF, i, p, n, row)                                                           \
   (PAIRS_##SUF && pairs                                                                       \
        ? dots_pairs(rv[i].q, row, stride, n, D, G, a->scale, rv[i].s + ((p) - u->p0), rv[i].L) \

@@ -316,7 +316,7 @@ CLONES static float softmax_numerators(float *s, long L, float *sum_out) {
 
 /* softmax_numerators with AVX2 intrinsics (GCC does not vectorize its loops for AVX2: the
  * clamps in fs_exp are control flow it will not if-convert without AVX-512's masks). Not
- * inlined: inside chunk_256 it made the whole chunk 10-25% slower on Zen 3. */
+ * inlined: inside the item (then `chunk_256`) it made the whole item 10-25% slower on Zen 3. */
 __attribute__((target("avx2"), noinline)) static float softmax_numerators_256(float *s, long L,
                                                                    float *sum_out) {
   __m256 mv = _mm256_set1_ps(-INFINITY);

@@ -254,6 +254,8 @@ TGT512 static inline void axpys_pairs(float *o, const float *p, long L, const ch
         const __m512 a = _mm512_loadu_ps(og + 32 * c), b = _mm512_loadu_ps(og + 32 * c + 16);
         e[c] = _mm512_permutex2var_ps(a, even_idx(), b);
         f[c] = _mm512_permutex2var_ps(a, odd_idx(), b);
+      } else {
+        e[c] = f[c] = _mm512_setzero_ps(); /* unused (c >= nc); set for the compiler */
       }
       for (int t = 0; t < n; t++) {
         const __m512 pt = _mm512_set1_ps(p[g * L + t]);

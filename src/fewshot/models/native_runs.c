@@ -97,6 +97,19 @@ static void finish(const float *o, const float *l, float *out, long r0, int i0, 
  *   values: output rows o_i [D] <- o_i * corr_i + sum over keys j < n of e[j * W + i] * v_j
  *     for the queries i < nq, each W-value slice summed over j in order; two queries'
  *     4W-value pieces at a time (eight chains, each value slice loaded once for the two). */
+/* scores' keys j .. j + NK - 1 at a time while NK remain: NK chains, one per key */
+#define SCORE_KEYS(VT, W, LOAD, SET1, FMA, MUL, ZERO, NK)                                     \
+  for (; j + (NK) <= n; j += (NK)) {                                                          \
+    const float *k0 = kf + j * D;                                                             \
+    VT a[NK];                                                                                 \
+    UNROLL8 for (int c = 0; c < (NK); c++) a[c] = ZERO();                                     \
+    for (int d = 0; d < D; d++) {                                                             \
+      const VT qd = LOAD(qt + d * W);                                                         \
+      UNROLL8 for (int c = 0; c < (NK); c++) a[c] = FMA(qd, SET1(k0[c * D + d]), a[c]);      \
+    }                                                                                         \
+    UNROLL8 for (int c = 0; c < (NK); c++) s[j + c] = MUL(a[c], sc);                          \
+  }
+
 #define RUN_PIECES(SUF, TGT, VT, W, LOADB, LOADU, LOAD, STOREU, STORE, SET1, FMA, MUL, ZERO)     \
   TGT static inline void widen_row_##SUF(const char *r, int bf16, int n, float *dst) {        \
     for (int d = 0; d < n; d += W)                                                            \
@@ -106,26 +119,8 @@ static void finish(const float *o, const float *l, float *out, long r0, int i0, 
                                       float scale, VT *s) {                                   \
     const VT sc = SET1(scale);                                                                \
     int j = 0;                                                                                \
-    for (; j + 8 <= n; j += 8) {                                                              \
-      const float *k0 = kf + j * D;                                                           \
-      VT a[8];                                                                                \
-      UNROLL8 for (int c = 0; c < 8; c++) a[c] = ZERO();                                      \
-      for (int d = 0; d < D; d++) {                                                           \
-        const VT qd = LOAD(qt + d * W);                                                       \
-        UNROLL8 for (int c = 0; c < 8; c++) a[c] = FMA(qd, SET1(k0[c * D + d]), a[c]);        \
-      }                                                                                       \
-      UNROLL8 for (int c = 0; c < 8; c++) s[j + c] = MUL(a[c], sc);                           \
-    }                                                                                         \
-    for (; j + 4 <= n; j += 4) {                                                              \
-      const float *k0 = kf + j * D;                                                           \
-      VT a[4];                                                                                \
-      UNROLL4 for (int c = 0; c < 4; c++) a[c] = ZERO();                                      \
-      for (int d = 0; d < D; d++) {                                                           \
-        const VT qd = LOAD(qt + d * W);                                                       \
-        UNROLL4 for (int c = 0; c < 4; c++) a[c] = FMA(qd, SET1(k0[c * D + d]), a[c]);        \
-      }                                                                                       \
-      UNROLL4 for (int c = 0; c < 4; c++) s[j + c] = MUL(a[c], sc);                           \
-    }                                                                                         \
+    SCORE_KEYS(VT, W, LOAD, SET1, FMA, MUL, ZERO, 8)                                          \
+    SCORE_KEYS(VT, W, LOAD, SET1, FMA, MUL, ZERO, 4)                                          \
     for (; j < n; j++) {                                                                      \
       VT acc = ZERO();                                                                        \
       for (int d = 0; d < D; d++) acc = FMA(LOAD(qt + d * W), SET1(kf[j * D + d]), acc);      \

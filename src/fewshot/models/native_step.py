@@ -9,8 +9,8 @@ path's (tests/models/test_native_step.py), so the engine's exactness tests hold 
 
 Every operation of a layer works row by row, attention included where each query attends on
 its own in the native kernel (decodes and prefill chunks of up to
-`attention_metadata.NATIVE_PREFILL_TOKENS` tokens: a few-shot query after its cached prefix), so such a
-batch, mixed or not, runs here as a whole. `FusedLayers.build` says None where the layers
+`attention_metadata.NATIVE_PREFILL_TOKENS` tokens: a few-shot query after its cached prefix), so
+such a batch, mixed or not, runs here as a whole. `FusedLayers.build` says None where the layers
 cannot run natively (a weight that is not the native kernel's int8, a norm or activation it
 lacks, no C compiler); `takes` says whether a batch can (its queries attended natively, its
 rows within the GEMV's, the pool on the CPU in float32 or bfloat16; `CausalLM.fused_layers`

@@ -90,6 +90,33 @@ def tiny_gpt_neo_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_di
     return target
 
 
+@pytest.fixture(
+    scope="session",
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ),
+    ],
+)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each device the parity and exactness tests run on: the CPU, and CUDA where torch sees
+    a GPU (skipped elsewhere)."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def to_device(device: torch.device):
+    """A function giving a module itself on the CPU, a copy of it on any other device."""
+    import copy
+
+    def move(module):
+        return module if device.type == "cpu" else copy.deepcopy(module).to(device)
+
+    return move
+
+
 @pytest.fixture(scope="session")
 def demo_llm_model():
     """The Gemma 3 270M demo model, loaded once per session (converted into the fewshot cache

@@ -4,6 +4,7 @@ Several requests share a 300-token prefix (longer than GPT-Neo's 256-token local
 differ in their suffix. Run concurrently through one engine (batched decodes, a prefill mixed
 into running decodes, prefix-cache hits), each must give exactly the greedy tokens it gives
 alone on an engine without a prefix cache, and exactly what transformers' `generate` gives.
+Every test runs on each `device`: the CPU, and CUDA where torch sees a GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ PARAMS = SamplingParams(max_new_tokens=NEW, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
+def neo(neo, to_device):
+    """The session's tiny GPT-Neo on each device."""
+    return to_device(neo)
+
+
+@pytest.fixture(scope="module")
 def alone(neo, gpt2_tokenizer) -> list[list[int]]:
     """Each request run by itself, no prefix cache."""
     with LLM.from_model(neo, gpt2_tokenizer, threads=1, prefix_caching=False) as solo:
@@ -29,9 +36,10 @@ def alone(neo, gpt2_tokenizer) -> list[list[int]]:
 
 
 @torch.no_grad()
-def test_alone_equals_transformers_generate(hf_neo, alone) -> None:
+def test_alone_equals_transformers_generate(hf_neo, neo, to_device, alone) -> None:
+    hf_neo = to_device(hf_neo)
     for suffix, tokens in zip(SUFFIXES, alone, strict=True):
-        ids = torch.tensor([PREFIX + suffix])
+        ids = torch.tensor([PREFIX + suffix], device=neo.device)
         out = hf_neo.generate(ids, max_new_tokens=NEW, do_sample=False, min_new_tokens=NEW)
         assert out[0, ids.shape[1] :].tolist() == tokens
 
@@ -82,7 +90,7 @@ def test_cold_burst_waits_for_the_shared_prefix(neo, gpt2_tokenizer, alone) -> N
 
 
 @pytest.fixture(scope="module")
-def gemma_pair():
+def gemma_pair(to_device):
     """A tiny Gemma 3 (sliding window 32, GQA, QK-norm) over the GPT-2 vocabulary."""
     from transformers import Gemma3ForCausalLM as HFGemma3
     from transformers import Gemma3TextConfig
@@ -100,7 +108,7 @@ def gemma_pair():
     hf = HFGemma3(config).eval()
     native = Gemma3ForCausalLM(config).eval()
     native.load_hf_state_dict(hf.state_dict())
-    return hf, native
+    return to_device(hf), to_device(native)
 
 
 def test_gemma3_sliding_window_batched_and_cached_equals_alone(gemma_pair, gpt2_tokenizer):
@@ -110,7 +118,7 @@ def test_gemma3_sliding_window_batched_and_cached_equals_alone(gemma_pair, gpt2_
     with LLM.from_model(native, gpt2_tokenizer, threads=1, prefix_caching=False) as solo:
         alone = [solo.generate(PREFIX + s, PARAMS).token_ids for s in SUFFIXES]
     with torch.no_grad():
-        ids = torch.tensor([PREFIX + SUFFIXES[1]])
+        ids = torch.tensor([PREFIX + SUFFIXES[1]], device=native.device)
         out = hf.generate(ids, max_new_tokens=NEW, do_sample=False, min_new_tokens=NEW)
     assert out[0, ids.shape[1] :].tolist() == alone[1]
     with LLM.from_model(native, gpt2_tokenizer, threads=1, kv_cache_mb=16) as llm:

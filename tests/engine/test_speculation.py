@@ -88,9 +88,10 @@ def test_greedy_verification_stops_at_the_first_disagreement() -> None:
     assert accepted == 3 and [c.token_id for c in choices] == [2, 3, 1, 4]
 
 
-def test_compiled_engine_equals_eager(neo, gpt2_tokenizer) -> None:
+def test_compiled_engine_equals_eager(neo, gpt2_tokenizer, to_device) -> None:
     """torch.compile (Inductor, dynamic shapes) gives the eager engine's tokens, batched and
-    with a prefix hit."""
+    with a prefix hit, on each device."""
+    neo = to_device(neo)
     prompts = [few_shot_ids(4), random_ids(30, seed=7), random_ids(12, seed=8)]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
     with LLM.from_model(neo, gpt2_tokenizer, threads=1, kv_cache_mb=16) as eager:

@@ -39,6 +39,20 @@ def _prompt(n: int, seed: int, vocab: int) -> torch.Tensor:
     return torch.randint(3, vocab - 1, (n,), generator=gen)
 
 
+@pytest.fixture(scope="module")
+def dpair(pair, device, to_device):
+    """`pair` on each device (`device`): the CPU, and CUDA where there is one."""
+    hf, native = pair
+    return to_device(hf), to_device(native)
+
+
+def _tol(model: CausalLM) -> dict[str, float]:
+    """ATOL/RTOL on the CPU; on CUDA 1e-3: its kernels sum in other orders (a misplaced key or
+    position moves logits by far more)."""
+    tol = ATOL if model.device.type == "cpu" else 1e-3
+    return {"atol": tol, "rtol": tol}
+
+
 def _full_logits(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
     cache = new_cache(model)
     out = run(model, ids, [cache], [len(ids)], logits="all")
@@ -61,22 +75,22 @@ def _greedy(model: CausalLM, ids: torch.Tensor, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def test_logits_match_transformers(pair) -> None:
-    hf, native = pair
-    ids = _prompt(PROMPT_LEN, seed=1, vocab=native.spec.vocab_size)
+def test_logits_match_transformers(dpair) -> None:
+    hf, native = dpair
+    ids = _prompt(PROMPT_LEN, seed=1, vocab=native.spec.vocab_size).to(native.device)
     expected = hf(ids[None]).logits[0].float()  # [T, vocab]
     got = _full_logits(native, ids)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    assert got.dtype == torch.float32 and got.device == native.device
+    torch.testing.assert_close(got, expected, **_tol(native))
 
 
 @torch.no_grad()
-def test_greedy_matches_transformers_generate(pair) -> None:
-    hf, native = pair
-    ids = _prompt(PROMPT_LEN, seed=2, vocab=native.spec.vocab_size)
+def test_greedy_matches_transformers_generate(dpair) -> None:
+    hf, native = dpair
+    ids = _prompt(PROMPT_LEN, seed=2, vocab=native.spec.vocab_size).to(native.device)
     hf_out = hf.generate(
         ids[None],
-        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=native.device),
         max_new_tokens=NEW_TOKENS,
         do_sample=False,
         pad_token_id=0,
@@ -86,8 +100,8 @@ def test_greedy_matches_transformers_generate(pair) -> None:
 
 
 @torch.no_grad()
-def test_cached_decoding_equals_full_forward(pair) -> None:
-    _, native = pair
+def test_cached_decoding_equals_full_forward(dpair) -> None:
+    _, native = dpair
     ids = _prompt(PROMPT_LEN, seed=3, vocab=native.spec.vocab_size)
     full = _full_logits(native, ids)  # [T, vocab]
     split = 280
@@ -96,12 +110,12 @@ def test_cached_decoding_equals_full_forward(pair) -> None:
     for pos in range(split, len(ids)):
         rows.append(run(native, ids[pos : pos + 1], [cache], [1], logits="all"))
     assert cache.length == len(ids)
-    torch.testing.assert_close(torch.cat(rows), full, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(torch.cat(rows), full, **_tol(native))
 
 
 @torch.no_grad()
-def test_mixed_batch_equals_each_alone(pair) -> None:
-    _, native = pair
+def test_mixed_batch_equals_each_alone(dpair) -> None:
+    _, native = dpair
     vocab = native.spec.vocab_size
     prefixes = [_prompt(n, seed=10 + i, vocab=vocab) for i, n in enumerate((300, 5, 40))]
     news = [_prompt(n, seed=20 + i, vocab=vocab) for i, n in enumerate((1, 33, 7))]
@@ -131,8 +145,8 @@ def test_mixed_batch_equals_each_alone(pair) -> None:
         c.length = len(p)
     batch_last = run(native, torch.cat(news), caches, counts, logits="last")
     assert batch_last.shape == (3, vocab)
-    torch.testing.assert_close(batch_all, torch.cat(alone_all), atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(batch_last, torch.stack(alone_last), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(batch_all, torch.cat(alone_all), **_tol(native))
+    torch.testing.assert_close(batch_last, torch.stack(alone_last), **_tol(native))
 
 
 def test_spec_and_state_dict_keys(pair) -> None:

@@ -7,7 +7,7 @@ server: the Hugging Face Inference API route `POST /models/{id}` and TGI's `POST
 (with `details`, so the client can count generated tokens). Calls are serialised with a lock:
 concurrent pipeline calls on the same cores only slow each other down.
 
-Run: python -m fewshot.bench.baseline_server --model DIR --port PORT --threads N
+Run: python -m fewshot.bench.baseline_server --model DIR --port PORT --threads N [--device cuda]
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def _stop_list(params: dict[str, Any]) -> list[str]:
 class PipelineGenerator:
     """One transformers text-generation pipeline, called under a lock."""
 
-    def __init__(self, model_dir: str, threads: int, serialize: bool = True) -> None:
+    def __init__(
+        self, model_dir: str, threads: int, serialize: bool = True, device: str = "cpu"
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -50,8 +52,10 @@ class PipelineGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, local_files_only=True
+        ).to(device)
+        self.pipe = pipeline(
+            "text-generation", model=model, tokenizer=self.tokenizer, device=torch.device(device)
         )
-        self.pipe = pipeline("text-generation", model=model, tokenizer=self.tokenizer)
         self.lock: threading.Lock | None = threading.Lock() if serialize else None
 
     def _kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--threads", type=int, required=True, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument(
         "--concurrent", action="store_true", help="let requests run the pipeline concurrently"
     )
@@ -142,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    generator = PipelineGenerator(args.model, args.threads, serialize=not args.concurrent)
+    generator = PipelineGenerator(
+        args.model, args.threads, serialize=not args.concurrent, device=args.device
+    )
     uvicorn.run(create_app(generator), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -84,6 +84,7 @@ class BenchConfig:
     peer_pythons: dict[str, Path] = field(default_factory=dict)
     peer_backends: list[str] = field(default_factory=list)
     seed: int = 0
+    device: str = "cpu"  # where both servers run the model: cpu | cuda | cuda:N
     single_tokens: int = 350
     prefix_tokens: int = 300
     single_new_tokens: int = 64

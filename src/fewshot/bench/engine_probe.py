@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # the server's instruction-set cap (FEWSHOT_KERNEL_ISA) holds for the probe too
     isa = Settings().kernel_isa
-    llm = LLM.load(args.model, dtype=args.dtype, threads=args.threads, kernel_isa=isa)
+    llm = LLM.load(
+        args.model, dtype=args.dtype, device=args.device, threads=args.threads, kernel_isa=isa
+    )
     load_s = time.perf_counter() - t0
     try:
         cold, prefix, queries = prompts["cold"], prompts["prefix"], prompts["single_queries"]
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--dtype", default="int8")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--prompts", required=True, help="JSON: cold, prefix, single_queries")
     parser.add_argument("--rounds", type=int, default=3)

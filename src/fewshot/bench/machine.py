@@ -26,6 +26,7 @@ class MachineInfo:
     load_avg_1m: float | None = None
     python: str = ""
     torch: str = ""
+    gpu: str | None = None  # the CUDA device the run used, by name
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,8 +63,8 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
     return model, flags
 
 
-def machine_info() -> MachineInfo:
-    """Describe this machine."""
+def machine_info(device: str = "cpu") -> MachineInfo:
+    """Describe this machine (and the CUDA device, where `device` names one)."""
     import psutil
     import torch
 
@@ -82,6 +83,7 @@ def machine_info() -> MachineInfo:
         load_avg_1m=load,
         python=platform.python_version(),
         torch=torch.__version__,
+        gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
     )
 
 

@@ -248,6 +248,13 @@ def _machine_section(results: dict[str, Any]) -> list[str]:
         f"- CPU: {m.get('cpu_model')}; {m.get('logical_cores')} logical / {m.get('physical_cores')} physical cores, "
         f"{m.get('available_cores')} available to this process; {m.get('memory_gib')} GiB RAM; "
         f"flags: {', '.join(m.get('flags') or []) or 'none of note'}",
+        *(
+            [
+                f"- GPU: {m['gpu']} (`--device {meta.get('device')}`): both servers run the model there"
+            ]
+            if m.get("gpu")
+            else []
+        ),
         f"- Threads: **{meta.get('threads')}** for every engine (torch intra-op threads / ORT / OpenVINO / llama.cpp)",
         f"- Memory read bandwidth (torch sum, {meta.get('threads')} threads): {num(bw)} GB/s at the start, {num(bw_end)} GB/s at the end",
         f"- Load average at the start: {num(load, 2) if load is not None else '-'} "

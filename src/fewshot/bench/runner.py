@@ -128,7 +128,8 @@ def _probe(
 ) -> dict:
     argv = [
         sys.executable, "-m", "fewshot.bench.engine_probe", "--model", model.ours_source,
-        "--dtype", dtype, "--threads", str(cfg.threads), "--prompts", str(prompt_file),
+        "--dtype", dtype, "--device", cfg.device, "--threads", str(cfg.threads),
+        "--prompts", str(prompt_file),
         "--rounds", str(cfg.rounds), "--new-tokens", str(cfg.single_new_tokens),
         "--profile-tokens", str(cfg.single_new_tokens if cfg.profile else 0),
     ]  # fmt: skip
@@ -194,18 +195,19 @@ def run_model(
         "engines": {},
     }
 
-    log(f"{name}: baseline (transformers pipeline, fp32)")
+    on = "" if cfg.device == "cpu" else f" on {cfg.device}"
+    log(f"{name}: baseline (transformers pipeline, fp32{on})")
     port = free_port()
     server = ServerProcess(
-        "baseline", baseline_argv(model.hf_dir, port, cfg.threads), port, logs / "baseline.log",
-        startup_timeout=cfg.server_timeout_s,
+        "baseline", baseline_argv(model.hf_dir, port, cfg.threads, cfg.device), port,
+        logs / "baseline.log", startup_timeout=cfg.server_timeout_s,
     )  # fmt: skip
     base = _run_side(
         server, "bench", plan.baseline, prompts, cfg, log, curve_prompts,
         cfg.curve_baseline_concurrency,
     )  # fmt: skip
     out["engines"]["baseline"] = {
-        "label": "transformers pipeline fp32 (baseline)",
+        "label": f"transformers pipeline fp32{on} (baseline)",
         "kind": "baseline",
         "dtype": "fp32",
         **base,
@@ -216,15 +218,16 @@ def run_model(
         log(f"{name}: ours ({dtype})")
         port = free_port()
         server = ServerProcess(
-            f"ours-{dtype}", ours_argv(model.ours_source, OURS_ALIAS, port, cfg.threads, dtype), port,
-            logs / f"ours-{dtype}.log", startup_timeout=cfg.server_timeout_s,
+            f"ours-{dtype}",
+            ours_argv(model.ours_source, OURS_ALIAS, port, cfg.threads, dtype, cfg.device),
+            port, logs / f"ours-{dtype}.log", startup_timeout=cfg.server_timeout_s,
         )  # fmt: skip
         res = _run_side(
             server, OURS_ALIAS, plan.ours, prompts, cfg, log, curve_prompts,
             cfg.curve_concurrency,
         )  # fmt: skip
         out["engines"][f"ours-{dtype}"] = {
-            "label": f"fewshot serve {dtype}",
+            "label": f"fewshot serve {dtype}{on}",
             "kind": "ours",
             "dtype": dtype,
             **res,
@@ -294,6 +297,7 @@ def run(cfg: BenchConfig, log: Log = _log) -> dict[str, Any]:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": cfg.command,
             "threads": cfg.threads,
+            "device": cfg.device,
             "rounds": cfg.rounds,
             "dtypes": cfg.dtypes,
             "quick": cfg.quick,
@@ -322,7 +326,7 @@ def run(cfg: BenchConfig, log: Log = _log) -> dict[str, Any]:
         "models": {},
     }
     log("machine and memory bandwidth")
-    results["machine"] = machine_info().to_dict()
+    results["machine"] = machine_info(cfg.device).to_dict()
     results["bandwidth_gbps"] = measure_bandwidth(cfg.threads, cfg.bandwidth_mb)
     results["runtime"] = runtime_probe()
     results["runtime_rss"] = results["runtime"].get("rss")

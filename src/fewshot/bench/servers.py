@@ -154,21 +154,24 @@ class ServerProcess:
                 self.proc.wait(timeout=20)
 
 
-def baseline_argv(model_dir: Path, port: int, threads: int) -> list[str]:
+def baseline_argv(model_dir: Path, port: int, threads: int, device: str = "cpu") -> list[str]:
     """Command line of the transformers-pipeline baseline server."""
     return [
         sys.executable, "-m", "fewshot.bench.baseline_server",
         "--model", str(model_dir), "--port", str(port), "--threads", str(threads),
+        "--device", device,
     ]  # fmt: skip
 
 
 _CLI = "import sys; from fewshot.cli import main; sys.exit(main())"
 
 
-def ours_argv(source: str, alias: str, port: int, threads: int, dtype: str) -> list[str]:
+def ours_argv(
+    source: str, alias: str, port: int, threads: int, dtype: str, device: str = "cpu"
+) -> list[str]:
     """Command line of `fewshot serve` for one model under `alias`."""
     return [
         sys.executable, "-c", _CLI, "serve",
         "--model", f"{alias}={source}", "--port", str(port),
-        "--threads", str(threads), "--dtype", dtype,
+        "--threads", str(threads), "--dtype", dtype, "--device", device,
     ]  # fmt: skip

@@ -60,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentP
         "(default auto,int8,fp32; auto = what `fewshot serve` picks on this CPU)",
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="where both servers run the model: cpu (default) | cuda | cuda:N; on CUDA, "
+        "auto means bf16 and the baseline's pipeline runs there too",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="smoke run: tiny model, short prompts, one round"
     )
     p.add_argument(
@@ -163,6 +169,7 @@ def config_from_args(
         "peer_pythons": pythons,
         "peer_backends": args.peers,
         "seed": args.seed,
+        "device": args.device,
         "profile": not args.no_profile,
         "curves": not args.no_curves,
         "curve_rounds": max(1, args.curve_rounds),
@@ -193,12 +200,19 @@ def run(args: argparse.Namespace) -> int:
     models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)
     unknown = [m for m in models if m not in KNOWN_MODELS]
     bad_dtypes = [d for d in args.dtype if d not in DTYPES]
-    if unknown or bad_dtypes:
-        print(f"unknown model(s) {unknown} or dtype(s) {bad_dtypes}", file=sys.stderr)
+    on_cuda = args.device.startswith("cuda")
+    if unknown or bad_dtypes or not (on_cuda or args.device == "cpu"):
+        print(
+            f"unknown model(s) {unknown}, dtype(s) {bad_dtypes} or device {args.device!r}",
+            file=sys.stderr,
+        )
         return 2
     from fewshot.models.loading import resolve_dtype
 
-    args.dtype = list(dict.fromkeys(resolve_dtype(d) for d in args.dtype))
+    args.dtype = list(dict.fromkeys(resolve_dtype(d, args.device) for d in args.dtype))
+    if on_cuda and "int8" in args.dtype:
+        print("int8 weights run on the CPU only; use --dtype auto,bf16,fp32", file=sys.stderr)
+        return 2
     try:
         pythons = parse_peer_python(args.peer_python)
     except ValueError as exc:

@@ -60,8 +60,11 @@ class ChunkLogits:
     rows: torch.Tensor | None
 
 
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux MemAvailable; else 4 GiB)."""
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes of memory available to new allocations on `device`: a CUDA device's free memory,
+    else the host's (Linux MemAvailable; else 4 GiB)."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -73,7 +76,7 @@ def available_memory() -> int:
 
 
 def pool_blocks(model: CausalLM, config: EngineConfig, dtype: torch.dtype) -> int:
-    """Blocks in the pool: `kv_cache_mb`, or a quarter of free memory capped at what
+    """Blocks in the pool: `kv_cache_mb`, or a quarter of the device's free memory capped at what
     `max_batch_size` sequences of `max_model_len` tokens need."""
     s, cc = model.spec, config.cache
     per_block = KVPool.block_bytes(s.n_layers, s.n_kv_heads, s.head_dim, cc.block_size, dtype)
@@ -81,7 +84,7 @@ def pool_blocks(model: CausalLM, config: EngineConfig, dtype: torch.dtype) -> in
         return max(1, int(cc.kv_cache_mb * 2**20) // per_block)
     max_len = config.max_model_len or min(s.max_positions, 4096)
     want = config.max_batch_size * -(-max_len // cc.block_size)
-    return max(1, min(want, available_memory() // 4 // per_block))
+    return max(1, min(want, available_memory(model.device) // 4 // per_block))
 
 
 class ModelRunner:

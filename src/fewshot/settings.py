@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     compile: bool = Field(
         False, description="torch.compile the model (needs a C++ compiler; compiles at start)"
     )
+    cuda_graphs: bool = Field(
+        True, description="On CUDA: replay batched decode steps as CUDA graphs (off: eager steps)"
+    )
     speculative_tokens: int = Field(
         0, ge=0, le=16, description="Prompt-lookup draft tokens verified per decode step (0: off)"
     )

@@ -147,3 +147,22 @@ def test_partial_hit_then_fork_equals_alone(neo, gpt2_tokenizer) -> None:
     expected = torch.tensor([[t.logprob for t in r.tokens] for r in want])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert results[0].cached_tokens == 300 and stats["partial_hits"] == 1
+
+
+def test_decode_graphs_equal_eager_steps(neo, gpt2_tokenizer) -> None:
+    """Decode steps run as fixed-shape steps (on CUDA: captured graphs, replayed; elsewhere the
+    same padded step, eagerly) give the eager engine's tokens: batched (3 sequences padded to 4,
+    the padding writing to the scratch block), with prefix hits."""
+    with LLM.from_model(
+        neo, gpt2_tokenizer, threads=1, prefix_caching=False, decode_graphs=False
+    ) as eager:
+        want = [eager.generate(PREFIX + s, PARAMS).token_ids for s in SUFFIXES]
+    with LLM.from_model(
+        neo, gpt2_tokenizer, threads=1, kv_cache_mb=64, decode_graphs=True
+    ) as engine_llm:
+        assert engine_llm.generate(PREFIX + SUFFIXES[0], PARAMS).token_ids == want[0]
+        handles = [engine_llm.submit(PREFIX + s, PARAMS) for s in SUFFIXES[1:]]
+        results = [h.wait()[0] for h in handles]
+        graphs = engine_llm.engine.runner.graphs
+    assert [r.token_ids for r in results] == want[1:]
+    assert graphs is not None and {(1, 32), (4, 32)} <= set(graphs.shapes)

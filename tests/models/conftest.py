@@ -214,6 +214,13 @@ def pair(request) -> tuple[torch.nn.Module, CausalLM]:
     return make_pair(request.param)
 
 
+@pytest.fixture(scope="module")
+def dpair(pair, device, to_device) -> tuple[torch.nn.Module, CausalLM]:
+    """`pair` on each device (`device`): the CPU, and CUDA where there is one."""
+    hf, native = pair
+    return to_device(hf), to_device(native)
+
+
 @pytest.fixture(scope="session")
 def model_pair_factory():
     """make_pair, for tests that build their own pairs (e.g. to quantize one side)."""

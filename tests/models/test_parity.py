@@ -14,6 +14,7 @@ from fewshot.models import attention, native
 from fewshot.models.attention import paged_attention
 from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM
+from fewshot.models.decode_graphs import DecodeGraphs
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.standalone import Arena, new_cache, run
 
@@ -37,13 +38,6 @@ def decode_path(request, monkeypatch) -> str:
 def _prompt(n: int, seed: int, vocab: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab - 1, (n,), generator=gen)
-
-
-@pytest.fixture(scope="module")
-def dpair(pair, device, to_device):
-    """`pair` on each device (`device`): the CPU, and CUDA where there is one."""
-    hf, native = pair
-    return to_device(hf), to_device(native)
 
 
 def _tol(model: CausalLM) -> dict[str, float]:
@@ -467,3 +461,33 @@ def _decode_reference(q, k_cache, v_cache, tables, bounds, scale, cap) -> torch.
             s = cap * torch.tanh(s / cap)
         want[b] = torch.einsum("ht,htd->hd", s.softmax(-1), v)
     return want
+
+
+@torch.no_grad()
+def test_fixed_shape_decode_equals_the_eager_step(dpair) -> None:
+    """A step of decodes padded to fixed shapes (3 sequences to a bucket of 4, tables to a
+    power of two, the padding in a scratch block; on CUDA a captured graph, replayed) gives the
+    eager step's logits and writes the same K/V, twice over with new inputs."""
+    _, native = dpair
+    vocab = native.spec.vocab_size
+    arena = Arena(native, blocks=128)  # no growth: the graphs hold the pool
+    pool = arena.pool
+    assert pool is not None
+    scratch = arena.take(1)[0]  # block 0
+    caches = []
+    for i, n in enumerate((300, 5, 40)):
+        caches.append(arena.new_cache())
+        run(native, _prompt(n, seed=30 + i, vocab=vocab), caches[-1:], [n])
+    graphs = DecodeGraphs(native, pool, scratch, max_batch=8, capture=native.device.type == "cuda")
+    for step in range(2):
+        tokens = _prompt(3, seed=40 + step, vocab=vocab).tolist()
+        before = pool.kv.clone()
+        want = run(native, tokens, caches, [1, 1, 1])  # eager; each length + 1
+        kv_want = pool.kv.clone()
+        pool.kv.copy_(before)  # the fixed-shape step must write the new K/V itself
+        got = graphs.run(tokens, [c.length - 1 for c in caches], [c.blocks for c in caches])
+        assert got is not None
+        torch.testing.assert_close(got, want, **_tol(native))
+        # block 0 is the scratch block, written by the padding row
+        torch.testing.assert_close(pool.kv[:, :, :, 1:], kv_want[:, :, :, 1:], **_tol(native))
+    assert pool is arena.pool and list(graphs.shapes) == [(4, 32)]

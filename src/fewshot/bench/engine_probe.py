@@ -110,11 +110,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     from fewshot.settings import Settings
 
-    # the server's instruction-set cap (FEWSHOT_KERNEL_ISA) holds for the probe too
-    isa = Settings().kernel_isa
+    # the server's instruction-set cap (FEWSHOT_KERNEL_ISA) and CUDA graphs setting
+    # (FEWSHOT_CUDA_GRAPHS) hold for the probe too
+    settings = Settings()
     llm = LLM.load(
-        args.model, dtype=args.dtype, device=args.device, threads=args.threads, kernel_isa=isa
-    )
+        args.model, dtype=args.dtype, device=args.device, threads=args.threads,
+        kernel_isa=settings.kernel_isa, decode_graphs=None if settings.cuda_graphs else False,
+    )  # fmt: skip
     load_s = time.perf_counter() - t0
     try:
         cold, prefix, queries = prompts["cold"], prompts["prefix"], prompts["single_queries"]

@@ -58,6 +58,10 @@ class EngineConfig:
     compile: bool = False
     """Run the model through torch.compile (Inductor, dynamic shapes): the layers' dense parts
     become fused kernels, attention stays eager. Compiled once per process (cached on disk)."""
+    decode_graphs: bool | None = None
+    """Batched decode steps replayed as CUDA graphs (models/decode_graphs.py). None: on CUDA
+    devices (not with `compile`); False: never (the eager step, the exactness reference);
+    True: also elsewhere, where the same fixed-shape step runs eagerly (tests)."""
     threads: int | None = None
     """Torch intra-op threads of the engine thread; None: the cores this process may use."""
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -93,6 +97,7 @@ class EngineConfig:
             threads=settings.threads,
             speculative_tokens=settings.speculative_tokens,
             compile=settings.compile,
+            decode_graphs=None if settings.cuda_graphs else False,
             cache=CacheConfig(
                 kv_cache_mb=settings.kv_cache_mb,
                 kv_dtype=settings.kv_dtype,

@@ -14,8 +14,9 @@ table, its first new position and how many new tokens it has; the sequences are 
 decode group (one new token each) and a prefill group (chunks of several), each a `QueryGroup`
 that `attention.paged_attention` attends with one call. What the layers derive from a group
 once and share (the gather plan per window, `GatherPlan`; the native kernel's inputs,
-`NativeInputs`) is cached on it. Nothing here assumes a device: every tensor is created on the
-pool's device.
+`NativeInputs`) is cached on it. A batch of decodes of fixed shape (`PaddedDecode`: padded
+block tables, as tensors only) is what a captured CUDA graph replays (decode_graphs.py). Nothing
+here assumes a device: every tensor is created on the pool's device.
 """
 
 from __future__ import annotations
@@ -86,6 +87,29 @@ class QueryGroup:
 
 
 @dataclass
+class PaddedDecode:
+    """A batch of B decodes (one new token each) in fixed-shape tensors, nothing on the host:
+    what a CUDA graph can replay. Table entries past a sequence's blocks (and padding rows)
+    name a scratch block; keys past each query's position are masked."""
+
+    tables: torch.Tensor  # [B, W] block ids
+    q_pos: torch.Tensor  # [B] position of each new token
+    masks: dict[int | None, torch.Tensor] = field(default_factory=dict)  # per window
+
+    def mask(self, window: int | None, bs: int) -> torch.Tensor:
+        """[B, 1, 1, W * bs]: True where the query may see the key (per window, shared by the
+        layers with that window)."""
+        if window not in self.masks:
+            k_pos = torch.arange(self.tables.shape[1] * bs, device=self.q_pos.device)
+            diff = self.q_pos[:, None] - k_pos[None, :]  # [B, L]
+            allowed = diff >= 0
+            if window is not None:
+                allowed &= diff < window
+            self.masks[window] = allowed[:, None, None, :]
+        return self.masks[window]
+
+
+@dataclass
 class AttentionMetadata:
     """Everything attention needs about one step's batch; built once, read by every layer."""
 
@@ -100,6 +124,7 @@ class AttentionMetadata:
     single: list[int] | None = None  # the block table when the batch is one decoding sequence
     # the native kernel's inputs for the one decoding sequence, per window (`NativeInputs`)
     native_inputs: dict[int | None, NativeInputs] = field(default_factory=dict)
+    padded: PaddedDecode | None = None  # a fixed-shape batch of decodes (a CUDA graph's)
 
     @property
     def num_tokens(self) -> int:
@@ -109,8 +134,9 @@ class AttentionMetadata:
     def attends_natively(self) -> bool:
         """Whether the native kernel (where it runs) attends every query of the batch on its
         own: decodes and short prefill chunks (`QueryGroup.attends_natively`)."""
-        return self.single is not None or all(
-            g is None or g.attends_natively for g in (self.decode, self.prefill)
+        return self.padded is None and (
+            self.single is not None
+            or all(g is None or g.attends_natively for g in (self.decode, self.prefill))
         )
 
     def native_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +206,21 @@ class AttentionMetadata:
                 rows.append(g.rows[g.valid])
         meta.order = torch.cat(rows)
         return meta
+
+    @classmethod
+    def padded_decode(
+        cls, pool: KVPool, slots: torch.Tensor, tables: torch.Tensor, q_pos: torch.Tensor
+    ) -> AttentionMetadata:
+        """B decodes described by tensors alone (`PaddedDecode`): slots, tables [B, W] and
+        positions [B] on the pool's device."""
+        b = slots.shape[0]
+        return cls(
+            pool=pool,
+            slot_mapping=slots,
+            query_start=list(range(b + 1)),
+            start_pos=[0] * b,  # on the device only (`padded.q_pos`)
+            padded=PaddedDecode(tables, q_pos),
+        )
 
 
 def _query_group(

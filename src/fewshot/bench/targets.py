@@ -82,7 +82,9 @@ def judge(results: dict[str, Any]) -> list[TargetResult]:
     base = engines.get("baseline", {})
     peers = {k: v for k, v in engines.items() if v.get("kind") == "peer" and "error" not in v}
     spec = model.get("model", {})
-    bandwidth = results.get("bandwidth_gbps")
+    # the host's memory bandwidth: its floors say nothing of a step on a GPU (`--device cuda`)
+    on_cpu = results.get("meta", {}).get("device", "cpu") == "cpu"
+    bandwidth = results.get("bandwidth_gbps") if on_cpu else None
     out: list[TargetResult] = []
 
     # 1. serving vs the baseline

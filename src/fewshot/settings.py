@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     speculative_tokens: int = Field(
         0, ge=0, le=16, description="Prompt-lookup draft tokens verified per decode step (0: off)"
     )
+    speculative_max_batch: int = Field(
+        1, ge=1, description="Draft only while at most this many sequences decode"
+    )
     response_cache_entries: int = Field(1024, description="Entries of the use_cache response cache")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Converted-model cache")
     hf_token: str | None = Field(None, description="Token for the Hugging Face hub when reachable")

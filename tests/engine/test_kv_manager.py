@@ -289,6 +289,21 @@ def test_batch_limit_counts_every_return_sequence() -> None:
     assert sched.running_slots() == 2 and sched.waiting[0].request is b
 
 
+def test_drafts_only_while_few_sequences_decode() -> None:
+    """Prompt-lookup drafts only while at most speculative_max_batch sequences decode."""
+    sched = scheduler(64, speculative_tokens=2, speculative_max_batch=1)
+    a = make_request([1, 2, 3, 1, 2], rid=0, max_new_tokens=8)
+    b = make_request([4, 5, 6, 4, 5], rid=1, max_new_tokens=8)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched, token=3)  # both prefilled; a ends "1 2 3 1 2 3", alone it would draft
+    out = run_step(sched, token=1)
+    assert [(c.seq.request, c.drafts) for c in out.chunks] == [(a, []), (b, [])]
+    sched.finish(b.seqs[0])
+    out = sched.schedule()  # a alone, ending "3 1 2 3 1"
+    assert [(c.seq.request, c.drafts) for c in out.chunks] == [(a, [2, 3])]
+
+
 def test_scheduler_and_kv_manager_never_import_torch() -> None:
     code = (
         "import sys; import fewshot.engine.scheduler, fewshot.engine.kv_manager; "

@@ -41,7 +41,12 @@ def test_greedy_is_identical_with_speculation(neo, gpt2_tokenizer) -> None:
     with LLM.from_model(neo, gpt2_tokenizer, threads=1, kv_cache_mb=16) as plain:
         expected = [plain.generate(p, params).token_ids for p in prompts]
     with LLM.from_model(
-        neo, gpt2_tokenizer, threads=1, kv_cache_mb=16, speculative_tokens=4
+        neo,
+        gpt2_tokenizer,
+        threads=1,
+        kv_cache_mb=16,
+        speculative_tokens=4,
+        speculative_max_batch=8,  # drafts in batches too
     ) as spec:
         handles = [spec.submit(p, params, loop=None) for p in prompts]  # batched too
         got = [h.wait()[0].token_ids for h in handles]
@@ -117,7 +122,12 @@ def test_native_layers_change_nothing_in_the_engine(neo, gpt2_tokenizer) -> None
     for fused in (False, True):
         model.fuse_layers = fused
         with LLM.from_model(
-            model, gpt2_tokenizer, threads=1, kv_cache_mb=16, speculative_tokens=3
+            model,
+            gpt2_tokenizer,
+            threads=1,
+            kv_cache_mb=16,
+            speculative_tokens=3,
+            speculative_max_batch=8,
         ) as llm:
             first = llm.generate(prompts[0], params)  # its prefix is then cached for the rest
             handles = [llm.submit(p, params, loop=None) for p in prompts[1:]]

@@ -55,6 +55,11 @@ class EngineConfig:
     """Prompt-lookup drafts verified per decode step (0: no speculation)."""
     speculative_max_ngram: int = 3
     """Longest n-gram matched against earlier tokens to find drafts."""
+    speculative_max_batch: int = 1
+    """Draft only while at most this many sequences decode: a batch already shares each weight
+    load, and verifying drafts then costs compute the accepted tokens do not repay (Gemma 3
+    270M int8 on 2 AVX2 cores, few-shot requests, every draft accepted: 0.74x, 0.80x and 0.68x
+    at 2, 4 and 8 concurrent, one at a time 1.07-1.21x; BENCHMARKS.md, fifteenth pass)."""
     compile: bool = False
     """Run the model through torch.compile (Inductor, dynamic shapes): the layers' dense parts
     become fused kernels, attention stays eager. Compiled once per process (cached on disk)."""
@@ -70,8 +75,15 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
-        if self.speculative_tokens < 0 or self.speculative_max_ngram < 1:
-            raise ValueError("speculative_tokens must be >= 0 and speculative_max_ngram >= 1")
+        if (
+            self.speculative_tokens < 0
+            or self.speculative_max_ngram < 1
+            or self.speculative_max_batch < 1
+        ):
+            raise ValueError(
+                "speculative_tokens must be >= 0, speculative_max_ngram and "
+                "speculative_max_batch >= 1"
+            )
         if self.prefill_chunk < 1 or self.idle_prefill_tokens < 1:
             raise ValueError("prefill_chunk and idle_prefill_tokens must be >= 1")
 
@@ -96,6 +108,7 @@ class EngineConfig:
             max_model_len=settings.max_total_tokens,
             threads=settings.threads,
             speculative_tokens=settings.speculative_tokens,
+            speculative_max_batch=settings.speculative_max_batch,
             compile=settings.compile,
             decode_graphs=None if settings.cuda_graphs else False,
             cache=CacheConfig(

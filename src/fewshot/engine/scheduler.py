@@ -148,10 +148,12 @@ class Scheduler:
         return n
 
     def _schedule_decodes(self, out: SchedulerOutput) -> None:
-        for seq in list(self.running):
-            if seq.status is not SeqStatus.RUNNING or seq.prefilling:
+        decoding = [s for s in self.running if s.status is SeqStatus.RUNNING and not s.prefilling]
+        speculate = len(decoding) <= self.config.speculative_max_batch
+        for seq in decoding:
+            if seq.status is not SeqStatus.RUNNING:  # preempted by an earlier one this step
                 continue
-            drafts = self._drafts(seq)
+            drafts = self._drafts(seq) if speculate else []
             while True:
                 new = self.kv.append_slots(seq, 1 + len(drafts))
                 if new is None and drafts:

@@ -328,12 +328,16 @@ def test_native_rms_norm_matches_torch(dim: int) -> None:
         torch.testing.assert_close(got, want)
 
 
-def test_int8_kv_cache_is_bf16_where_the_cpu_has_bf16(gpt_neo_float_and_int8) -> None:
+def test_int8_kv_cache_is_bf16_where_the_cpu_or_the_kernels_read_it(
+    gpt_neo_float_and_int8,
+) -> None:
     floaty, quantized = gpt_neo_float_and_int8
     amx = {"amx_bf16": True, "amx_tile": True}
-    assert auto_kv_dtype(quantized, amx) == torch.bfloat16
-    assert auto_kv_dtype(quantized, {"avx2": True, "avx512_bf16": True}) == torch.bfloat16  # Zen 4
-    assert auto_kv_dtype(quantized, {"avx2": True}) == torch.float32
+    assert auto_kv_dtype(quantized, amx, kernels=False) == torch.bfloat16
+    zen4 = {"avx2": True, "avx512_bf16": True}
+    assert auto_kv_dtype(quantized, zen4, kernels=False) == torch.bfloat16
+    assert auto_kv_dtype(quantized, {"avx2": True}, kernels=True) == torch.bfloat16  # native
+    assert auto_kv_dtype(quantized, {"avx2": True}, kernels=False) == torch.float32  # torch's
     assert auto_kv_dtype(floaty, amx) == torch.float32  # float weights keep their own dtype
 
 

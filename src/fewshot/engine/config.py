@@ -25,7 +25,7 @@ class CacheConfig:
     `max_batch_size` sequences of `max_model_len` tokens need)."""
     kv_dtype: str | None = None
     """"fp32" | "bf16" | None or "auto" (`quant.auto_kv_dtype`: the model's own dtype, bf16
-    for int8 weights on a CPU with AVX512-BF16)."""
+    for int8 weights where the native kernels or the CPU's AVX512-BF16 read it)."""
     prefix_caching: bool = True
     """Share computed full blocks between requests by their chained token hash."""
 

@@ -235,21 +235,28 @@ class Int8Linear(nn.Module):
         )
 
 
-def auto_kv_dtype(model: nn.Module, cpu: dict[str, bool] | None = None) -> torch.dtype:
+def auto_kv_dtype(
+    model: nn.Module, cpu: dict[str, bool] | None = None, kernels: bool | None = None
+) -> torch.dtype:
     """The KV cache's dtype when none is chosen: the model's own (its first parameter's), but
     bfloat16 for int8 weights on a CPU with AVX512-BF16 (AMX hosts, Zen 4; `cpu`: its
-    capabilities, default `torch.cpu.get_capabilities()`). Decoding reads the whole cache every
-    step (the native decode attention converts bf16 keys and values as it reads them; prefill's
-    SDPA flash kernel scores them in float32): at 341 tokens of context that is 24 MB per
-    GPT-Neo-125M step in float32, and bfloat16 halves it (int8 decode, Sapphire Rapids: 10.4 ->
-    9.8 ms/token; Zen 4, 300 -> 500 tokens of context: 13.4 -> 12.3 ms/token in the engine).
-    Prompt logprobs stay close to float32 KV's (tests/engine/test_paged_engine.py). CPUs
-    without it (AVX2 only) keep float32: not measured there."""
+    capabilities, default `torch.cpu.get_capabilities()`) or where the native kernels run
+    (`kernels`, default: `native.load()` succeeds), which read bf16 keys and values on every
+    instruction set. Decoding reads the whole cache every step (the native decode attention
+    converts bf16 keys and values as it reads them; prefill's SDPA flash kernel scores them in
+    float32): at 341 tokens of context that is 24 MB per GPT-Neo-125M step in float32, and
+    bfloat16 halves it (int8 decode, Sapphire Rapids: 10.4 -> 9.8 ms/token; Zen 4, 300 -> 500
+    tokens of context: 13.4 -> 12.3 ms/token in the engine; Zen 3, AVX2 only: the decode
+    step's attention 1.16x faster at 350 tokens of context, 1.24x at 1,000, cold prefills as
+    fast). Prompt logprobs stay close to float32 KV's (tests/engine/test_paged_engine.py).
+    Without either, float32: torch's bf16 attention on an AVX2 CPU is emulated."""
     own = getattr(model, "kv_dtype", None)
     if not any(isinstance(m, Int8Linear) for m in model.modules()):
         return own if isinstance(own, torch.dtype) else torch.float32
     caps = torch.cpu.get_capabilities() if cpu is None else cpu
     bf16 = caps.get("avx512_bf16") or (caps.get("amx_bf16") and caps.get("amx_tile"))
+    if not bf16:
+        bf16 = native.load() is not None if kernels is None else kernels
     return torch.bfloat16 if bf16 else torch.float32  # not the bf16 tied embedding's dtype
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from fewshot.bench import baseline_server, peers, prompts, report, stats, targets
@@ -238,3 +239,44 @@ def test_targets_and_report(tmp_path: Path) -> None:
     assert "(30 new tokens in one chunk" in md
     assert (tmp_path / "docs" / "bench.png").stat().st_size > 0 and len(written) == 2
     json.dumps(results)  # results stay JSON-serialisable
+
+
+def test_a_gpu_run_is_not_judged_against_the_cpus_floors(tmp_path: Path) -> None:
+    """With --device cuda both servers ran on a GPU: the report names it, and the targets set
+    by the host's memory bandwidth are not measured (they would judge a GPU by a CPU)."""
+    results = _synthetic_results()
+    results["meta"]["device"] = "cuda"
+    results["machine"]["gpu"] = "Test GPU"
+    judged = {t.name.split(":")[0]: t for t in targets.judge(results)}
+    floor = judged["batch-1 decode within 2x of the int8 bandwidth floor (ours-int8)"]
+    assert floor.met is None and floor.measured == "-"
+    assert judged["few-shot serving on gpt-neo-125m"].met is True  # ratios still judged
+    report.write(results, tmp_path)
+    assert "- GPU: Test GPU (`--device cuda`)" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--device", "tpu"], "device 'tpu'"),
+        (["--device", "cuda", "--dtype", "int8"], "int8 weights run on the CPU only"),
+        pytest.param(
+            ["--device", "cuda", "--dtype", "auto"],
+            "torch sees no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here"),
+        ),
+    ],
+)
+def test_bench_refuses_a_device_it_cannot_run(flags, says, tmp_path: Path, capsys) -> None:
+    from fewshot.cli import main
+
+    assert main(["bench", "--models", "gpt-neo-tiny", "--work", str(tmp_path), *flags]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_server_command_lines_carry_the_device(tmp_path: Path) -> None:
+    from fewshot.bench.servers import baseline_argv, ours_argv
+
+    assert baseline_argv(tmp_path, 1, 2, "cuda")[-2:] == ["--device", "cuda"]
+    assert ours_argv("m", "a", 1, 2, "bf16", "cuda:1")[-2:] == ["--device", "cuda:1"]
+    assert ours_argv("m", "a", 1, 2, "int8")[-2:] == ["--device", "cpu"]

@@ -213,6 +213,12 @@ def run(args: argparse.Namespace) -> int:
     if on_cuda and "int8" in args.dtype:
         print("int8 weights run on the CPU only; use --dtype auto,bf16,fp32", file=sys.stderr)
         return 2
+    if on_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"device {args.device!r}: torch sees no CUDA device", file=sys.stderr)
+            return 2
     try:
         pythons = parse_peer_python(args.peer_python)
     except ValueError as exc:

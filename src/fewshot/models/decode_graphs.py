@@ -1,10 +1,11 @@
 """Batched decode steps replayed as CUDA graphs.
 
 On a GPU a small model's decode step is launch-bound: GPT-Neo-125M runs some 200 kernels a step,
-each a few microseconds of work behind 10-20 us of Python and launch, so the eager step took
-6-8 ms on an H200 (BENCHMARKS.md, GPU pass) where its arithmetic needs a fraction of one. As in
-vLLM and gpt-fast, the step is captured once per shape and replayed: a graph replays every
-kernel of the forward from one call.
+each a few microseconds of work behind tens of microseconds of Python and launch, so the eager
+step took 6-12 ms on an H200 where its arithmetic needs a fraction of one. As in vLLM and
+gpt-fast, the step is captured once per shape and replayed: a graph replays every kernel of
+the forward from one call (the same H200: 1.4 ms/token against 11.5, few-shot serving 3.0x;
+BENCHMARKS.md, fifteenth pass).
 
 A graph needs fixed shapes and no host data, so a step of B decodes is padded to a batch bucket
 (1, 2, 4, 8, ... up to the engine's batch limit) and its block tables to a width bucket (powers

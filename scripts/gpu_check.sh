@@ -21,10 +21,11 @@ for variant in graphs eager; do
   work="$(mktemp -d)"
   graphs=$([ "$variant" = graphs ] && echo true || echo false)
   # the eager run also profiles an eager step (torch ops' CPU time: what launches cost there)
-  profile=$([ "$variant" = graphs ] && echo --no-profile || echo --curve-rounds=1)
+  extra=()
+  [ "$variant" = graphs ] && extra+=(--no-profile)
   FEWSHOT_CUDA_GRAPHS=$graphs "$py" -c "import sys; from fewshot.cli import main; sys.exit(main())" \
     bench --models gpt-neo-125m --device cuda --dtype "${DTYPES:-auto}" --rounds "${ROUNDS:-2}" \
-    --peers "" --no-curves "$profile" --out "$work/report" --work "$work" 2>&1 | tail -n 30
+    --peers "" --no-curves ${extra[@]+"${extra[@]}"} --out "$work/report" --work "$work" 2>&1 | tail -n 30
   status=$((status || PIPESTATUS[0]))
   cp "$work/report/BENCHMARKS.md" "$out/bench-$variant.md"
   cp "$work"/results/bench-*.json "$out/bench-$variant.json"

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fewshot.models import native
+from fewshot.models.packed_weight import PACK_ROWS, PackedWeight
 from fewshot.models.quant import Int8Linear, auto_kv_dtype, cast_model, quantize_model
 from fewshot.models.standalone import Arena, new_cache, run
 
@@ -298,12 +299,12 @@ def test_a_toolchain_without_amx_still_builds_the_kernels(tmp_path, monkeypatch)
 def test_packing_round_trips() -> None:
     q = torch.randint(-127, 128, (7, 50), dtype=torch.int8)
     scales = torch.arange(14.0).view(7, 2)
-    packed = native.PackedWeight.pack(q, scales, 32)
+    packed = PackedWeight.pack(q, scales, 32)
     assert packed.data.numel() == 16 * 64 and packed.scales.shape == (1, 2, 16)  # 16-row blocks
     assert torch.equal(packed.unpack(), q)
     assert torch.equal(packed.row_scales(), scales)
-    tall = torch.randint(-127, 128, (native.PACK_ROWS + 3, 40), dtype=torch.int8)  # two slices
-    assert torch.equal(native.PackedWeight.pack(tall, torch.ones(len(tall), 1), 48).unpack(), tall)
+    tall = torch.randint(-127, 128, (PACK_ROWS + 3, 40), dtype=torch.int8)  # two slices
+    assert torch.equal(PackedWeight.pack(tall, torch.ones(len(tall), 1), 48).unpack(), tall)
 
 
 @pytest.mark.parametrize("kernel", [k for k in KERNELS if k is not None], ids=KERNEL_IDS[1:])

@@ -41,7 +41,7 @@ void fs_layer_norm(const float *x, const float *w, const float *b, float eps, fl
 void fs_act(const float *x, const float *mul, float *y, long n, int kind, int threads);
 void fs_rope(const float *x, const float *cos, const float *sin, float *y, int N, int H, int D);
 
-typedef struct { /* a packed int8 weight [N, K] (native.PackedWeight); q == NULL: absent */
+typedef struct { /* a packed int8 weight [N, K] (packed_weight.PackedWeight); q == NULL: absent */
   const int8_t *q;
   const uint16_t *s;
   const float *bias;

@@ -34,6 +34,7 @@ from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.checkpoint import release_free_memory
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.layers import NATIVE_ACTS, GemmaRMSNorm, LayerNorm, RMSNorm
+from fewshot.models.packed_weight import BLOCK_ROWS, PackedWeight
 from fewshot.models.quant import Int8Linear
 
 _P, _I, _F, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
@@ -194,7 +195,7 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
     ps = [m.packed for m in mods]
     if len(mods) != len(modules) or len({(p.in_features, p.group) for p in ps}) != 1:
         return None
-    if any(p.out_features % native.BLOCK_ROWS for p in ps):
+    if any(p.out_features % BLOCK_ROWS for p in ps):
         return None
     data, scales = _stored_together(ps) or (
         _concat([p.data for p in ps]),
@@ -203,7 +204,7 @@ def _joint(modules: list[nn.Module | None]) -> tuple[_Lin, list[torch.Tensor]] |
     at = block = 0
     for m, p in zip(mods, ps, strict=True):
         n, blocks = p.data.numel(), p.scales.shape[0]
-        m.packed = native.PackedWeight(
+        m.packed = PackedWeight(
             data[at : at + n], scales[block : block + blocks], p.out_features, p.in_features,
             p.group,
         )  # fmt: skip
@@ -225,7 +226,7 @@ def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, out=out)
 
 
-def _stored_together(ps: list[native.PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _stored_together(ps: list[PackedWeight]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The storage that `_joint` made for these weights, when they are its views in order."""
     data, scales = ps[0].data._base, ps[0].scales._base
     if data is None or scales is None:

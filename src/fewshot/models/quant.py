@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.models import native
-from fewshot.models.native import Kernel, PackedWeight
+from fewshot.models.native import Kernel
+from fewshot.models.packed_weight import LANE, PACK_ROWS, PackedWeight, padded_in
 
 GROUP = 64  # inputs sharing one scale (a multiple of 16; 64 is one AMX tile step)
 RESCORE_CAP = 64  # most outputs per row recomputed in fp32 by a rescored head
@@ -53,9 +54,9 @@ RESCORE_CAP = 64  # most outputs per row recomputed in fp32 by a rescored head
 def group_for(in_features: int, group: int = GROUP) -> int:
     """The group size used for `in_features` inputs: `group`, or all of them (rounded up to
     16) when there are fewer."""
-    if group % native.LANE:
-        raise ValueError(f"group must be a multiple of {native.LANE}, got {group}")
-    return min(group, native.padded_in(in_features, native.LANE))
+    if group % LANE:
+        raise ValueError(f"group must be a multiple of {LANE}, got {group}")
+    return min(group, padded_in(in_features, LANE))
 
 
 def quantize_groups(
@@ -65,7 +66,7 @@ def quantize_groups(
     `group` inputs; the scales are float32 values exact in bfloat16. Works `rows` rows at a
     time, so the float temporaries stay small next to a large matrix."""
     out, k = weight.shape
-    kp = native.padded_in(k, group)
+    kp = padded_in(k, group)
     q = torch.empty(out, k, dtype=torch.int8)
     scales = torch.empty(out, kp // group, dtype=torch.float32)
     with torch.no_grad():
@@ -127,8 +128,8 @@ class Int8Linear(nn.Module):
         "auto" (the native kernel where it builds), None (torch's reference path) or one."""
         g = group_for(weight.shape[1], group)
         packed = PackedWeight.empty(weight.shape[0], weight.shape[1], g)
-        for i in range(0, weight.shape[0], native.PACK_ROWS):  # no whole-size int8 temporary
-            packed.fill(i, *quantize_groups(weight[i : i + native.PACK_ROWS], g))
+        for i in range(0, weight.shape[0], PACK_ROWS):  # no whole-size int8 temporary
+            packed.fill(i, *quantize_groups(weight[i : i + PACK_ROWS], g))
         chosen = native.load() if kernel == "auto" else kernel
         assert not isinstance(chosen, str)
         return cls(packed, bias, exact=exact, kernel=chosen)

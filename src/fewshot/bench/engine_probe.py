@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     prompts = json.loads(Path(args.prompts).read_text())
     t0 = time.perf_counter()
+    from fewshot.engine.config import EngineConfig
     from fewshot.settings import Settings
 
     # the server's instruction-set cap (FEWSHOT_KERNEL_ISA) and CUDA graphs setting
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings()
     llm = LLM.load(
         args.model, dtype=args.dtype, device=args.device, threads=args.threads,
-        kernel_isa=settings.kernel_isa, decode_graphs=None if settings.cuda_graphs else False,
+        kernel_isa=settings.kernel_isa,
+        decode_graphs=EngineConfig.from_settings(settings).decode_graphs,
     )  # fmt: skip
     load_s = time.perf_counter() - t0
     try:

@@ -210,12 +210,12 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.models.loading import resolve_dtype
 
     args.dtype = list(dict.fromkeys(resolve_dtype(d, args.device) for d in args.dtype))
-    if on_cuda and "int8" in args.dtype:
-        print("int8 weights run on the CPU only; use --dtype auto,bf16,fp32", file=sys.stderr)
-        return 2
     if on_cuda:
         import torch
 
+        if "int8" in args.dtype:
+            print("int8 weights run on the CPU only; use --dtype auto,bf16,fp32", file=sys.stderr)
+            return 2
         if not torch.cuda.is_available():
             print(f"device {args.device!r}: torch sees no CUDA device", file=sys.stderr)
             return 2

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.models import native
-from fewshot.models.attention_decode import attend_single, cascade, padded_decode
+from fewshot.models.attention_decode import attend_single, cascade, padded_decode, scaled_scores
 from fewshot.models.attention_metadata import AttentionMetadata, GatherPlan, QueryGroup
 from fewshot.models.attention_native import native_attend
 
@@ -98,8 +98,7 @@ def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 
 
 def _softcap_sdpa(q, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    scores = torch.tanh(scores / softcap) * softcap
+    scores = scaled_scores(torch.matmul(q, k.transpose(-1, -2)), scale, softcap)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs, v)

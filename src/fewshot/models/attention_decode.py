@@ -75,10 +75,7 @@ def attend_single(
     keys = [flat_k[:, s:e].to(dtype) for s, e in spans]  # views when no cast is needed
     values = [flat_v[:, s:e].to(v_dtype) for s, e in spans]
     scores = torch.cat([torch.matmul(qg, k.transpose(1, 2)) for k in keys], dim=-1)
-    if eff != 1.0:  # GPT-Neo does not scale
-        scores = scores * eff
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
+    scores = scaled_scores(scores, eff, softcap)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v_dtype)  # [Hkv, G, L]
     out = None
     at = 0
@@ -126,10 +123,7 @@ def cascade(
     s_shared = torch.matmul(q.view(n_kv, b * g, head_dim), kp.transpose(1, 2))
     s_own = torch.matmul(q, k.transpose(-1, -2))  # [Hkv, B, G, L]
     scores = torch.cat([s_shared.view(n_kv, b, g, -1), s_own], dim=-1)
-    if eff != 1.0:
-        scores = scores * eff
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
+    scores = scaled_scores(scores, eff, softcap)
     lp = kp.shape[1]
     # masks [B, 1, 1, L] -> [1, B, 1, L]
     scores[..., lp:].masked_fill_(~plan.mask.transpose(0, 1), float("-inf"))
@@ -178,6 +172,16 @@ def _cascade_flash(
     return out.to(qb.dtype).reshape(b, n_kv * g, head_dim)
 
 
+def scaled_scores(scores: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
+    """Raw scores q.k times `scale` (skipped at 1.0: GPT-Neo does not scale), then capped:
+    softcap * tanh(s / softcap) where the family caps them."""
+    if scale != 1.0:
+        scores = scores * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    return scores
+
+
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean mask (True: may see) as the flash kernel's additive 0 / -inf mask in `dtype`."""
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
@@ -220,10 +224,8 @@ def padded_decode(
     mask = padded.mask(window, bs)  # [B, 1, 1, L]
     scores_dtype, values_dtype = math_dtypes(k_cache, fp32)
     eff = scale if scale is not None else head_dim**-0.5
-    scores = torch.matmul(qb.to(scores_dtype), k.to(scores_dtype).transpose(-1, -2)) * eff
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = torch.matmul(qb.to(scores_dtype), k.to(scores_dtype).transpose(-1, -2))
+    scores = scaled_scores(scores, eff, softcap).masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values_dtype)
     out = torch.matmul(probs, v.to(values_dtype))  # [B, Hkv, G, D]
     return out.to(q.dtype).reshape(b, n_heads * head_dim)

@@ -24,8 +24,9 @@
  * (12 heads, D 64) float32 pool 159 -> 115 us, bf16 203 -> 156; Gemma 3 270M's (4 heads, 1 KV
  * head, D 256) 150 -> 117. Inside a step the keys and values arrive cold (the weights streamed
  * between layers evict them): each block's successor is prefetched while it is read; GPT-Neo's
- * 8-sequence decode step, attention 3.48 -> 2.69 ms for its 12 layers (both changes). CHUNK: GPT-Neo-125M's 8 sequences x 340 positions, 2 threads,
- * 135-148 us per layer with 512 against 159-165 with 256 (the merges). AVX-512 and AVX2
+ * 8-sequence decode step, attention 3.48 -> 2.69 ms for its 12 layers (both changes). CHUNK:
+ * GPT-Neo-125M's 8 sequences x 340 positions, 2 threads, 135-148 us per layer with 512
+ * against 159-165 with 256 (the merges). AVX-512 and AVX2
  * variants (head dimension a multiple of 16 / 8) and a portable one; the caller passes the
  * instruction set (native.c's fs_isa). On AVX-512 a bfloat16 pool with D a multiple of 32 is
  * read 32 values per load (`dots_pairs`, `axpys_pairs`, one row at a time: their scores sum in

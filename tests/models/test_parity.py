@@ -392,6 +392,33 @@ def test_native_decode_splits_a_long_context_exactly() -> None:
 
 @pytest.mark.skipif(native.load() is None, reason="no C compiler")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("n_kv", "cap"), [(1, None), (2, 5.0)])
+def test_native_decode_splits_query_heads_over_threads_exactly(dtype, n_kv, cap) -> None:
+    """One sequence over few KV heads (Gemma 3's one) gives fewer items than threads: its query
+    heads split over the threads, each head's scores and sums still its own, so the result is
+    bitwise the one-thread result, on every instruction set and thread count."""
+    n_heads, dim = 4 * n_kv, 64
+    kernel, (k_cache, v_cache) = _kernel_and_pool(9, (n_kv, 40, 16, dim), dtype)
+    table = torch.randperm(40)[:25][None]
+    lo, hi = torch.tensor([0], dtype=torch.int32), torch.tensor([389], dtype=torch.int32)
+    q = torch.randn(1, n_heads, dim)
+    want = _decode_reference(q, k_cache, v_cache, table, (lo, hi), 0.1, cap)
+    before = torch.get_num_threads()
+    try:
+        for isa in _isas(kernel):
+            k = native.Kernel(kernel.lib, isa)
+            got = []
+            for threads in (1, 2, 3, 4, 8):
+                torch.set_num_threads(threads)
+                got.append(k.decode_attention(q, k_cache, v_cache, table, (lo, hi), 0.1, cap))
+            assert all(torch.equal(g, got[0]) for g in got[1:]), isa
+            torch.testing.assert_close(got[0].double(), want, atol=1e-5, rtol=1e-5, msg=isa)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dim", [64, 40])
 @pytest.mark.parametrize("window", [None, 200])
 def test_native_decodes_sharing_blocks_compute_each_rows_bits_alone(dtype, dim, window) -> None:

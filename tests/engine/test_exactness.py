@@ -149,20 +149,22 @@ def test_partial_hit_then_fork_equals_alone(neo, gpt2_tokenizer) -> None:
     assert results[0].cached_tokens == 300 and stats["partial_hits"] == 1
 
 
-def test_decode_graphs_equal_eager_steps(neo, gpt2_tokenizer) -> None:
-    """Decode steps run as fixed-shape steps (on CUDA: captured graphs, replayed; elsewhere the
-    same padded step, eagerly) give the eager engine's tokens: batched (3 sequences padded to 4,
-    the padding writing to the scratch block), with prefix hits."""
+def test_cuda_graphs_equal_eager_steps(neo, gpt2_tokenizer) -> None:
+    """Steps run as fixed-shape steps (on CUDA: captured graphs, replayed; elsewhere the same
+    padded step, eagerly) give the eager engine's tokens: batched decodes (3 sequences padded to
+    4, the padding writing to the scratch block), and the queries' chunks after their prefix
+    hits (7-40 tokens, each padded to a rows bucket) beside them."""
     with LLM.from_model(
-        neo, gpt2_tokenizer, threads=1, prefix_caching=False, decode_graphs=False
+        neo, gpt2_tokenizer, threads=1, prefix_caching=False, cuda_graphs=False
     ) as eager:
         want = [eager.generate(PREFIX + s, PARAMS).token_ids for s in SUFFIXES]
     with LLM.from_model(
-        neo, gpt2_tokenizer, threads=1, kv_cache_mb=64, decode_graphs=True
+        neo, gpt2_tokenizer, threads=1, kv_cache_mb=64, cuda_graphs=True
     ) as engine_llm:
         assert engine_llm.generate(PREFIX + SUFFIXES[0], PARAMS).token_ids == want[0]
         handles = [engine_llm.submit(PREFIX + s, PARAMS) for s in SUFFIXES[1:]]
         results = [h.wait()[0] for h in handles]
         graphs = engine_llm.engine.runner.graphs
     assert [r.token_ids for r in results] == want[1:]
-    assert graphs is not None and {(1, 32), (4, 32)} <= set(graphs.shapes)
+    assert graphs is not None and {(1, 1, 32), (4, 1, 32)} <= set(graphs.shapes)
+    assert any(rows >= 16 for _, rows, _ in graphs.shapes)  # a query's chunk ran fixed-shape

@@ -14,9 +14,9 @@ from fewshot.models import attention, native
 from fewshot.models.attention import paged_attention
 from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM
-from fewshot.models.decode_graphs import DecodeGraphs
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.standalone import Arena, new_cache, run
+from fewshot.models.step_graphs import StepGraphs
 
 ATOL = 1e-4
 RTOL = 1e-4
@@ -491,10 +491,12 @@ def _decode_reference(q, k_cache, v_cache, tables, bounds, scale, cap) -> torch.
 
 
 @torch.no_grad()
-def test_fixed_shape_decode_equals_the_eager_step(dpair) -> None:
-    """A step of decodes padded to fixed shapes (3 sequences to a bucket of 4, tables to a
-    power of two, the padding in a scratch block; on CUDA a captured graph, replayed) gives the
-    eager step's logits and writes the same K/V, twice over with new inputs."""
+def test_fixed_shape_step_equals_the_eager_step(dpair) -> None:
+    """Steps padded to fixed shapes (3 sequences to a bucket of 4, each sequence's new tokens to
+    a rows bucket, tables to a power of two, the padding in a scratch block; on CUDA a captured
+    graph, replayed) give the eager step's logits and write the same K/V: decodes, then a step
+    mixing a decode with chunks of 5 and 20 tokens (a few-shot query after its cached prefix),
+    then decodes again."""
     _, native = dpair
     vocab = native.spec.vocab_size
     arena = Arena(native, blocks=128)  # no growth: the graphs hold the pool
@@ -505,16 +507,18 @@ def test_fixed_shape_decode_equals_the_eager_step(dpair) -> None:
     for i, n in enumerate((300, 5, 40)):
         caches.append(arena.new_cache())
         run(native, _prompt(n, seed=30 + i, vocab=vocab), caches[-1:], [n])
-    graphs = DecodeGraphs(native, pool, scratch, max_batch=8, capture=native.device.type == "cuda")
-    for step in range(2):
-        tokens = _prompt(3, seed=40 + step, vocab=vocab).tolist()
+    graphs = StepGraphs(native, pool, scratch, max_batch=8, capture=native.device.type == "cuda")
+    for step, counts in enumerate(([1, 1, 1], [1, 5, 20], [1, 1, 1])):
+        tokens = _prompt(sum(counts), seed=40 + step, vocab=vocab).tolist()
+        per_seq = [tokens[sum(counts[:i]) : sum(counts[: i + 1])] for i in range(3)]
+        starts = [c.length for c in caches]
         before = pool.kv.clone()
-        want = run(native, tokens, caches, [1, 1, 1])  # eager; each length + 1
+        want = run(native, tokens, caches, counts)  # eager; each length + its count
         kv_want = pool.kv.clone()
         pool.kv.copy_(before)  # the fixed-shape step must write the new K/V itself
-        got = graphs.run(tokens, [c.length - 1 for c in caches], [c.blocks for c in caches])
+        got = graphs.run(per_seq, starts, [c.blocks for c in caches])
         assert got is not None
         torch.testing.assert_close(got, want, **_tol(native))
-        # block 0 is the scratch block, written by the padding row
+        # block 0 is the scratch block, written by the padding rows
         torch.testing.assert_close(pool.kv[:, :, :, 1:], kv_want[:, :, :, 1:], **_tol(native))
-    assert pool is arena.pool and list(graphs.shapes) == [(4, 32)]
+    assert pool is arena.pool and list(graphs.shapes) == [(4, 1, 32), (4, 32, 32)]

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     llm = LLM.load(
         args.model, dtype=args.dtype, device=args.device, threads=args.threads,
         kernel_isa=settings.kernel_isa,
-        decode_graphs=EngineConfig.from_settings(settings).decode_graphs,
+        cuda_graphs=EngineConfig.from_settings(settings).cuda_graphs,
     )  # fmt: skip
     load_s = time.perf_counter() - t0
     try:

@@ -63,10 +63,10 @@ class EngineConfig:
     compile: bool = False
     """Run the model through torch.compile (Inductor, dynamic shapes): the layers' dense parts
     become fused kernels, attention stays eager. Compiled once per process (cached on disk)."""
-    decode_graphs: bool | None = None
-    """Batched decode steps replayed as CUDA graphs (models/decode_graphs.py). None: on CUDA
-    devices (not with `compile`); False: never (the eager step, the exactness reference);
-    True: also elsewhere, where the same fixed-shape step runs eagerly (tests)."""
+    cuda_graphs: bool | None = None
+    """Steps of decodes and short chunks replayed as CUDA graphs (models/step_graphs.py).
+    None: on CUDA devices (not with `compile`); False: never (the eager step, the exactness
+    reference); True: also elsewhere, where the same fixed-shape step runs eagerly (tests)."""
     threads: int | None = None
     """Torch intra-op threads of the engine thread; None: the cores this process may use."""
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -110,7 +110,7 @@ class EngineConfig:
             speculative_tokens=settings.speculative_tokens,
             speculative_max_batch=settings.speculative_max_batch,
             compile=settings.compile,
-            decode_graphs=None if settings.cuda_graphs else False,
+            cuda_graphs=None if settings.cuda_graphs else False,
             cache=CacheConfig(
                 kv_cache_mb=settings.kv_cache_mb,
                 kv_dtype=settings.kv_dtype,

@@ -2,7 +2,7 @@
 
 It owns the paged `KVPool` (sized from the cache config), turns a `SchedulerOutput` into one
 forward (input ids, positions, attention metadata, the rows whose logits are wanted; on CUDA a
-step of plain decodes replays a captured graph, `DecodeGraphs`), and
+step of decodes and short chunks replays a captured graph, `StepGraphs`), and
 chooses tokens: plain greedy rows all at once (`greedy_choices`: the argmax and its logprob,
 row by row, so each row's result is what it would be alone), the others through their own
 `Sampler`. Prompt logprobs come from the same forward's logits.
@@ -30,9 +30,9 @@ from fewshot.engine.scheduler import ScheduledChunk
 from fewshot.models.attention import run_eagerly_under_compile
 from fewshot.models.attention_metadata import AttentionMetadata
 from fewshot.models.base import CausalLM
-from fewshot.models.decode_graphs import DecodeGraphs
 from fewshot.models.kv_pool import KVPool
 from fewshot.models.quant import auto_kv_dtype
+from fewshot.models.step_graphs import StepGraphs
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,11 @@ class ModelRunner:
         self.num_blocks = pool_blocks(model, config, dtype)
         self.pool: KVPool | None = None
         self.block_bytes = 0  # of the pool, per block (K and V, every layer)
-        self.graphs: DecodeGraphs | None = None
+        self.graphs: StepGraphs | None = None
         if model.paged:
             s = model.spec
             on_cuda = self.device.type == "cuda" and not config.compile
-            graphs = on_cuda if config.decode_graphs is None else config.decode_graphs
+            graphs = on_cuda if config.cuda_graphs is None else config.cuda_graphs
             # with graphs, one more block than the KV manager hands out: the padding's scratch
             scratch = 1 if graphs else 0
             self.pool = KVPool(
@@ -119,7 +119,7 @@ class ModelRunner:
             self.block_bytes = self.pool.nbytes // self.pool.num_blocks
             if graphs:
                 self.pool.zero_blocks([self.num_blocks])
-                self.graphs = DecodeGraphs(
+                self.graphs = StepGraphs(
                     model, self.pool, self.num_blocks, config.max_batch_size, capture=on_cuda
                 )
             log.info(
@@ -168,17 +168,18 @@ class ModelRunner:
         limit = self.model.spec.max_positions
         if any(c.end > limit for c in chunks):
             raise ValueError(f"{self.model.spec.arch} cannot go past {limit} positions")
-        if self.graphs is not None and all(
-            c.num_tokens == 1 and c.sample and not c.prompt_logits for c in chunks
-        ):  # plain decodes (a draft makes num_tokens > 1)
+        if self.graphs is not None and all(not c.prompt_logits and not c.drafts for c in chunks):
+            # decodes and short chunks, each wanting its last token's logits at most
             replayed = self.graphs.run(
-                [c.tokens[0] for c in chunks],
+                [c.tokens for c in chunks],
                 [c.start for c in chunks],
                 [c.seq.block_table for c in chunks],
             )
             if replayed is not None:
                 host = replayed.cpu()
-                return [ChunkLogits(host[i], None) for i in range(len(chunks))]
+                return [
+                    ChunkLogits(host[i] if c.sample else None, None) for i, c in enumerate(chunks)
+                ]
         ids: list[int] = []
         positions: list[int] = []
         rows: list[int] = []

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.models import native
-from fewshot.models.attention_decode import attend_single, cascade, padded_decode, scaled_scores
+from fewshot.models.attention_decode import attend_single, cascade, padded_step, scaled_scores
 from fewshot.models.attention_metadata import AttentionMetadata, GatherPlan, QueryGroup
 from fewshot.models.attention_native import native_attend
 
@@ -176,8 +176,8 @@ def paged_attention(
     flat_v = v_cache.view(n_kv, nblocks * bs, head_dim)
     flat_k.index_copy_(1, attn.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
     flat_v.index_copy_(1, attn.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
-    if attn.padded is not None:  # a fixed-shape decode batch (a CUDA graph's step)
-        return padded_decode(q, attn.padded, k_cache, v_cache, scale, window, softcap, fp32)
+    if attn.padded is not None:  # a fixed-shape batch (a CUDA graph's step)
+        return padded_step(q, attn.padded, k_cache, v_cache, scale, window, softcap, fp32)
     kernel = _decode_kernel(k_cache)
     if attn.single is not None:
         if kernel is not None:

@@ -5,8 +5,9 @@
 - `cascade`: decoding sequences share leading blocks (a cached few-shot prefix); every query
   meets the shared keys in one matmul (read once, in place when the blocks are consecutive),
   its own gathered keys in another, and one softmax covers both.
-- `padded_decode`: a fixed-shape batch (`PaddedDecode`, a CUDA graph's): every sequence
-  gathers all W blocks of its padded table and a mask hides what its query may not see.
+- `padded_step`: a fixed-shape batch (`PaddedStep`, a CUDA graph's): every sequence, with its
+  T new tokens (1 for a decode), gathers all W blocks of its padded table and a mask hides what
+  each query may not see.
 All compute the attention of `attention.py`'s gather path (tests compare them to a naive
 reference). On the CPU both run on SDPA's flash kernel (`_FLASH_CPU`, which also returns the
 log-sum-exp of the scores, so attention over several sets of keys merges exactly); which
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fewshot.models.attention_metadata import AttentionMetadata, GatherPlan, PaddedDecode
+from fewshot.models.attention_metadata import AttentionMetadata, GatherPlan, PaddedStep
 from fewshot.models.kv_pool import runs
 
 
@@ -201,9 +202,9 @@ def _merge(
     return merged, both
 
 
-def padded_decode(
+def padded_step(
     q: torch.Tensor,
-    padded: PaddedDecode,
+    padded: PaddedStep,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     scale: float | None,
@@ -211,21 +212,28 @@ def padded_decode(
     softcap: float | None,
     fp32: bool,
 ) -> torch.Tensor:
-    """B decodes of fixed shape, no host data (a CUDA graph's step): q [B, Hq, D] against the
-    W blocks of each padded table, masked by position and window. Returns [B, Hq * D]."""
+    """B sequences of T new tokens each, fixed shapes, no host data (a CUDA graph's step):
+    q [B * T, Hq, D] against the W blocks of each padded table, masked by position and window.
+    Returns [B * T, Hq * D]."""
     n_kv, _, bs, head_dim = k_cache.shape
     b, width = padded.tables.shape
+    t = padded.q_pos.shape[1]
     n_heads = q.shape[1]
+    g = n_heads // n_kv
     flat = padded.tables.reshape(-1)
     # [B, Hkv, L, D]: each sequence's blocks, in order
     k = k_cache.index_select(1, flat).view(n_kv, b, width * bs, head_dim).transpose(0, 1)
     v = v_cache.index_select(1, flat).view(n_kv, b, width * bs, head_dim).transpose(0, 1)
-    qb = q.view(b, n_kv, n_heads // n_kv, head_dim)  # query head h = kv * G + g
-    mask = padded.mask(window, bs)  # [B, 1, 1, L]
+    # [B, Hkv, T * G, D]: query head h = kv * G + g of token j is row j * G + g of its KV head
+    qb = q.view(b, t, n_kv, g, head_dim).transpose(1, 2).reshape(b, n_kv, t * g, head_dim)
+    mask = padded.mask(window, bs)  # [B, 1, T, L]
+    if g > 1:
+        mask = mask.repeat_interleave(g, dim=2)
     scores_dtype, values_dtype = math_dtypes(k_cache, fp32)
     eff = scale if scale is not None else head_dim**-0.5
     scores = torch.matmul(qb.to(scores_dtype), k.to(scores_dtype).transpose(-1, -2))
     scores = scaled_scores(scores, eff, softcap).masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values_dtype)
-    out = torch.matmul(probs, v.to(values_dtype))  # [B, Hkv, G, D]
-    return out.to(q.dtype).reshape(b, n_heads * head_dim)
+    out = torch.matmul(probs, v.to(values_dtype))  # [B, Hkv, T * G, D]
+    out = out.view(b, n_kv, t, g, head_dim).transpose(1, 2)  # [B, T, Hkv, G, D]
+    return out.to(q.dtype).reshape(b * t, n_heads * head_dim)

@@ -14,8 +14,9 @@ table, its first new position and how many new tokens it has; the sequences are 
 decode group (one new token each) and a prefill group (chunks of several), each a `QueryGroup`
 that `attention.paged_attention` attends with one call. What the layers derive from a group
 once and share (the gather plan per window, `GatherPlan`; the native kernel's inputs,
-`NativeInputs`) is cached on it. A batch of decodes of fixed shape (`PaddedDecode`: padded
-block tables, as tensors only) is what a captured CUDA graph replays (decode_graphs.py). Nothing
+`NativeInputs`) is cached on it. A batch of fixed shape (`PaddedStep`: decodes and short
+chunks padded to T tokens each, padded block tables, as tensors only) is what a captured CUDA
+graph replays (step_graphs.py). Nothing
 here assumes a device: every tensor is created on the pool's device.
 """
 
@@ -87,25 +88,25 @@ class QueryGroup:
 
 
 @dataclass
-class PaddedDecode:
-    """A batch of B decodes (one new token each) in fixed-shape tensors, nothing on the host:
-    what a CUDA graph can replay. Table entries past a sequence's blocks (and padding rows)
-    name a scratch block; keys past each query's position are masked."""
+class PaddedStep:
+    """A batch of B sequences with T new tokens each (T = 1: decodes) in fixed-shape tensors,
+    nothing on the host: what a CUDA graph can replay. Table entries past a sequence's blocks
+    (and padding rows) name a scratch block; keys past each query's position are masked."""
 
     tables: torch.Tensor  # [B, W] block ids
-    q_pos: torch.Tensor  # [B] position of each new token
+    q_pos: torch.Tensor  # [B, T] position of each new token
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict)  # per window
 
     def mask(self, window: int | None, bs: int) -> torch.Tensor:
-        """[B, 1, 1, W * bs]: True where the query may see the key (per window, shared by the
+        """[B, 1, T, W * bs]: True where the query may see the key (per window, shared by the
         layers with that window)."""
         if window not in self.masks:
             k_pos = torch.arange(self.tables.shape[1] * bs, device=self.q_pos.device)
-            diff = self.q_pos[:, None] - k_pos[None, :]  # [B, L]
+            diff = self.q_pos[:, :, None] - k_pos[None, None, :]  # [B, T, L]
             allowed = diff >= 0
             if window is not None:
                 allowed &= diff < window
-            self.masks[window] = allowed[:, None, None, :]
+            self.masks[window] = allowed[:, None]
         return self.masks[window]
 
 
@@ -124,7 +125,7 @@ class AttentionMetadata:
     single: list[int] | None = None  # the block table when the batch is one decoding sequence
     # the native kernel's inputs for the one decoding sequence, per window (`NativeInputs`)
     native_inputs: dict[int | None, NativeInputs] = field(default_factory=dict)
-    padded: PaddedDecode | None = None  # a fixed-shape batch of decodes (a CUDA graph's)
+    padded: PaddedStep | None = None  # a fixed-shape batch (a CUDA graph's step)
 
     @property
     def num_tokens(self) -> int:
@@ -208,18 +209,18 @@ class AttentionMetadata:
         return meta
 
     @classmethod
-    def padded_decode(
+    def padded_step(
         cls, pool: KVPool, slots: torch.Tensor, tables: torch.Tensor, q_pos: torch.Tensor
     ) -> AttentionMetadata:
-        """B decodes described by tensors alone (`PaddedDecode`): slots, tables [B, W] and
-        positions [B] on the pool's device."""
-        b = slots.shape[0]
+        """B sequences of T new tokens each described by tensors alone (`PaddedStep`): slots
+        [B * T], tables [B, W] and positions [B, T] on the pool's device."""
+        b, t = q_pos.shape
         return cls(
             pool=pool,
             slot_mapping=slots,
-            query_start=list(range(b + 1)),
+            query_start=list(range(0, b * t + 1, t)),
             start_pos=[0] * b,  # on the device only (`padded.q_pos`)
-            padded=PaddedDecode(tables, q_pos),
+            padded=PaddedStep(tables, q_pos),
         )
 
 

@@ -18,9 +18,9 @@
  * head, unit) pairs than threads (one sequence over one KV head: Gemma 3 270M at batch 1), a
  * pair's query heads split over the threads (a head's scores and sums are its own calls either
  * way: the same bits; that shape at 350 positions, 2 Zen 3 threads, 126 -> 104 us a layer with
- * its K/V cold, 63 -> 54 warm). A unit reads each
- * shared block once for all its rows, two rows at a time (`dots2`, `axpys2`: one load of a key
- * or value row for both, twice the independent FMA chains), then each row's own blocks. Every
+ * its K/V cold, 63 -> 54 warm). A unit reads each shared block once for all its rows, two rows
+ * at a time (`dots2`, `axpys2`: one load of a key or value row for both, twice the independent
+ * FMA chains), then each row's own blocks. Every
  * row's scores and sums are the same calls on the same data in the same order as for the row
  * alone, and the chunks depend on positions only: a sequence's result does not depend on the
  * batch, its unit or the thread count (tested bitwise). One layer, 8 sequences x 300-307
@@ -167,11 +167,12 @@ static int unit_rows(const attn_args *a, int h, int g0, int g1, const unit *u, f
   } while (0)
 
 /* One unit, KV head h and its query heads g0 .. g1 - 1 with the pieces of one instruction set.
- * Writes, per row and query head g, part[g * (D + 2)]: the unnormalized output sum_t e_t v_t (D values), then m (the
- * chunk's largest score) and l = sum_t e_t, where e_t = exp(s_t - m). Every row's scores and
- * sums come from the same calls on the same data in the same order as for the row alone (a key's
- * score is its own dot product; a value adds into the row's own sums, key by key), so its bits
- * do not depend on the unit: only how often the shared keys are read from memory does. */
+ * Writes, per row and query head g, part[g * (D + 2)]: the unnormalized output sum_t e_t v_t
+ * (D values), then m (the chunk's largest score) and l = sum_t e_t, where e_t = exp(s_t - m).
+ * Every row's scores and sums come from the same calls on the same data in the same order as
+ * for the row alone (a key's score is its own dot product; a value adds into the row's own
+ * sums, key by key), so its bits do not depend on the unit: only how often the shared keys are
+ * read from memory does. */
 #define ATTEND(SUF, TGT)                                                                      \
   TGT static void unit_##SUF(const attn_args *a, int h, int g0, int g1, const unit *u,       \
                              float *parts, const long *first) {                              \
@@ -329,7 +330,8 @@ void fs_decode_attention(const float *q, const void *k, const void *v, const int
   /* fewer (KV head, unit) pairs than threads (one sequence over few KV heads: Gemma 3's one):
    * each pair's query heads split into `split` slices on different threads; a head's scores
    * and sums are its own calls on the same data either way, so the bits do not change */
-  const long n_pairs = n_units * Hkv, per_pair = n_pairs > 0 ? (threads + n_pairs - 1) / n_pairs : 1;
+  const long n_pairs = n_units * Hkv;
+  const long per_pair = n_pairs > 0 ? (threads + n_pairs - 1) / n_pairs : 1;
   const int split = per_pair > 1 && G > 1 ? (int)(per_pair < G ? per_pair : G) : 1;
   const long items = n_pairs * split;
 #pragma omp parallel num_threads(threads) if (items + run_items > 1)

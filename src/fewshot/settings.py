@@ -119,7 +119,8 @@ class Settings(BaseSettings):
         False, description="torch.compile the model (needs a C++ compiler; compiles at start)"
     )
     cuda_graphs: bool = Field(
-        True, description="On CUDA: replay batched decode steps as CUDA graphs (off: eager steps)"
+        True,
+        description="On CUDA: replay steps of decodes and short chunks as CUDA graphs (off: eager)",
     )
     speculative_tokens: int = Field(
         0, ge=0, le=16, description="Prompt-lookup draft tokens verified per decode step (0: off)"

@@ -226,13 +226,17 @@ def padded_step(
     v = v_cache.index_select(1, flat).view(n_kv, b, width * bs, head_dim).transpose(0, 1)
     # [B, Hkv, T * G, D]: query head h = kv * G + g of token j is row j * G + g of its KV head
     qb = q.view(b, t, n_kv, g, head_dim).transpose(1, 2).reshape(b, n_kv, t * g, head_dim)
-    mask = padded.mask(window, bs)  # [B, 1, T, L]
-    if g > 1:
-        mask = mask.repeat_interleave(g, dim=2)
     scores_dtype, values_dtype = math_dtypes(k_cache, fp32)
     eff = scale if scale is not None else head_dim**-0.5
     scores = torch.matmul(qb.to(scores_dtype), k.to(scores_dtype).transpose(-1, -2))
-    scores = scaled_scores(scores, eff, softcap).masked_fill(~mask, float("-inf"))
+    # the mask [B, 1, T, L] broadcast over each token's G query heads: [B, Hkv, T, G, L]
+    mask = padded.mask(window, bs)[:, :, :, None]
+    scores = (
+        scaled_scores(scores, eff, softcap)
+        .view(b, n_kv, t, g, -1)
+        .masked_fill(~mask, float("-inf"))
+    )
+    scores = scores.view(b, n_kv, t * g, -1)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values_dtype)
     out = torch.matmul(probs, v.to(values_dtype))  # [B, Hkv, T * G, D]
     out = out.view(b, n_kv, t, g, head_dim).transpose(1, 2)  # [B, T, Hkv, G, D]

@@ -16,8 +16,8 @@ that `attention.paged_attention` attends with one call. What the layers derive f
 once and share (the gather plan per window, `GatherPlan`; the native kernel's inputs,
 `NativeInputs`) is cached on it. A batch of fixed shape (`PaddedStep`: decodes and short
 chunks padded to T tokens each, padded block tables, as tensors only) is what a captured CUDA
-graph replays (step_graphs.py). Nothing
-here assumes a device: every tensor is created on the pool's device.
+graph replays (step_graphs.py). Nothing here assumes a device: every tensor is created on the
+pool's device.
 """
 
 from __future__ import annotations
